@@ -1,0 +1,1003 @@
+//! Settings and the connection URL: the port of the seed's `connection_url`.
+//!
+//! Settings are plain data ([`Settings`]) loaded by `envy` from `DATABASE_*` variables, either
+//! from the process environment ([`Settings::from_env`]) or from an explicit list of pairs
+//! ([`Settings::from_pairs`]). A `.env` file is read only when the caller asks for it
+//! ([`Vars::with_dotenv`]); the `datalayer` binary does so for `./.env`, and variables already
+//! set in the environment win over it. Empty values are errors (unset a variable to get its
+//! default). Every problem is reported at once, each naming its variable; no message ever
+//! contains the password or any part of `DATABASE_URL`.
+//!
+//! # Variables
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `DATABASE_URL` | unset | The whole connection: `postgres://…`, `postgresql://…`, `sqlite://path`, or a SQLite file path. Cannot be combined with `DATABASE_HOST`, `_PORT`, `_USER`, `_NAME` or `_PATH`. |
+//! | `DATABASE_BACKEND` | inferred | `postgres` or `sqlite`. Inferred from the URL scheme, else `postgres` when `DATABASE_HOST` is set, else `sqlite`. |
+//! | `DATABASE_PATH` | `data/datalayer.sqlite3` | SQLite database file; it and its folder are created when missing. |
+//! | `DATABASE_HOST` | `localhost` | PostgreSQL host: a name, an IPv4 or IPv6 address, or a unix-socket directory (starts with `/`). |
+//! | `DATABASE_PORT` | `5432` | PostgreSQL port, 1-65535. |
+//! | `DATABASE_USER` | unset | PostgreSQL role; unset means libpq's default (the OS user). |
+//! | `DATABASE_NAME` | unset | PostgreSQL database; unset means libpq's default (the role's name). |
+//! | `DATABASE_PASSWORD` | unset | PostgreSQL password, held as a `SecretString`. May fill in a `DATABASE_URL` that has no password. |
+//! | `DATABASE_SSLMODE` | `prefer` | `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full`. |
+//! | `DATABASE_SSLROOTCERT` | unset | CA certificate file for `verify-ca` / `verify-full`; must exist. |
+//! | `DATABASE_APPLICATION_NAME` | `datalayer` | Shown in `pg_stat_activity`. |
+//! | `DATABASE_CONNECT_TIMEOUT` | `10s` | Limit for one connection attempt; libpq counts whole seconds (rounded up, at least 2). |
+//! | `DATABASE_POOL_MAX_SIZE` | `10` | Most connections the pool holds, at least 1. |
+//! | `DATABASE_POOL_MIN_IDLE` | unset | Idle connections the pool keeps ready, at most the max size; unset keeps the pool's default (max size). |
+//! | `DATABASE_POOL_TIMEOUT` | `30s` | Longest wait for a free connection; more than 0. |
+//! | `DATABASE_POOL_IDLE_TIMEOUT` | `10m` | Idle connections older than this are closed; `0` disables. |
+//! | `DATABASE_POOL_MAX_LIFETIME` | `30m` | Connections older than this are closed when returned; `0` disables. |
+//! | `DATABASE_STATEMENT_TIMEOUT` | `0` | PostgreSQL `statement_timeout` for each session; `0` disables. |
+//! | `DATABASE_LOCK_TIMEOUT` | `0` | PostgreSQL `lock_timeout` for each session; `0` disables. |
+//! | `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` | `0` | PostgreSQL `idle_in_transaction_session_timeout`; `0` disables. |
+//!
+//! Durations are written `500ms`, `30s`, `10m`, `1h`, or as a bare whole number of seconds.
+//! Variables that only apply to one backend are errors when the other backend is in use, so a
+//! setting never silently does nothing. Other `DATABASE_*` names are ignored and listed in
+//! [`Loaded::ignored`] (the CLI warns about them).
+//!
+//! # Example
+//!
+//! ```
+//! use datalayer::config::{Backend, Settings};
+//!
+//! let settings = Settings::from_pairs([
+//!     ("DATABASE_HOST", "db.internal"),
+//!     ("DATABASE_USER", "app"),
+//!     ("DATABASE_PASSWORD", "p@ss/word"),
+//!     ("DATABASE_NAME", "app"),
+//! ])?;
+//! assert_eq!(settings.backend(), Backend::Postgres);
+//! assert_eq!(
+//!     settings.connection_url().redacted(),
+//!     "postgres://app:***@db.internal:5432/app?sslmode=prefer&application_name=datalayer&connect_timeout=10"
+//! );
+//! # Ok::<(), datalayer::Error>(())
+//! ```
+
+mod duration;
+mod sources;
+mod url;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::error::{ConfigErrors, ConfigProblem, Error};
+
+pub use self::sources::{Origin, PREFIX, Vars};
+pub use self::url::{ConnectionUrl, Host, REDACTED};
+
+/// Every variable datalayer reads, in the order of the table above.
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_BACKEND",
+    "DATABASE_PATH",
+    "DATABASE_HOST",
+    "DATABASE_PORT",
+    "DATABASE_USER",
+    "DATABASE_NAME",
+    "DATABASE_PASSWORD",
+    "DATABASE_SSLMODE",
+    "DATABASE_SSLROOTCERT",
+    "DATABASE_APPLICATION_NAME",
+    "DATABASE_CONNECT_TIMEOUT",
+    "DATABASE_POOL_MAX_SIZE",
+    "DATABASE_POOL_MIN_IDLE",
+    "DATABASE_POOL_TIMEOUT",
+    "DATABASE_POOL_IDLE_TIMEOUT",
+    "DATABASE_POOL_MAX_LIFETIME",
+    "DATABASE_STATEMENT_TIMEOUT",
+    "DATABASE_LOCK_TIMEOUT",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+];
+
+/// Variables that only mean something to PostgreSQL.
+const POSTGRES_ONLY: &[&str] = &[
+    "DATABASE_HOST",
+    "DATABASE_PORT",
+    "DATABASE_USER",
+    "DATABASE_NAME",
+    "DATABASE_PASSWORD",
+    "DATABASE_SSLMODE",
+    "DATABASE_SSLROOTCERT",
+    "DATABASE_APPLICATION_NAME",
+    "DATABASE_CONNECT_TIMEOUT",
+    "DATABASE_STATEMENT_TIMEOUT",
+    "DATABASE_LOCK_TIMEOUT",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+];
+
+/// Parts of a connection that `DATABASE_URL` already gives in full.
+const URL_PARTS: &[&str] = &[
+    "DATABASE_HOST",
+    "DATABASE_PORT",
+    "DATABASE_USER",
+    "DATABASE_NAME",
+    "DATABASE_PATH",
+];
+
+/// The SQLite file used when nothing else is configured.
+pub const DEFAULT_SQLITE_PATH: &str = "data/datalayer.sqlite3";
+
+/// The database engine behind the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, reached over TCP or a unix socket.
+    Postgres,
+    /// An embedded SQLite file.
+    Sqlite,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Try without TLS, then with.
+    Allow,
+    /// Try TLS, then without (libpq's default).
+    Prefer,
+    /// TLS, without checking the certificate.
+    Require,
+    /// TLS, certificate signed by a trusted CA.
+    VerifyCa,
+    /// TLS, trusted certificate whose name matches the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    const ALL: [SslMode; 6] = [
+        SslMode::Disable,
+        SslMode::Allow,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    /// The value libpq reads, e.g. `verify-full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(text: &str) -> Option<SslMode> {
+        SslMode::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+/// Validated settings, ready to build a connection URL and a pool from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Which database, and how to reach it.
+    pub target: Target,
+    /// How the connection pool is sized and recycled.
+    pub pool: PoolSettings,
+}
+
+/// The database a [`Settings`] points at.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A PostgreSQL server.
+    Postgres(PostgresSettings),
+    /// A SQLite file.
+    Sqlite(SqliteSettings),
+}
+
+/// Where the SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteSettings {
+    /// The database file (`DATABASE_PATH`).
+    pub path: PathBuf,
+}
+
+/// How to reach and configure a PostgreSQL session.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// `DATABASE_HOST`.
+    pub host: Host,
+    /// `DATABASE_PORT`.
+    pub port: u16,
+    /// `DATABASE_USER`; `None` leaves it to libpq.
+    pub user: Option<String>,
+    /// `DATABASE_PASSWORD`; `Debug` prints `[REDACTED]`.
+    pub password: Option<SecretString>,
+    /// `DATABASE_NAME`; `None` leaves it to libpq.
+    pub database: Option<String>,
+    /// `DATABASE_SSLMODE`.
+    pub ssl_mode: SslMode,
+    /// `DATABASE_SSLROOTCERT`.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `DATABASE_APPLICATION_NAME`.
+    pub application_name: String,
+    /// `DATABASE_CONNECT_TIMEOUT`.
+    pub connect_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT`; `None` is disabled.
+    pub statement_timeout: Option<Duration>,
+    /// `DATABASE_LOCK_TIMEOUT`; `None` is disabled.
+    pub lock_timeout: Option<Duration>,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`; `None` is disabled.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// Further libpq parameters carried by `DATABASE_URL` (e.g. `options`,
+    /// `target_session_attrs`), passed through in order.
+    pub params: UrlParams,
+}
+
+/// libpq query parameters passed through from `DATABASE_URL`. `Debug` redacts secret ones
+/// (`sslpassword`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UrlParams(pub Vec<(String, String)>);
+
+impl fmt::Debug for UrlParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| (k, url::redact_param(k, v))))
+            .finish()
+    }
+}
+
+/// Pool sizing and recycling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// `DATABASE_POOL_MAX_SIZE`, at least 1.
+    pub max_size: u32,
+    /// `DATABASE_POOL_MIN_IDLE`, at most `max_size`; `None` is the pool's default.
+    pub min_idle: Option<u32>,
+    /// `DATABASE_POOL_TIMEOUT`, more than zero.
+    pub timeout: Duration,
+    /// `DATABASE_POOL_IDLE_TIMEOUT`; `None` is disabled.
+    pub idle_timeout: Option<Duration>,
+    /// `DATABASE_POOL_MAX_LIFETIME`; `None` is disabled.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_size: 10,
+            min_idle: None,
+            timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+        }
+    }
+}
+
+impl Default for Settings {
+    /// The embedded default: SQLite at `data/datalayer.sqlite3`, default pool.
+    fn default() -> Self {
+        Settings {
+            target: Target::Sqlite(SqliteSettings {
+                path: PathBuf::from(DEFAULT_SQLITE_PATH),
+            }),
+            pool: PoolSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from the process environment (not from `.env`; see [`Vars::with_dotenv`]).
+    pub fn from_env() -> Result<Settings, Error> {
+        Vars::from_process_env()
+            .load()
+            .map(|loaded| loaded.settings)
+    }
+
+    /// Loads settings from explicit `(name, value)` pairs, e.g. `("DATABASE_PORT", "5433")`.
+    /// The process environment is not consulted.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Settings, Error>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        Vars::from_pairs(pairs).load().map(|loaded| loaded.settings)
+    }
+
+    /// The backend the settings point at.
+    pub fn backend(&self) -> Backend {
+        match self.target {
+            Target::Postgres(_) => Backend::Postgres,
+            Target::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The connection URL. For PostgreSQL a libpq URL with every part percent-encoded and
+    /// `sslmode`, `sslrootcert`, `application_name` and `connect_timeout` as query parameters;
+    /// for SQLite the file path (shown as `sqlite://path`).
+    pub fn connection_url(&self) -> ConnectionUrl {
+        match &self.target {
+            Target::Sqlite(sqlite) => {
+                let path = sqlite.path.to_string_lossy().into_owned();
+                let shown = format!("sqlite://{path}");
+                ConnectionUrl::new(path, shown)
+            }
+            Target::Postgres(pg) => {
+                let connect_timeout = pg.connect_timeout.as_millis().div_ceil(1000).to_string();
+                let root_cert = pg.ssl_root_cert.as_ref().map(|p| p.to_string_lossy());
+                let mut params = vec![("sslmode", pg.ssl_mode.as_str())];
+                if let Some(root_cert) = &root_cert {
+                    params.push(("sslrootcert", root_cert));
+                }
+                params.push(("application_name", &pg.application_name));
+                params.push(("connect_timeout", &connect_timeout));
+                params.extend(pg.params.0.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let mut parts = url::UrlParts {
+                    user: pg.user.as_deref(),
+                    password: pg.password.as_ref().map(|p| p.expose_secret()),
+                    host: &pg.host,
+                    port: pg.port,
+                    dbname: pg.database.as_deref(),
+                    params,
+                    redact: false,
+                };
+                let secret = url::build_postgres(&parts);
+                parts.redact = true;
+                ConnectionUrl::new(secret, url::build_postgres(&parts))
+            }
+        }
+    }
+}
+
+/// The outcome of [`Vars::load`]: the settings, plus what the CLI needs to explain them.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated settings.
+    pub settings: Settings,
+    /// Every effective setting, in documentation order, with its value (secrets as `***`) and
+    /// where it came from.
+    pub entries: Vec<Entry>,
+    /// `DATABASE_*` variables that datalayer does not read (typos, other tools' settings).
+    pub ignored: Vec<String>,
+}
+
+/// One effective setting, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The variable, e.g. `DATABASE_PORT`.
+    pub variable: &'static str,
+    /// The effective value as text; `***` for a password, `(unset)` when left to libpq.
+    pub value: String,
+    /// Where the value came from.
+    pub origin: Origin,
+}
+
+/// The raw variables as envy reads them. Everything is a string, so that a parse failure is
+/// reported by us, naming the variable, and never by envy echoing a value; secrets stay
+/// secret-typed from the first moment.
+#[derive(Deserialize, Default)]
+struct Raw {
+    url: Option<SecretString>,
+    backend: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    port: Option<String>,
+    user: Option<String>,
+    name: Option<String>,
+    password: Option<SecretString>,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    application_name: Option<String>,
+    connect_timeout: Option<String>,
+    pool_max_size: Option<String>,
+    pool_min_idle: Option<String>,
+    pool_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_lifetime: Option<String>,
+    statement_timeout: Option<String>,
+    lock_timeout: Option<String>,
+    idle_in_transaction_timeout: Option<String>,
+}
+
+impl Vars {
+    /// Validates the variables into [`Settings`], reporting every problem at once.
+    pub fn load(&self) -> Result<Loaded, Error> {
+        Loader::new(self).run()
+    }
+}
+
+/// A value quoted for an error message: escaped, and cut short when long.
+fn quote(value: &str) -> String {
+    let shown: String = value.chars().take(64).collect();
+    if shown.len() < value.len() {
+        format!("{shown:?}…")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+/// A parsed URL, by backend.
+enum UrlTarget {
+    Postgres(url::ParsedUrl),
+    Sqlite(String),
+}
+
+/// Reads `DATABASE_URL`; the error never quotes it, except for a scheme it does not know.
+fn parse_url(text: &str) -> Result<UrlTarget, String> {
+    let text = text.trim();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return url::parse_postgres(text).map(UrlTarget::Postgres);
+    }
+    if let Some(path) = text
+        .strip_prefix("sqlite://")
+        .or_else(|| text.strip_prefix("sqlite:"))
+    {
+        return if path.is_empty() {
+            Err("names no SQLite file; write sqlite://path/to/file.sqlite3".to_string())
+        } else {
+            Ok(UrlTarget::Sqlite(path.to_string()))
+        };
+    }
+    let accepted = "accepted: postgres://, postgresql://, sqlite://, or a SQLite file path";
+    if let Some((scheme, _)) = text.split_once("://") {
+        let plain = !scheme.is_empty()
+            && scheme.len() <= 16
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        return Err(if plain {
+            format!("the scheme {scheme}:// is not supported; {accepted}")
+        } else {
+            format!("has a scheme that is not supported; {accepted}")
+        });
+    }
+    if text.contains('@') {
+        return Err(format!(
+            "looks like a connection string without a scheme; start it with postgres:// ({accepted})"
+        ));
+    }
+    Ok(UrlTarget::Sqlite(text.to_string()))
+}
+
+struct Loader<'a> {
+    vars: &'a Vars,
+    problems: Vec<ConfigProblem>,
+    reported: BTreeSet<&'static str>,
+    entries: Vec<Entry>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(vars: &'a Vars) -> Self {
+        Loader {
+            vars,
+            problems: Vec::new(),
+            reported: BTreeSet::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Records a problem, once per variable (the first one found is the one to fix).
+    fn problem(&mut self, variable: &'static str, message: impl Into<String>) {
+        if self.reported.insert(variable) {
+            self.problems.push(ConfigProblem {
+                variable: variable.to_string(),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn origin(&self, variable: &str) -> Origin {
+        self.vars.origin(variable).unwrap_or(Origin::Given)
+    }
+
+    fn entry(&mut self, variable: &'static str, value: impl Into<String>, origin: Origin) {
+        self.entries.push(Entry {
+            variable,
+            value: value.into(),
+            origin,
+        });
+    }
+
+    fn run(mut self) -> Result<Loaded, Error> {
+        let (raw, ignored) = self.read_raw();
+        let url = raw.url.as_ref().and_then(|url| {
+            parse_url(url.expose_secret())
+                .map_err(|why| self.problem("DATABASE_URL", why))
+                .ok()
+        });
+        if raw.url.is_some() {
+            self.entry(
+                "DATABASE_URL",
+                "set (its parts are listed below)",
+                self.origin("DATABASE_URL"),
+            );
+            for part in URL_PARTS {
+                if self.vars.origin(part).is_some() {
+                    self.problem(
+                        part,
+                        "cannot be combined with DATABASE_URL, which is the whole connection; \
+                         unset one of them",
+                    );
+                }
+            }
+        }
+        let backend = self.backend(&raw, url.as_ref());
+        let target = match (backend, url) {
+            (Backend::Sqlite, url) => {
+                let path = match url {
+                    Some(UrlTarget::Sqlite(path)) => Some(path),
+                    _ => None,
+                };
+                Target::Sqlite(self.sqlite(&raw, path))
+            }
+            (Backend::Postgres, Some(UrlTarget::Postgres(parsed))) => {
+                Target::Postgres(self.postgres(&raw, parsed, true))
+            }
+            (Backend::Postgres, _) => {
+                Target::Postgres(self.postgres(&raw, url::ParsedUrl::default(), false))
+            }
+        };
+        let pool = self.pool(&raw);
+        if !self.problems.is_empty() {
+            let order = |p: &ConfigProblem| VARIABLES.iter().position(|v| *v == p.variable);
+            self.problems.sort_by_key(order);
+            return Err(Error::Config(ConfigErrors(self.problems)));
+        }
+        Ok(Loaded {
+            settings: Settings { target, pool },
+            entries: self.entries,
+            ignored,
+        })
+    }
+
+    /// Hands the UTF-8, non-empty variables to envy; reports the others.
+    fn read_raw(&mut self) -> (Raw, Vec<String>) {
+        let mut pairs = Vec::new();
+        let mut ignored = Vec::new();
+        for (key, (value, _)) in &self.vars.map {
+            let Some(variable) = VARIABLES.iter().copied().find(|v| v == key) else {
+                ignored.push(key.clone());
+                continue;
+            };
+            match value.to_str() {
+                None => self.problem(
+                    variable,
+                    "is not valid UTF-8; datalayer reads only UTF-8 values",
+                ),
+                Some("") => self.problem(
+                    variable,
+                    "is set but empty; unset it to use the default, or give a value",
+                ),
+                Some(text) if variable != "DATABASE_PASSWORD" && text.trim().is_empty() => self
+                    .problem(
+                        variable,
+                        "is only white space; unset it to use the default, or give a value",
+                    ),
+                Some(text) => pairs.push((key.clone(), text.to_string())),
+            }
+        }
+        let raw = envy::prefixed(PREFIX)
+            .from_iter::<_, Raw>(pairs)
+            .unwrap_or_else(|_| {
+                // Cannot happen with all-string fields; never echo what envy saw.
+                self.problem("DATABASE_URL", "the DATABASE_* variables could not be read");
+                Raw::default()
+            });
+        (raw, ignored)
+    }
+
+    fn backend(&mut self, raw: &Raw, url: Option<&UrlTarget>) -> Backend {
+        let from_url = url.map(|u| match u {
+            UrlTarget::Postgres(_) => Backend::Postgres,
+            UrlTarget::Sqlite(_) => Backend::Sqlite,
+        });
+        let explicit = raw.backend.as_deref().and_then(|text| {
+            match text.trim().to_ascii_lowercase().as_str() {
+                "postgres" | "postgresql" => Some(Backend::Postgres),
+                "sqlite" => Some(Backend::Sqlite),
+                _ => {
+                    self.problem(
+                        "DATABASE_BACKEND",
+                        format!(
+                            "{} is not a backend; accepted: postgres, sqlite",
+                            quote(text)
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let (backend, origin) = match (explicit, from_url) {
+            (Some(explicit), Some(from_url)) if explicit != from_url => {
+                self.problem(
+                    "DATABASE_BACKEND",
+                    format!(
+                        "is {explicit} but DATABASE_URL is a {from_url} URL; unset \
+                         DATABASE_BACKEND or change the URL"
+                    ),
+                );
+                (from_url, Origin::Url)
+            }
+            (Some(explicit), _) => (explicit, self.origin("DATABASE_BACKEND")),
+            (None, Some(from_url)) => (from_url, Origin::Url),
+            (None, None) if raw.host.is_some() => (Backend::Postgres, Origin::Inferred),
+            (None, None) => (Backend::Sqlite, Origin::Default),
+        };
+        self.entry("DATABASE_BACKEND", backend.to_string(), origin);
+        backend
+    }
+
+    /// Why the backend is what it is, for messages about variables that do not apply.
+    fn backend_reason(&self, backend: Backend) -> &'static str {
+        match (
+            self.vars.origin("DATABASE_BACKEND"),
+            self.vars.origin("DATABASE_URL"),
+        ) {
+            (_, Some(_)) => "as DATABASE_URL says",
+            (Some(_), None) => "as DATABASE_BACKEND says",
+            (None, None) if backend == Backend::Postgres => "because DATABASE_HOST is set",
+            (None, None) => "the default when neither DATABASE_URL nor DATABASE_HOST is set",
+        }
+    }
+
+    fn sqlite(&mut self, raw: &Raw, url_path: Option<String>) -> SqliteSettings {
+        let reason = self.backend_reason(Backend::Sqlite);
+        for variable in POSTGRES_ONLY {
+            if self.vars.origin(variable).is_some() {
+                self.problem(
+                    variable,
+                    format!(
+                        "only applies to PostgreSQL, but the backend is sqlite ({reason}); \
+                         unset it, or set DATABASE_HOST or DATABASE_BACKEND=postgres"
+                    ),
+                );
+            }
+        }
+        let (path, origin) = match (url_path, &raw.path) {
+            (Some(path), _) => (path, Origin::Url),
+            (None, Some(path)) => (path.clone(), self.origin("DATABASE_PATH")),
+            (None, None) => (DEFAULT_SQLITE_PATH.to_string(), Origin::Default),
+        };
+        if Path::new(&path).is_dir() {
+            let variable = if origin == Origin::Url {
+                "DATABASE_URL"
+            } else {
+                "DATABASE_PATH"
+            };
+            self.problem(
+                variable,
+                "names a directory; give the path of the SQLite file (it is created when missing)",
+            );
+        }
+        self.entry("DATABASE_PATH", path.clone(), origin);
+        SqliteSettings {
+            path: PathBuf::from(path),
+        }
+    }
+
+    fn postgres(&mut self, raw: &Raw, mut url: url::ParsedUrl, from_url: bool) -> PostgresSettings {
+        if raw.path.is_some() && !from_url {
+            let reason = self.backend_reason(Backend::Postgres);
+            self.problem(
+                "DATABASE_PATH",
+                format!("only applies to SQLite, but the backend is postgres ({reason}); unset it"),
+            );
+        }
+        let localhost = Host::Name("localhost".into());
+        let host = match url.host.take() {
+            Some(host) => {
+                self.entry("DATABASE_HOST", host.to_string(), Origin::Url);
+                host
+            }
+            None => self.var(
+                "DATABASE_HOST",
+                raw.host.as_deref(),
+                localhost,
+                |text| Host::parse(text.trim()).map_err(str::to_string),
+                Host::to_string,
+            ),
+        };
+        let port = match url.port {
+            Some(port) => {
+                self.entry("DATABASE_PORT", port.to_string(), Origin::Url);
+                port
+            }
+            None => self.var(
+                "DATABASE_PORT",
+                raw.port.as_deref(),
+                5432,
+                |text| url::parse_port(text).ok_or_else(|| "is not a port (1-65535)".to_string()),
+                u16::to_string,
+            ),
+        };
+
+        let user = self.optional("DATABASE_USER", url.user.take(), raw.user.clone());
+        let database = self.optional("DATABASE_NAME", url.dbname.take(), raw.name.clone());
+
+        let password = match (url.password.take(), &raw.password) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "DATABASE_PASSWORD",
+                    "DATABASE_URL already carries a password; unset one of them",
+                );
+                None
+            }
+            (Some(password), None) => Some((password, Origin::Url)),
+            (None, Some(password)) => Some((password.clone(), self.origin("DATABASE_PASSWORD"))),
+            (None, None) => None,
+        };
+        match &password {
+            Some((_, origin)) => self.entry("DATABASE_PASSWORD", REDACTED, *origin),
+            None => self.entry("DATABASE_PASSWORD", "(unset)", Origin::Default),
+        }
+
+        let ssl_mode = self.url_or_var(
+            &mut url,
+            "sslmode",
+            "DATABASE_SSLMODE",
+            raw.sslmode.as_deref(),
+            SslMode::Prefer,
+            |text| {
+                SslMode::parse(text.trim()).ok_or_else(|| {
+                    "is not an sslmode; accepted: disable, allow, prefer, require, verify-ca, \
+                     verify-full"
+                        .to_string()
+                })
+            },
+            |mode| mode.as_str().to_string(),
+        );
+        let ssl_root_cert = self.url_or_var(
+            &mut url,
+            "sslrootcert",
+            "DATABASE_SSLROOTCERT",
+            raw.sslrootcert.as_deref(),
+            None,
+            |text| {
+                if Path::new(text).is_file() {
+                    Ok(Some(PathBuf::from(text)))
+                } else {
+                    Err("is not a file; give the path of the CA certificate".to_string())
+                }
+            },
+            |cert| {
+                cert.as_ref()
+                    .map_or("(unset)".into(), |p| p.display().to_string())
+            },
+        );
+        let application_name = self.url_or_var(
+            &mut url,
+            "application_name",
+            "DATABASE_APPLICATION_NAME",
+            raw.application_name.as_deref(),
+            "datalayer".to_string(),
+            |text| Ok(text.to_string()),
+            Clone::clone,
+        );
+        let connect_timeout = self.url_or_var(
+            &mut url,
+            "connect_timeout",
+            "DATABASE_CONNECT_TIMEOUT",
+            raw.connect_timeout.as_deref(),
+            Duration::from_secs(10),
+            |text| nonzero_duration(text, "would wait forever; give at least 1s"),
+            |d| duration::format(*d),
+        );
+        let statement_timeout = self.optional_duration(
+            "DATABASE_STATEMENT_TIMEOUT",
+            raw.statement_timeout.as_deref(),
+            None,
+        );
+        let lock_timeout =
+            self.optional_duration("DATABASE_LOCK_TIMEOUT", raw.lock_timeout.as_deref(), None);
+        let idle_in_transaction_timeout = self.optional_duration(
+            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+            raw.idle_in_transaction_timeout.as_deref(),
+            None,
+        );
+        PostgresSettings {
+            host,
+            port,
+            user,
+            password: password.map(|(p, _)| p),
+            database,
+            ssl_mode,
+            ssl_root_cert,
+            application_name,
+            connect_timeout,
+            statement_timeout,
+            lock_timeout,
+            idle_in_transaction_timeout,
+            params: UrlParams(url.params),
+        }
+    }
+
+    /// A non-secret text part that the URL or a variable may give, else libpq's default.
+    fn optional(
+        &mut self,
+        variable: &'static str,
+        from_url: Option<String>,
+        from_var: Option<String>,
+    ) -> Option<String> {
+        let (value, origin) = match (from_url, from_var) {
+            (Some(value), _) => (Some(value), Origin::Url),
+            (None, Some(value)) => (Some(value), self.origin(variable)),
+            (None, None) => (None, Origin::Default),
+        };
+        self.entry(
+            variable,
+            value.clone().unwrap_or_else(|| "(unset)".into()),
+            origin,
+        );
+        value
+    }
+
+    /// A variable parsed by `parse`, else `default`. A message from `parse` follows the quoted
+    /// value: `DATABASE_PORT: "70000" is not a port (1-65535)`.
+    fn var<T>(
+        &mut self,
+        variable: &'static str,
+        text: Option<&str>,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+        show: impl Fn(&T) -> String,
+    ) -> T {
+        let (value, origin) = match text {
+            None => (default, Origin::Default),
+            Some(text) => match parse(text) {
+                Ok(value) => (value, self.origin(variable)),
+                Err(why) => {
+                    self.problem(variable, format!("{} {why}", quote(text)));
+                    (default, Origin::Default)
+                }
+            },
+        };
+        self.entry(variable, show(&value), origin);
+        value
+    }
+
+    /// A setting that `DATABASE_URL` may carry as a query parameter or a variable may set, but
+    /// not both. Messages quote the variable's value, never the URL's.
+    #[allow(clippy::too_many_arguments)]
+    fn url_or_var<T>(
+        &mut self,
+        url: &mut url::ParsedUrl,
+        param: &str,
+        variable: &'static str,
+        from_var: Option<&str>,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+        show: impl Fn(&T) -> String,
+    ) -> T {
+        let position = url.params.iter().position(|(k, _)| k == param);
+        let Some(from_url) = position.map(|i| url.params.remove(i).1) else {
+            return self.var(variable, from_var, default, parse, show);
+        };
+        let (value, origin) = if from_var.is_some() {
+            self.problem(
+                variable,
+                format!("DATABASE_URL also sets {param}; unset one of them"),
+            );
+            (default, Origin::Default)
+        } else {
+            match parse(&from_url) {
+                Ok(value) => (value, Origin::Url),
+                Err(why) => {
+                    self.problem("DATABASE_URL", format!("its {param} parameter {why}"));
+                    (default, Origin::Default)
+                }
+            }
+        };
+        self.entry(variable, show(&value), origin);
+        value
+    }
+
+    /// A duration where `0` disables.
+    fn optional_duration(
+        &mut self,
+        variable: &'static str,
+        text: Option<&str>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        self.var(variable, text, default, optional_duration, |value| {
+            value.map_or_else(|| "0 (disabled)".to_string(), duration::format)
+        })
+    }
+
+    fn pool(&mut self, raw: &Raw) -> PoolSettings {
+        let defaults = PoolSettings::default();
+        let max_size = self.var(
+            "DATABASE_POOL_MAX_SIZE",
+            raw.pool_max_size.as_deref(),
+            defaults.max_size,
+            |text| match text.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err("is not a pool size; give a whole number of at least 1".to_string()),
+            },
+            u32::to_string,
+        );
+        let min_idle = self.var(
+            "DATABASE_POOL_MIN_IDLE",
+            raw.pool_min_idle.as_deref(),
+            None,
+            |text| {
+                text.trim()
+                    .parse::<u32>()
+                    .map(Some)
+                    .map_err(|_| "is not a whole number of connections (0 or more)".to_string())
+            },
+            |n| n.map_or_else(|| "(pool default: max size)".to_string(), |n| n.to_string()),
+        );
+        if let Some(n) = min_idle.filter(|n| *n > max_size) {
+            if !self.reported.contains("DATABASE_POOL_MAX_SIZE") {
+                self.problem(
+                    "DATABASE_POOL_MIN_IDLE",
+                    format!(
+                        "{n} is above DATABASE_POOL_MAX_SIZE ({max_size}); give at most {max_size}"
+                    ),
+                );
+            }
+        }
+        let timeout = self.var(
+            "DATABASE_POOL_TIMEOUT",
+            raw.pool_timeout.as_deref(),
+            defaults.timeout,
+            |text| {
+                nonzero_duration(
+                    text,
+                    "would make every checkout fail at once; give a positive wait such as 30s",
+                )
+            },
+            |d| duration::format(*d),
+        );
+        let idle_timeout = self.optional_duration(
+            "DATABASE_POOL_IDLE_TIMEOUT",
+            raw.pool_idle_timeout.as_deref(),
+            defaults.idle_timeout,
+        );
+        let max_lifetime = self.optional_duration(
+            "DATABASE_POOL_MAX_LIFETIME",
+            raw.pool_max_lifetime.as_deref(),
+            defaults.max_lifetime,
+        );
+        PoolSettings {
+            max_size,
+            min_idle,
+            timeout,
+            idle_timeout,
+            max_lifetime,
+        }
+    }
+}
+
+/// A duration that must be more than zero; `zero` says why not.
+fn nonzero_duration(text: &str, zero: &str) -> Result<Duration, String> {
+    match duration::parse(text) {
+        Some(Duration::ZERO) => Err(zero.to_string()),
+        Some(d) => Ok(d),
+        None => Err(format!("is not a duration; {}", duration::ACCEPTED)),
+    }
+}
+
+/// A duration where `0` means disabled (`None`).
+fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    match duration::parse(text) {
+        Some(d) => Ok((!d.is_zero()).then_some(d)),
+        None => Err(format!(
+            "is not a duration; {} (0 disables)",
+            duration::ACCEPTED
+        )),
+    }
+}

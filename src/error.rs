@@ -1,0 +1,77 @@
+//! The crate's one error type.
+//!
+//! Every fallible function in datalayer returns [`Error`]. Its messages name the variable (or,
+//! in later layers, the migration or the pool) that went wrong, say what is wrong and what is
+//! accepted, and never contain a secret: not the value of `DATABASE_PASSWORD`, not any part of
+//! a `DATABASE_URL` (which may hold a password), not a line of a `.env` file.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in datalayer.
+///
+/// The enum is `#[non_exhaustive]`: later versions add variants, so match with a `_` arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// One or more settings are invalid. Each problem names its variable; all problems found
+    /// are reported at once, one per line of the `Display` output.
+    #[error("{0}")]
+    Config(ConfigErrors),
+
+    /// A `.env` file exists but could not be read or parsed. The message gives the file and the
+    /// line, never the line's content (it may hold a password).
+    #[error("{}{}: {reason}", path.display(), line.map(|n| format!(" line {n}")).unwrap_or_default())]
+    DotEnv {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The 1-based line of the entry that failed to parse, when it is known.
+        line: Option<usize>,
+        /// What is wrong and what to do, free of the file's content.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The configuration problems, when this is a configuration error.
+    pub fn config_problems(&self) -> &[ConfigProblem] {
+        match self {
+            Error::Config(errors) => &errors.0,
+            _ => &[],
+        }
+    }
+}
+
+/// A non-empty list of configuration problems, in the order of the variables' documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One invalid setting: which variable, and what is wrong with it.
+///
+/// `Display` reads `DATABASE_PORT: "70000" is not a port (1-65535)`. The message quotes the
+/// offending value only for variables that cannot hold a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The environment variable at fault, e.g. `DATABASE_PORT`.
+    pub variable: String,
+    /// What is wrong and what is accepted; may name a second, conflicting variable.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
