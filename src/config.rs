@@ -200,6 +200,10 @@ pub struct Settings {
 
 /// The database a [`Settings`] points at.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once at start-up; plain unboxed data is easier to construct and match"
+)]
 pub enum Target {
     /// A PostgreSQL server.
     Postgres(PostgresSettings),
@@ -940,15 +944,15 @@ impl<'a> Loader<'a> {
             },
             |n| n.map_or_else(|| "(pool default: max size)".to_string(), |n| n.to_string()),
         );
-        if let Some(n) = min_idle.filter(|n| *n > max_size) {
-            if !self.reported.contains("DATABASE_POOL_MAX_SIZE") {
-                self.problem(
-                    "DATABASE_POOL_MIN_IDLE",
-                    format!(
-                        "{n} is above DATABASE_POOL_MAX_SIZE ({max_size}); give at most {max_size}"
-                    ),
-                );
-            }
+        if let Some(n) = min_idle.filter(|n| *n > max_size)
+            && !self.reported.contains("DATABASE_POOL_MAX_SIZE")
+        {
+            self.problem(
+                "DATABASE_POOL_MIN_IDLE",
+                format!(
+                    "{n} is above DATABASE_POOL_MAX_SIZE ({max_size}); give at most {max_size}"
+                ),
+            );
         }
         let timeout = self.var(
             "DATABASE_POOL_TIMEOUT",

@@ -17,3 +17,8 @@ pub mod error;
 
 pub use config::Settings;
 pub use error::Error;
+
+/// The README's code samples, compiled and run as doctests so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

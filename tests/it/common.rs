@@ -1,0 +1,111 @@
+//! Shared helpers: fresh PostgreSQL databases that clean up after themselves, and the built
+//! `datalayer` binary run in an empty folder with a controlled environment.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::libpq::{Conn, quote_ident};
+
+/// Where the tests reach PostgreSQL as a role that may create databases and roles.
+pub fn admin_url() -> String {
+    std::env::var("DATALAYER_TEST_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// An admin connection, or a failure that says how to start PostgreSQL.
+pub fn admin() -> Conn {
+    let url = admin_url();
+    Conn::connect(&url).unwrap_or_else(|e| {
+        panic!(
+            "cannot reach PostgreSQL at {url}: {e}\n\
+             Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             (./scripts/test does this), or point DATALAYER_TEST_ADMIN_URL at a server where \
+             this role may create databases and roles."
+        )
+    })
+}
+
+/// A name no other test (in this or another process) is using.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database (and optionally a role) created for one test and dropped when it ends, even
+/// when the test fails.
+pub struct TestDb {
+    pub name: String,
+    pub role: Option<String>,
+}
+
+impl TestDb {
+    /// A database called `name`, owned by a new login role `role` when one is given.
+    pub fn create(name: &str, role: Option<&str>) -> TestDb {
+        let admin = admin();
+        // The guard exists before the objects, so a failure halfway still cleans up.
+        let db = TestDb {
+            name: name.to_string(),
+            role: role.map(str::to_string),
+        };
+        if let Some(role) = role {
+            admin
+                .query(&format!("CREATE ROLE {} LOGIN", quote_ident(role)))
+                .unwrap_or_else(|e| panic!("create role: {e}"));
+        }
+        let owner = role
+            .map(|r| format!(" OWNER {}", quote_ident(r)))
+            .unwrap_or_default();
+        admin
+            .query(&format!("CREATE DATABASE {}{owner}", quote_ident(name)))
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = admin();
+        let _ = admin.query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&self.name)
+        ));
+        if let Some(role) = &self.role {
+            let _ = admin.query(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)));
+        }
+    }
+}
+
+/// Runs the built `datalayer` binary in `dir` with only `env` (plus PATH) set.
+pub fn run_cli<K, V>(dir: &Path, args: &[&str], env: &[(K, V)]) -> Output
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let mut command = Command::new(env!("CARGO_BIN_EXE_datalayer"));
+    command.args(args).current_dir(dir).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("the datalayer binary runs")
+}
+
+/// stdout and stderr of a run, as text.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

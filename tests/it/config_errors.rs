@@ -1,0 +1,380 @@
+//! Bad input never panics: each malformed setting fails with an error naming exactly the
+//! variables at fault, one line per problem.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+use datalayer::{Error, Settings};
+
+/// What is wrong, the variables set, and the variables the error must name.
+type Case = (
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<&'static str>,
+);
+
+fn cases() -> Vec<Case> {
+    let pg = ("DATABASE_HOST", "db");
+    vec![
+        (
+            "port too large",
+            vec![pg, ("DATABASE_PORT", "70000")],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "port 0",
+            vec![pg, ("DATABASE_PORT", "0")],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "negative port",
+            vec![pg, ("DATABASE_PORT", "-1")],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "port not a number",
+            vec![pg, ("DATABASE_PORT", "http")],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "empty port",
+            vec![pg, ("DATABASE_PORT", "")],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "negative duration",
+            vec![pg, ("DATABASE_CONNECT_TIMEOUT", "-5s")],
+            vec!["DATABASE_CONNECT_TIMEOUT"],
+        ),
+        (
+            "garbage duration",
+            vec![pg, ("DATABASE_CONNECT_TIMEOUT", "soon")],
+            vec!["DATABASE_CONNECT_TIMEOUT"],
+        ),
+        (
+            "zero connect timeout",
+            vec![pg, ("DATABASE_CONNECT_TIMEOUT", "0")],
+            vec!["DATABASE_CONNECT_TIMEOUT"],
+        ),
+        (
+            "zero pool timeout",
+            vec![("DATABASE_POOL_TIMEOUT", "0s")],
+            vec!["DATABASE_POOL_TIMEOUT"],
+        ),
+        (
+            "fractional duration",
+            vec![("DATABASE_POOL_TIMEOUT", "1.5s")],
+            vec!["DATABASE_POOL_TIMEOUT"],
+        ),
+        (
+            "words for a duration",
+            vec![("DATABASE_POOL_IDLE_TIMEOUT", "10 minutes")],
+            vec!["DATABASE_POOL_IDLE_TIMEOUT"],
+        ),
+        (
+            "negative lifetime",
+            vec![("DATABASE_POOL_MAX_LIFETIME", "-1")],
+            vec!["DATABASE_POOL_MAX_LIFETIME"],
+        ),
+        (
+            "unknown unit",
+            vec![pg, ("DATABASE_STATEMENT_TIMEOUT", "5x")],
+            vec!["DATABASE_STATEMENT_TIMEOUT"],
+        ),
+        (
+            "lock timeout garbage",
+            vec![pg, ("DATABASE_LOCK_TIMEOUT", "forever")],
+            vec!["DATABASE_LOCK_TIMEOUT"],
+        ),
+        (
+            "exponent",
+            vec![pg, ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1e3")],
+            vec!["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"],
+        ),
+        (
+            "duration overflow",
+            vec![("DATABASE_POOL_TIMEOUT", "99999999999999999999h")],
+            vec!["DATABASE_POOL_TIMEOUT"],
+        ),
+        (
+            "unknown sslmode",
+            vec![pg, ("DATABASE_SSLMODE", "sometimes")],
+            vec!["DATABASE_SSLMODE"],
+        ),
+        (
+            "missing CA file",
+            vec![pg, ("DATABASE_SSLROOTCERT", "/nonexistent/ca.pem")],
+            vec!["DATABASE_SSLROOTCERT"],
+        ),
+        (
+            "unknown backend",
+            vec![("DATABASE_BACKEND", "mysql")],
+            vec!["DATABASE_BACKEND"],
+        ),
+        (
+            "max size 0",
+            vec![("DATABASE_POOL_MAX_SIZE", "0")],
+            vec!["DATABASE_POOL_MAX_SIZE"],
+        ),
+        (
+            "negative max size",
+            vec![("DATABASE_POOL_MAX_SIZE", "-3")],
+            vec!["DATABASE_POOL_MAX_SIZE"],
+        ),
+        (
+            "min idle above max",
+            vec![
+                ("DATABASE_POOL_MAX_SIZE", "4"),
+                ("DATABASE_POOL_MIN_IDLE", "5"),
+            ],
+            vec!["DATABASE_POOL_MIN_IDLE"],
+        ),
+        (
+            "min idle above default max",
+            vec![("DATABASE_POOL_MIN_IDLE", "11")],
+            vec!["DATABASE_POOL_MIN_IDLE"],
+        ),
+        (
+            "min idle garbage",
+            vec![("DATABASE_POOL_MIN_IDLE", "some")],
+            vec!["DATABASE_POOL_MIN_IDLE"],
+        ),
+        (
+            "unknown scheme",
+            vec![("DATABASE_URL", "mysql://u:p@h/db")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL and host",
+            vec![
+                ("DATABASE_URL", "postgres://h/db"),
+                ("DATABASE_HOST", "other"),
+            ],
+            vec!["DATABASE_HOST"],
+        ),
+        (
+            "URL and port",
+            vec![
+                ("DATABASE_URL", "postgres://h/db"),
+                ("DATABASE_PORT", "5433"),
+            ],
+            vec!["DATABASE_PORT"],
+        ),
+        (
+            "URL and user",
+            vec![
+                ("DATABASE_URL", "postgres://h/db"),
+                ("DATABASE_USER", "app"),
+            ],
+            vec!["DATABASE_USER"],
+        ),
+        (
+            "URL and name",
+            vec![
+                ("DATABASE_URL", "postgres://h/db"),
+                ("DATABASE_NAME", "app"),
+            ],
+            vec!["DATABASE_NAME"],
+        ),
+        (
+            "URL and path",
+            vec![("DATABASE_URL", "sqlite://a.db"), ("DATABASE_PATH", "b.db")],
+            vec!["DATABASE_PATH"],
+        ),
+        (
+            "two passwords",
+            vec![
+                ("DATABASE_URL", "postgres://u:one@h/db"),
+                ("DATABASE_PASSWORD", "two"),
+            ],
+            vec!["DATABASE_PASSWORD"],
+        ),
+        (
+            "two sslmodes",
+            vec![
+                ("DATABASE_URL", "postgres://h/db?sslmode=require"),
+                ("DATABASE_SSLMODE", "disable"),
+            ],
+            vec!["DATABASE_SSLMODE"],
+        ),
+        (
+            "empty database name",
+            vec![pg, ("DATABASE_NAME", "")],
+            vec!["DATABASE_NAME"],
+        ),
+        (
+            "blank user",
+            vec![pg, ("DATABASE_USER", "   ")],
+            vec!["DATABASE_USER"],
+        ),
+        (
+            "bad host name",
+            vec![("DATABASE_HOST", "db host!")],
+            vec!["DATABASE_HOST"],
+        ),
+        (
+            "URL port too large",
+            vec![("DATABASE_URL", "postgres://h:99999/db")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL with several hosts",
+            vec![("DATABASE_URL", "postgres://h1,h2/db")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL bad escape",
+            vec![("DATABASE_URL", "postgres://u:p%zz@h/db")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL unescaped @",
+            vec![("DATABASE_URL", "postgres://u:p@ss@h/db")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL NUL escape",
+            vec![("DATABASE_URL", "postgres://u@h/d%00b")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL bad sslmode",
+            vec![("DATABASE_URL", "postgres://h/db?sslmode=maybe")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "URL param without =",
+            vec![("DATABASE_URL", "postgres://h/db?sslmode")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "empty sqlite URL",
+            vec![("DATABASE_URL", "sqlite://")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "scheme-less connection string",
+            vec![("DATABASE_URL", "app:pw@db:5432/app")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "backend disagrees with URL",
+            vec![
+                ("DATABASE_BACKEND", "sqlite"),
+                ("DATABASE_URL", "postgres://h/db"),
+            ],
+            vec!["DATABASE_BACKEND"],
+        ),
+        (
+            "postgres setting on sqlite",
+            vec![("DATABASE_BACKEND", "sqlite"), ("DATABASE_HOST", "db")],
+            vec!["DATABASE_HOST"],
+        ),
+        (
+            "database name without host",
+            vec![("DATABASE_NAME", "app")],
+            vec!["DATABASE_NAME"],
+        ),
+        (
+            "path on postgres",
+            vec![pg, ("DATABASE_PATH", "x.db")],
+            vec!["DATABASE_PATH"],
+        ),
+        (
+            "path is a directory",
+            vec![("DATABASE_PATH", "/")],
+            vec!["DATABASE_PATH"],
+        ),
+        (
+            "several problems at once",
+            vec![
+                pg,
+                ("DATABASE_PORT", "x"),
+                ("DATABASE_SSLMODE", "on"),
+                ("DATABASE_POOL_MAX_SIZE", "0"),
+            ],
+            vec![
+                "DATABASE_PORT",
+                "DATABASE_SSLMODE",
+                "DATABASE_POOL_MAX_SIZE",
+            ],
+        ),
+    ]
+}
+
+fn assert_names_exactly(error: &Error, expected: &[&str], case: &str) {
+    let named: Vec<&str> = error
+        .config_problems()
+        .iter()
+        .map(|p| p.variable.as_str())
+        .collect();
+    assert_eq!(named, expected, "{case}: {error}");
+    let lines: Vec<String> = error.to_string().lines().map(str::to_string).collect();
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "{case}: one line per problem: {error}"
+    );
+    for (line, variable) in lines.iter().zip(expected) {
+        assert!(line.starts_with(&format!("{variable}: ")), "{case}: {line}");
+        assert!(
+            line.len() > variable.len() + 20,
+            "{case}: says what is wrong: {line}"
+        );
+    }
+}
+
+#[test]
+fn malformed_settings_name_their_variable() {
+    let cases = cases();
+    assert!(cases.len() >= 30, "at least 30 malformed settings");
+    for (case, pairs, expected) in cases {
+        match Settings::from_pairs(pairs) {
+            Ok(settings) => panic!("{case}: accepted as {settings:?}"),
+            Err(error) => assert_names_exactly(&error, &expected, case),
+        }
+    }
+}
+
+#[test]
+fn invalid_utf8_is_reported_not_panicked_on() {
+    for variable in [
+        "DATABASE_HOST",
+        "DATABASE_PASSWORD",
+        "DATABASE_URL",
+        "DATABASE_PATH",
+    ] {
+        let bad = OsString::from_vec(vec![b'd', 0xff, b'b']);
+        let error = Settings::from_pairs([(OsString::from(variable), bad)])
+            .expect_err("invalid UTF-8 is rejected");
+        assert_names_exactly(&error, &[variable], variable);
+        assert!(error.to_string().contains("UTF-8"), "{error}");
+    }
+}
+
+#[test]
+fn messages_say_what_is_accepted() {
+    let message = |pairs: Vec<(&str, &str)>| {
+        Settings::from_pairs(pairs)
+            .expect_err("invalid")
+            .to_string()
+    };
+    assert_eq!(
+        message(vec![("DATABASE_HOST", "db"), ("DATABASE_PORT", "70000")]),
+        "DATABASE_PORT: \"70000\" is not a port (1-65535)"
+    );
+    assert!(message(vec![("DATABASE_BACKEND", "mysql")]).contains("accepted: postgres, sqlite"));
+    assert!(
+        message(vec![("DATABASE_HOST", "db"), ("DATABASE_SSLMODE", "on")])
+            .contains("disable, allow, prefer, require, verify-ca, verify-full")
+    );
+    assert!(message(vec![("DATABASE_POOL_TIMEOUT", "1.5s")]).contains("500ms, 30s, 10m"));
+    assert!(
+        message(vec![
+            ("DATABASE_URL", "postgres://h/d"),
+            ("DATABASE_HOST", "x")
+        ])
+        .contains("DATABASE_URL")
+    );
+    assert!(message(vec![("DATABASE_URL", "mysql://h/d")]).contains("mysql://"));
+}

@@ -1,0 +1,205 @@
+//! What valid settings turn into: defaults, backend inference, URL forms, origins, `.env`.
+
+use std::time::Duration;
+
+use datalayer::Settings;
+use datalayer::config::{Backend, Host, Origin, SslMode, Target, Vars};
+use secrecy::ExposeSecret;
+
+fn pg(settings: &Settings) -> &datalayer::config::PostgresSettings {
+    match &settings.target {
+        Target::Postgres(pg) => pg,
+        Target::Sqlite(_) => panic!("expected postgres, got {settings:?}"),
+    }
+}
+
+#[test]
+fn nothing_set_means_the_embedded_sqlite_default() {
+    let settings = Settings::from_pairs(Vec::<(&str, &str)>::new()).expect("defaults are valid");
+    assert_eq!(settings.backend(), Backend::Sqlite);
+    assert_eq!(
+        settings.connection_url().redacted(),
+        "sqlite://data/datalayer.sqlite3"
+    );
+    assert_eq!(
+        settings.connection_url().expose_secret(),
+        "data/datalayer.sqlite3"
+    );
+    assert_eq!(settings.pool.max_size, 10);
+    assert_eq!(settings.pool.min_idle, None);
+    assert_eq!(settings.pool.timeout, Duration::from_secs(30));
+    assert_eq!(settings.pool.idle_timeout, Some(Duration::from_secs(600)));
+    assert_eq!(settings.pool.max_lifetime, Some(Duration::from_secs(1800)));
+}
+
+#[test]
+fn backend_is_inferred_from_url_or_host() {
+    for (pairs, backend) in [
+        (vec![("DATABASE_URL", "postgres://h/d")], Backend::Postgres),
+        (
+            vec![("DATABASE_URL", "postgresql://h/d")],
+            Backend::Postgres,
+        ),
+        (vec![("DATABASE_URL", "sqlite://x.db")], Backend::Sqlite),
+        (vec![("DATABASE_URL", "x.db")], Backend::Sqlite),
+        (vec![("DATABASE_HOST", "db")], Backend::Postgres),
+        (vec![("DATABASE_BACKEND", "postgres")], Backend::Postgres),
+        (vec![("DATABASE_BACKEND", "SQLite")], Backend::Sqlite),
+    ] {
+        let settings = Settings::from_pairs(pairs.clone()).expect("valid");
+        assert_eq!(settings.backend(), backend, "{pairs:?}");
+    }
+    let defaults = Settings::from_pairs([("DATABASE_BACKEND", "postgres")]).expect("valid");
+    assert_eq!(pg(&defaults).host, Host::Name("localhost".into()));
+    assert_eq!(pg(&defaults).port, 5432);
+    assert_eq!(pg(&defaults).ssl_mode, SslMode::Prefer);
+    assert_eq!(pg(&defaults).application_name, "datalayer");
+}
+
+#[test]
+fn sqlite_url_forms() {
+    for (url, path) in [
+        ("sqlite://data/app.db", "data/app.db"),
+        ("sqlite:///var/lib/app.db", "/var/lib/app.db"),
+        ("sqlite:app.db", "app.db"),
+        ("relative/app.db", "relative/app.db"),
+    ] {
+        let settings = Settings::from_pairs([("DATABASE_URL", url)]).expect("valid");
+        assert_eq!(settings.connection_url().expose_secret(), path, "{url}");
+    }
+}
+
+#[test]
+fn parts_build_the_url_with_every_setting() {
+    let settings = Settings::from_pairs([
+        ("DATABASE_HOST", "::1"),
+        ("DATABASE_PORT", "6543"),
+        ("DATABASE_USER", "app user"),
+        ("DATABASE_PASSWORD", "pw"),
+        ("DATABASE_NAME", "app/db"),
+        ("DATABASE_SSLMODE", "verify-full"),
+        ("DATABASE_SSLROOTCERT", "/etc/passwd"),
+        ("DATABASE_APPLICATION_NAME", "api"),
+        ("DATABASE_CONNECT_TIMEOUT", "1500ms"),
+        ("DATABASE_STATEMENT_TIMEOUT", "30s"),
+        ("DATABASE_LOCK_TIMEOUT", "0"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1m"),
+        ("DATABASE_POOL_MAX_SIZE", "4"),
+        ("DATABASE_POOL_MIN_IDLE", "0"),
+        ("DATABASE_POOL_TIMEOUT", "250ms"),
+        ("DATABASE_POOL_IDLE_TIMEOUT", "0"),
+        ("DATABASE_POOL_MAX_LIFETIME", "2h"),
+    ])
+    .expect("valid");
+    assert_eq!(
+        settings.connection_url().redacted(),
+        "postgres://app%20user:***@[::1]:6543/app%2Fdb?sslmode=verify-full&sslrootcert=%2Fetc%2Fpasswd\
+         &application_name=api&connect_timeout=2"
+    );
+    let pg = pg(&settings);
+    assert_eq!(pg.statement_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(pg.lock_timeout, None, "0 disables");
+    assert_eq!(
+        pg.idle_in_transaction_timeout,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(settings.pool.max_size, 4);
+    assert_eq!(settings.pool.min_idle, Some(0));
+    assert_eq!(settings.pool.timeout, Duration::from_millis(250));
+    assert_eq!(settings.pool.idle_timeout, None, "0 disables");
+    assert_eq!(settings.pool.max_lifetime, Some(Duration::from_secs(7200)));
+}
+
+#[test]
+fn password_fills_a_url_without_one() {
+    let settings = Settings::from_pairs([
+        ("DATABASE_URL", "postgres://app@db/app?application_name=web"),
+        ("DATABASE_PASSWORD", "s3cr3t/@"),
+    ])
+    .expect("valid");
+    let url = settings.connection_url();
+    assert_eq!(
+        url.expose_secret(),
+        "postgres://app:s3cr3t%2F%40@db:5432/app?sslmode=prefer&application_name=web&connect_timeout=10"
+    );
+    assert_eq!(
+        url.redacted(),
+        "postgres://app:***@db:5432/app?sslmode=prefer&application_name=web&connect_timeout=10"
+    );
+    assert_eq!(format!("{url}"), url.redacted());
+    assert_eq!(
+        format!("{url:?}"),
+        format!("ConnectionUrl({:?})", url.redacted())
+    );
+}
+
+#[test]
+fn origins_say_where_each_value_came_from() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dotenv = dir.path().join(".env");
+    std::fs::write(
+        &dotenv,
+        "# comment\nDATABASE_HOST=from-dotenv\nDATABASE_PORT=6000\nOTHER=x\nDATABASE_USER='quoted $NOT'\n",
+    )
+    .expect("write .env");
+    let vars = Vars::from_pairs([("DATABASE_PORT", "7000"), ("DATABASE_PASWORD", "typo")])
+        .with_dotenv(&dotenv)
+        .expect("valid .env");
+    assert_eq!(
+        vars.origin("DATABASE_PORT"),
+        Some(Origin::Given),
+        "the environment wins"
+    );
+    assert_eq!(vars.origin("DATABASE_HOST"), Some(Origin::DotEnv));
+    assert_eq!(vars.origin("OTHER"), None, "only DATABASE_* is read");
+    let loaded = vars.load().expect("valid");
+    let entry = |name: &str| {
+        loaded
+            .entries
+            .iter()
+            .find(|e| e.variable == name)
+            .unwrap_or_else(|| panic!("{name} listed"))
+            .clone()
+    };
+    assert_eq!(
+        (entry("DATABASE_PORT").value, entry("DATABASE_PORT").origin),
+        ("7000".into(), Origin::Given)
+    );
+    assert_eq!(entry("DATABASE_HOST").origin, Origin::DotEnv);
+    assert_eq!(entry("DATABASE_USER").value, "quoted $NOT");
+    assert_eq!(entry("DATABASE_BACKEND").origin, Origin::Inferred);
+    assert_eq!(entry("DATABASE_SSLMODE").origin, Origin::Default);
+    assert_eq!(loaded.ignored, vec!["DATABASE_PASWORD".to_string()]);
+
+    let from_url = Vars::from_pairs([("DATABASE_URL", "postgres://u@h:1/d")])
+        .load()
+        .expect("valid");
+    let port = from_url
+        .entries
+        .iter()
+        .find(|e| e.variable == "DATABASE_PORT")
+        .expect("port");
+    assert_eq!((port.value.as_str(), port.origin), ("1", Origin::Url));
+
+    let missing = Vars::default().with_dotenv(&dir.path().join("absent.env"));
+    assert!(missing.is_ok(), "a missing .env is not an error");
+}
+
+#[test]
+fn a_broken_dotenv_names_the_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dotenv = dir.path().join(".env");
+    std::fs::write(&dotenv, "DATABASE_HOST=db\n\nDATABASE_PASSWORD='unclosed\n").expect("write");
+    let error = Vars::default()
+        .with_dotenv(&dotenv)
+        .expect_err("unbalanced quote");
+    let message = error.to_string();
+    assert!(
+        message.contains(".env line 3: cannot be parsed"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("unclosed"),
+        "never quotes the line: {message}"
+    );
+}

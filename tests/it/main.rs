@@ -1,0 +1,10 @@
+//! datalayer's integration tests: one binary, shared helpers in `common` and `libpq`.
+
+mod canary;
+mod cli;
+mod common;
+mod config_errors;
+mod config_settings;
+mod docs;
+mod libpq;
+mod url_libpq;

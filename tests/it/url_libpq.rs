@@ -1,0 +1,223 @@
+//! The connection URL against libpq itself: every field datalayer puts into a URL comes back
+//! byte-identical from `PQconninfoParse`, and a real server accepts hostile names through it.
+
+use std::time::Duration;
+
+use datalayer::Settings;
+use datalayer::config::{Host, PoolSettings, PostgresSettings, SslMode, Target, UrlParams};
+use proptest::prelude::*;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::common::{TestDb, admin, unique_name};
+use crate::libpq::{Conn, conninfo_parse};
+
+/// Every ASCII punctuation character, with spaces, quotes, escapes and non-ASCII text.
+fn hostile() -> Vec<String> {
+    let punctuation: String = (0x21u8..0x7f)
+        .filter(|b| b.is_ascii_punctuation())
+        .map(char::from)
+        .collect();
+    let mut all = vec![
+        punctuation.clone(),
+        format!(" {punctuation} "),
+        "%41".into(),
+        "%".into(),
+        "%%25".into(),
+        "a+b c".into(),
+        "back\\slash".into(),
+        "'single' \"double\"".into(),
+        "Ünïcødé naïve".into(),
+        "日本語のパスワード".into(),
+        "😀🔑 emoji".into(),
+        "tab\tnew\nline".into(),
+        "=&?#@:/[]".into(),
+        "  ".into(),
+    ];
+    all.extend(punctuation.chars().map(|c| format!("a{c}b")));
+    all
+}
+
+fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> Settings {
+    Settings {
+        target: Target::Postgres(PostgresSettings {
+            host,
+            port: 5432,
+            user: Some(user.to_string()),
+            password: Some(SecretString::from(password)),
+            database: Some(dbname.to_string()),
+            ssl_mode: SslMode::Disable,
+            ssl_root_cert: None,
+            application_name: app.to_string(),
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: None,
+            lock_timeout: None,
+            idle_in_transaction_timeout: None,
+            params: UrlParams::default(),
+        }),
+        pool: PoolSettings::default(),
+    }
+}
+
+/// Asserts libpq reads back exactly the fields the settings hold.
+fn assert_libpq_reads(settings: &Settings, host: &str, field: &str) {
+    let Target::Postgres(pg) = &settings.target else {
+        unreachable!("postgres settings")
+    };
+    let url = settings.connection_url();
+    let parsed = conninfo_parse(url.expose_secret())
+        .unwrap_or_else(|e| panic!("libpq rejected the URL for {field:?}: {e}"));
+    let get = |key: &str| String::from_utf8(parsed.get(key).cloned().unwrap_or_default());
+    let expected_password = pg.password.as_ref().map(|p| p.expose_secret().to_string());
+    assert_eq!(get("user").ok(), pg.user, "user for {field:?}");
+    assert_eq!(
+        get("password").ok(),
+        expected_password,
+        "password for {field:?}"
+    );
+    assert_eq!(get("dbname").ok(), pg.database, "dbname for {field:?}");
+    assert_eq!(
+        get("application_name").ok().as_deref(),
+        Some(pg.application_name.as_str())
+    );
+    assert_eq!(
+        get("host").ok().as_deref(),
+        Some(host),
+        "host for {field:?}"
+    );
+    assert_eq!(get("port").ok().as_deref(), Some("5432"));
+    assert_eq!(get("sslmode").ok().as_deref(), Some("disable"));
+    assert_eq!(get("connect_timeout").ok().as_deref(), Some("3"));
+}
+
+/// And datalayer's own parser agrees: the URL, given back as DATABASE_URL, yields the same
+/// settings.
+fn assert_round_trips(settings: &Settings) {
+    let Target::Postgres(pg) = &settings.target else {
+        unreachable!("postgres settings")
+    };
+    let url = settings.connection_url();
+    let again = Settings::from_pairs([("DATABASE_URL", url.expose_secret())])
+        .unwrap_or_else(|e| panic!("datalayer rejected its own URL: {e}"));
+    let Target::Postgres(back) = &again.target else {
+        panic!("the URL came back as another backend")
+    };
+    assert_eq!(back.user, pg.user);
+    assert_eq!(
+        back.password.as_ref().map(|p| p.expose_secret()),
+        pg.password.as_ref().map(|p| p.expose_secret())
+    );
+    assert_eq!(back.database, pg.database);
+    assert_eq!(back.host, pg.host);
+    assert_eq!(back.application_name, pg.application_name);
+}
+
+#[test]
+fn libpq_reads_hostile_fields_byte_for_byte() {
+    let cases = hostile();
+    assert!(cases.len() > 30);
+    for s in &cases {
+        let tcp = postgres(Host::Name("db.example.com".into()), s, s, s, s);
+        assert_libpq_reads(&tcp, "db.example.com", s);
+        assert_round_trips(&tcp);
+        let socket_dir = format!("/tmp/{s}");
+        let socket = postgres(Host::Socket(socket_dir.clone()), s, s, s, s);
+        assert_libpq_reads(&socket, &socket_dir, s);
+        assert_round_trips(&socket);
+    }
+    let v6 = postgres(Host::Ip("::1".parse().expect("ip")), "u", "p", "d", "a");
+    assert_libpq_reads(&v6, "::1", "ipv6");
+    assert!(v6.connection_url().redacted().contains("@[::1]:5432/"));
+    let v4 = postgres(
+        Host::Ip("10.1.2.3".parse().expect("ip")),
+        "u",
+        "p",
+        "d",
+        "a",
+    );
+    assert_libpq_reads(&v4, "10.1.2.3", "ipv4");
+}
+
+#[test]
+fn url_params_pass_through_to_libpq() {
+    let settings = Settings::from_pairs([
+        (
+            "DATABASE_URL",
+            "postgresql://app@db/app?options=-c%20search_path%3Dx&target_session_attrs=read-write",
+        ),
+        ("DATABASE_PASSWORD", "s3cret&x"),
+        ("DATABASE_SSLMODE", "require"),
+    ])
+    .expect("valid");
+    let parsed = conninfo_parse(settings.connection_url().expose_secret()).expect("libpq parses");
+    assert_eq!(parsed["options"], b"-c search_path=x");
+    assert_eq!(parsed["target_session_attrs"], b"read-write");
+    assert_eq!(parsed["password"], b"s3cret&x");
+    assert_eq!(parsed["sslmode"], b"require");
+}
+
+fn no_nul_text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 1..24)
+        .prop_map(String::from_iter)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn libpq_round_trips_arbitrary_strings(
+        user in no_nul_text(),
+        password in no_nul_text(),
+        dbname in no_nul_text(),
+        app in no_nul_text(),
+        dir in no_nul_text(),
+    ) {
+        let tcp = postgres(Host::Name("localhost".into()), &user, &password, &dbname, &app);
+        assert_libpq_reads(&tcp, "localhost", &user);
+        assert_round_trips(&tcp);
+        let socket_dir = format!("/{dir}");
+        let socket = postgres(Host::Socket(socket_dir.clone()), &user, &password, &dbname, &app);
+        assert_libpq_reads(&socket, &socket_dir, &dir);
+        assert_round_trips(&socket);
+    }
+}
+
+/// A real server: a role and a database with hostile names, reached over TCP and through a
+/// socket directory whose name needs escaping, report themselves as exactly those names.
+#[test]
+fn postgres_accepts_hostile_names_through_the_url() {
+    let suffix = unique_name("");
+    let role = format!("r @:/?#%&=+'\"\\é😀{suffix}");
+    let dbname = format!("d @:/?#%&=+'\"\\ü{suffix}");
+    let _db = TestDb::create(&dbname, Some(&role));
+    let app = "app @:/?#%&=+'\" x";
+
+    let server_socket_dir = admin()
+        .query("SHOW unix_socket_directories")
+        .expect("show")
+        .and_then(|dirs| dirs.split(',').next().map(|d| d.trim().to_string()))
+        .expect("a socket directory");
+    let hostile_dir = tempfile::Builder::new()
+        .prefix("dl sock @:?#%&=+é ")
+        .tempdir()
+        .expect("temp dir");
+    std::os::unix::fs::symlink(
+        format!("{server_socket_dir}/.s.PGSQL.5432"),
+        hostile_dir.path().join(".s.PGSQL.5432"),
+    )
+    .expect("symlink to the server's socket");
+    let socket_host = Host::Socket(hostile_dir.path().to_string_lossy().into_owned());
+
+    for host in [Host::Ip("127.0.0.1".parse().expect("ip")), socket_host] {
+        let settings = postgres(host.clone(), &role, "unused under trust auth", &dbname, app);
+        let conn = Conn::connect(settings.connection_url().expose_secret())
+            .unwrap_or_else(|e| panic!("connect via {host}: {e}"));
+        let one = |sql: &str| conn.query(sql).expect("query").expect("a row");
+        assert_eq!(one("SELECT current_user"), role, "via {host}");
+        assert_eq!(one("SELECT current_database()"), dbname, "via {host}");
+        assert_eq!(
+            one("SELECT current_setting('application_name')"),
+            app,
+            "via {host}"
+        );
+    }
+}
