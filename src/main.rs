@@ -1,6 +1,7 @@
 //! `datalayer`: a thin command line over the datalayer library.
 //!
 //! It owns what a library must not do on its own: reading `./.env`, printing, and exit codes.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{self, Write};
 use std::path::Path;
