@@ -337,7 +337,7 @@ impl Settings {
             Target::Sqlite(sqlite) => {
                 let path = sqlite.path.to_string_lossy().into_owned();
                 let shown = format!("sqlite://{path}");
-                ConnectionUrl::new(path, shown)
+                ConnectionUrl::new(path, shown, Vec::new())
             }
             Target::Postgres(pg) => {
                 let connect_timeout = pg.connect_timeout.as_millis().div_ceil(1000).to_string();
@@ -360,7 +360,15 @@ impl Settings {
                 };
                 let secret = url::build_postgres(&parts);
                 parts.redact = true;
-                ConnectionUrl::new(secret, url::build_postgres(&parts))
+                let mut secrets: Vec<SecretString> = pg.password.iter().cloned().collect();
+                secrets.extend(
+                    pg.params
+                        .0
+                        .iter()
+                        .filter(|(k, _)| url::is_secret_param(k))
+                        .map(|(_, v)| SecretString::from(v.as_str())),
+                );
+                ConnectionUrl::new(secret, url::build_postgres(&parts), secrets)
             }
         }
     }

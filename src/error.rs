@@ -7,6 +7,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::PoolState;
 
 /// Everything that can go wrong in datalayer.
 ///
@@ -30,6 +33,48 @@ pub enum Error {
         /// What is wrong and what to do, free of the file's content.
         reason: String,
     },
+
+    /// The database could not be reached or refused the connection. `target` is the redacted
+    /// URL; `reason` is the driver's message with any secret scrubbed out.
+    #[error("cannot connect to {target}: {reason}")]
+    Connect {
+        /// The redacted connection URL.
+        target: String,
+        /// What the driver said.
+        reason: String,
+    },
+
+    /// No pooled connection became free in time (or none could be opened).
+    #[error(
+        "no database connection available after waiting {waited:.1?} ({state}){}",
+        last_error.as_ref().map(|e| format!("; last connection error: {e}")).unwrap_or_default()
+    )]
+    PoolTimeout {
+        /// How long the checkout waited.
+        waited: Duration,
+        /// The pool when the wait ended.
+        state: PoolState,
+        /// The most recent failure to open a connection, if any.
+        last_error: Option<String>,
+    },
+
+    /// A migration failed. The database stays at the last migration that succeeded (each runs
+    /// in its own transaction).
+    #[error("migration {migration} failed: {reason}")]
+    Migration {
+        /// The migration's version and name, e.g. `2026-11-25-000001_create_users`.
+        migration: String,
+        /// The database's message.
+        reason: String,
+    },
+
+    /// Creating or updating a user would give two users the same email address.
+    #[error("a user with this email address already exists")]
+    EmailTaken,
+
+    /// Any other error from the database or the driver.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
 }
 
 impl Error {

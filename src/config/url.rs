@@ -36,19 +36,39 @@ const SECRET_PARAMS: &[&str] = &["password", "sslpassword"];
 pub struct ConnectionUrl {
     secret: SecretString,
     redacted: String,
+    /// The secrets that may appear inside the URL (password, `sslpassword`), for [`scrub`].
+    ///
+    /// [`scrub`]: ConnectionUrl::scrub
+    secrets: Vec<SecretString>,
 }
 
 impl ConnectionUrl {
-    pub(crate) fn new(secret: String, redacted: String) -> Self {
+    pub(crate) fn new(secret: String, redacted: String, secrets: Vec<SecretString>) -> Self {
         ConnectionUrl {
             secret: SecretString::from(secret),
             redacted,
+            secrets: secrets
+                .into_iter()
+                .filter(|s| !s.expose_secret().is_empty())
+                .collect(),
         }
     }
 
     /// The URL with any password replaced by `***`, safe for logs and errors.
     pub fn redacted(&self) -> &str {
         &self.redacted
+    }
+
+    /// `text` with the URL and every secret it holds (raw or percent-encoded) replaced by their
+    /// redacted forms. Applied to messages from drivers before they reach an error.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(self.secret.expose_secret(), &self.redacted);
+        for secret in &self.secrets {
+            let raw = secret.expose_secret();
+            out = out.replace(&encode(raw).to_string(), REDACTED);
+            out = out.replace(raw, REDACTED);
+        }
+        out
     }
 }
 
@@ -178,7 +198,7 @@ pub(crate) fn build_postgres(parts: &UrlParts<'_>) -> String {
     for (i, (key, value)) in query.iter().enumerate() {
         url.push(if i == 0 { '?' } else { '&' });
         url.push_str(&format!("{}=", encode(key)));
-        match parts.redact && SECRET_PARAMS.contains(key) {
+        match parts.redact && is_secret_param(key) {
             true => url.push_str(REDACTED),
             false => url.push_str(&encode(value).to_string()),
         }
@@ -186,9 +206,14 @@ pub(crate) fn build_postgres(parts: &UrlParts<'_>) -> String {
     url
 }
 
+/// Does `key` name a query parameter whose value is a secret?
+pub(crate) fn is_secret_param(key: &str) -> bool {
+    SECRET_PARAMS.contains(&key)
+}
+
 /// Returns `value`, or `***` when `key` names a secret query parameter.
 pub(crate) fn redact_param<'a>(key: &str, value: &'a str) -> &'a str {
-    if SECRET_PARAMS.contains(&key) {
+    if is_secret_param(key) {
         REDACTED
     } else {
         value

@@ -1,0 +1,2 @@
+DROP TRIGGER users_set_updated_at;
+DROP TABLE users;

@@ -1,0 +1,260 @@
+//! The engine: an r2d2 pool of Diesel connections, the port of the seed's `connection_engine`.
+//!
+//! [`Engine::connect`] makes one connection first, so a wrong password or an unreachable server
+//! fails at once with the database's own message, then builds the pool with every pool setting
+//! applied. Each new connection gets its session setup:
+//!
+//! - PostgreSQL: `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout`
+//!   from the settings, when enabled (`application_name` travels in the URL);
+//! - SQLite: `foreign_keys = ON`, `busy_timeout` ([`SQLITE_BUSY_TIMEOUT`]),
+//!   `journal_mode = WAL`, `synchronous = NORMAL`; the file's folder is created when missing.
+//!
+//! A checkout does not pay a round trip for a connection that was just used; see
+//! [`VALIDATION_WINDOW`] for the validation rules. A checkout that times out is an
+//! [`Error::PoolTimeout`] that says how long it waited and what the pool looked like.
+//!
+//! ```
+//! use datalayer::{Engine, Settings};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("app.sqlite3");
+//! let settings = Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
+//! let engine = Engine::connect(&settings)?;
+//! let ping = engine.ping()?;
+//! assert!(ping.server_version.starts_with("SQLite"));
+//! let mut conn = engine.get()?; // hand `&mut conn` to query functions
+//! # drop(conn);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+// The MultiConnection derive generates public items without docs.
+#[allow(missing_docs)]
+mod connection;
+mod manager;
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::RunQueryDsl;
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{Pool, PooledConnection};
+use diesel::sql_types::Text;
+
+pub use self::connection::{Conn, MultiBackend};
+use self::manager::{Manager, RememberErrors, Shared};
+pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
+use crate::config::{Backend, Settings, Target};
+use crate::error::Error;
+
+/// The pool of connections and the entry point for SQL.
+///
+/// Cheap to share: wrap it in an `Arc` or hand out `&Engine`; every method takes `&self`.
+pub struct Engine {
+    pool: Pool<Manager>,
+    /// The pool's manager too, for connections outside the pool (migrations).
+    manager: Manager,
+    shared: Arc<Shared>,
+    backend: Backend,
+    target: String,
+    /// How long dropping the engine waits for connection attempts under way.
+    close_limit: Duration,
+}
+
+impl Drop for Engine {
+    /// Stops new connection attempts and waits (at most the connect timeout, plus a second)
+    /// for those under way, so that the process can exit safely right after.
+    fn drop(&mut self) {
+        self.shared.close(self.close_limit);
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.backend)
+            .field("target", &self.target)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A connection checked out of the pool; it goes back when dropped.
+///
+/// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
+pub struct PooledConn(PooledConnection<Manager>);
+
+impl Deref for PooledConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.0.conn
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.0.conn
+    }
+}
+
+/// A snapshot of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// The most connections the pool will hold.
+    pub max_size: u32,
+    /// Connections open now, idle or in use.
+    pub connections: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// Connections checked out now.
+    pub in_use: u32,
+}
+
+impl fmt::Display for PoolState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pool size {}, {} open: {} in use, {} idle",
+            self.max_size, self.connections, self.in_use, self.idle
+        )
+    }
+}
+
+/// The answer to [`Engine::ping`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ping {
+    /// Round trip of `SELECT 1` on a pooled connection.
+    pub latency: Duration,
+    /// `PostgreSQL 15.4 ...` or `SQLite 3.40.1`.
+    pub server_version: String,
+    /// The role connected as (PostgreSQL); `None` on SQLite.
+    pub user: Option<String>,
+    /// The database name (PostgreSQL) or file (SQLite).
+    pub database: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Identity {
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    user: Option<String>,
+    #[diesel(sql_type = Text)]
+    database: String,
+}
+
+impl Engine {
+    /// Connects once to check the database is reachable (failing with its own message if not),
+    /// then builds the pool. For SQLite the file's folder is created when missing.
+    pub fn connect(settings: &Settings) -> Result<Engine, Error> {
+        let shared = Shared::new();
+        let manager = Manager::new(settings, Arc::clone(&shared));
+        let target = manager.target().to_string();
+        if let Target::Sqlite(sqlite) = &settings.target
+            && let Some(dir) = sqlite.path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Connect {
+                target: target.clone(),
+                reason: format!("cannot create the folder {}: {e}", dir.display()),
+            })?;
+        }
+        manager.establish().map_err(|e| Error::Connect {
+            target: target.clone(),
+            reason: e.0,
+        })?;
+        let pool_settings = &settings.pool;
+        let pool = Pool::builder()
+            .max_size(pool_settings.max_size)
+            .min_idle(pool_settings.min_idle)
+            .connection_timeout(pool_settings.timeout)
+            .idle_timeout(pool_settings.idle_timeout)
+            .max_lifetime(pool_settings.max_lifetime)
+            .test_on_check_out(true)
+            .error_handler(Box::new(RememberErrors(Arc::clone(&shared))))
+            .build_unchecked(manager.clone());
+        let connect_timeout = match &settings.target {
+            Target::Postgres(pg) => pg.connect_timeout,
+            Target::Sqlite(_) => SQLITE_BUSY_TIMEOUT,
+        };
+        Ok(Engine {
+            pool,
+            manager,
+            shared,
+            backend: settings.backend(),
+            target,
+            close_limit: connect_timeout + Duration::from_secs(1),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection URL, redacted.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Checks a connection out of the pool, waiting at most `DATABASE_POOL_TIMEOUT`.
+    pub fn get(&self) -> Result<PooledConn, Error> {
+        let start = Instant::now();
+        self.pool
+            .get()
+            .map(PooledConn)
+            .map_err(|_| Error::PoolTimeout {
+                waited: start.elapsed(),
+                state: self.state(),
+                last_error: self.shared.last_error(),
+            })
+    }
+
+    /// How many connections are open, idle and in use.
+    pub fn state(&self) -> PoolState {
+        let state = self.pool.state();
+        PoolState {
+            max_size: self.pool.max_size(),
+            connections: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections - state.idle_connections,
+        }
+    }
+
+    /// Times a `SELECT 1` round trip on a pooled connection, then reads the server version,
+    /// the user and the database in one more query.
+    pub fn ping(&self) -> Result<Ping, Error> {
+        let mut conn = self.get()?;
+        let start = Instant::now();
+        conn.batch_execute("SELECT 1")?;
+        let latency = start.elapsed();
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT version() AS version, current_user::text AS user, \
+                 current_database()::text AS database"
+            }
+            Backend::Sqlite => {
+                "SELECT 'SQLite ' || sqlite_version() AS version, NULL AS user, \
+                 (SELECT file FROM pragma_database_list WHERE name = 'main') AS database"
+            }
+        };
+        let identity: Identity = diesel::sql_query(sql).get_result(&mut *conn)?;
+        Ok(Ping {
+            latency,
+            server_version: identity.version,
+            user: identity.user,
+            database: identity.database,
+        })
+    }
+
+    /// A connection outside the pool, without the application's session limits, for
+    /// migrations.
+    pub(crate) fn migration_connection(&self) -> Result<Conn, Error> {
+        self.manager
+            .establish_for_migrations()
+            .map_err(|e| Error::Connect {
+                target: self.target.clone(),
+                reason: e.0,
+            })
+    }
+}

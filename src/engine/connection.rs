@@ -1,0 +1,23 @@
+//! The connection type every query takes: one Diesel connection, PostgreSQL or SQLite, chosen
+//! at run time.
+
+/// A Diesel connection to whichever backend the settings chose.
+///
+/// Derived with Diesel's `MultiConnection`, so query functions written once against
+/// `&mut Conn` run on both backends. Limits of that derive, and how datalayer lives with them:
+///
+/// - Only SQL types every backend has are usable (integers, floats, text, binary, date, time,
+///   `Timestamp`, bool). That is why timestamps are `timestamp` holding UTC on PostgreSQL too:
+///   `timestamptz` has no SQLite counterpart.
+/// - No `ON CONFLICT` clause through the shared backend; match the variant
+///   (`Conn::Postgres(pg)`) for backend-specific SQL.
+/// - The derived `establish` tries each backend in turn and drops their errors, so datalayer
+///   never calls it: the engine establishes the configured backend's connection itself and
+///   reports that backend's own error.
+#[derive(diesel::MultiConnection)]
+pub enum Conn {
+    /// A PostgreSQL connection (libpq).
+    Postgres(diesel::PgConnection),
+    /// A SQLite connection.
+    Sqlite(diesel::SqliteConnection),
+}

@@ -1,0 +1,305 @@
+//! The r2d2 connection manager: establishes the configured backend, runs the per-session
+//! setup, and decides cheaply whether a pooled connection may be handed out.
+//!
+//! # Validation
+//!
+//! r2d2's stock manager runs `SELECT 1` before every checkout, a full round trip that halves
+//! throughput for short queries. Here a connection is pinged at checkout only when one of these
+//! holds:
+//!
+//! - it has been idle for longer than [`VALIDATION_WINDOW`] (500 ms, HikariCP's
+//!   `aliveBypassWindowMs`): a connection that was just returned in working order is trusted;
+//! - some connection of this pool was found dead since this one was last returned: a dead peer
+//!   usually means the server restarted or dropped every backend, so every connection made
+//!   before that moment is suspect (SQLAlchemy invalidates its whole pool for the same reason).
+//!
+//! A connection is found dead when a query on it fails with Diesel's `ClosedConnection` (seen
+//! through Diesel's instrumentation hook, since `PgConnection::is_broken` only reports a broken
+//! transaction) or when a validation ping fails. A dead connection is never put back in the pool.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::r2d2::{HandleError, ManageConnection, R2D2Connection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, PgConnection, SqliteConnection};
+use secrecy::ExposeSecret;
+
+use super::Conn;
+use crate::config::{Backend, ConnectionUrl, Settings, Target};
+
+/// A connection returned this recently, in working order, is handed out without a ping.
+pub const VALIDATION_WINDOW: Duration = Duration::from_millis(500);
+
+/// How long SQLite waits on a locked database before failing with `SQLITE_BUSY`.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled connection and what validation needs to know about it.
+pub struct Slot {
+    pub(crate) conn: Conn,
+    /// When it was made, or last returned to the pool in working order.
+    returned_at: Instant,
+    /// Set by the instrumentation when a query on it fails with a closed connection.
+    dead: Arc<AtomicBool>,
+}
+
+/// State shared by the manager, the error handler and the instrumentation of each connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
+    last_dead: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Connection attempts under way, and whether the engine is closing (no new attempts).
+    attempts: Mutex<Attempts>,
+    attempts_done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    in_flight: usize,
+    closing: bool,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            last_dead: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            attempts: Mutex::new(Attempts::default()),
+            attempts_done: Condvar::new(),
+        })
+    }
+
+    /// Registers a connection attempt, unless the engine is closing.
+    fn begin_attempt(&self) -> bool {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return false;
+        };
+        if attempts.closing {
+            return false;
+        }
+        attempts.in_flight += 1;
+        true
+    }
+
+    fn end_attempt(&self) {
+        if let Ok(mut attempts) = self.attempts.lock() {
+            attempts.in_flight -= 1;
+            self.attempts_done.notify_all();
+        }
+    }
+
+    /// Refuses new connection attempts and waits up to `limit` for those under way.
+    ///
+    /// r2d2 opens connections on background threads and does not wait for them when the pool
+    /// is dropped. A process that exits while one of them is inside libpq's TLS handshake
+    /// crashes in OpenSSL's exit handler, so the engine drains them first.
+    pub(crate) fn close(&self, limit: Duration) {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return;
+        };
+        attempts.closing = true;
+        let deadline = Instant::now() + limit;
+        while attempts.in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.attempts_done.wait_timeout(attempts, left) {
+                Ok((guard, _)) => attempts = guard,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn mark_dead(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_dead
+            .fetch_max(nanos.saturating_add(1), Ordering::AcqRel);
+    }
+
+    /// Was a connection found dead after `instant`?
+    fn dead_since(&self, instant: Instant) -> bool {
+        match self.last_dead.load(Ordering::Acquire) {
+            0 => false,
+            n => self.epoch + Duration::from_nanos(n - 1) >= instant,
+        }
+    }
+
+    /// The most recent error met while connecting, already free of secrets.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    fn set_last_error(&self, message: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(message);
+        }
+    }
+}
+
+/// Why a connection could not be made or kept. The message never holds a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub(crate) String);
+
+/// Establishes connections to the configured database.
+#[derive(Debug, Clone)]
+pub(crate) struct Manager {
+    backend: Backend,
+    url: ConnectionUrl,
+    /// Run on every new pooled connection; empty when there is nothing to set.
+    session_sql: String,
+    shared: Arc<Shared>,
+}
+
+/// `SET` statements for the PostgreSQL session limits that are enabled, or pragmas for SQLite.
+fn session_sql(settings: &Settings) -> String {
+    match &settings.target {
+        Target::Postgres(pg) => [
+            ("statement_timeout", pg.statement_timeout),
+            ("lock_timeout", pg.lock_timeout),
+            (
+                "idle_in_transaction_session_timeout",
+                pg.idle_in_transaction_timeout,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|d| format!("SET {name} = {};", d.as_millis())))
+        .collect::<Vec<_>>()
+        .join(" "),
+        Target::Sqlite(_) => format!(
+            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL;",
+            SQLITE_BUSY_TIMEOUT.as_millis()
+        ),
+    }
+}
+
+impl Manager {
+    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>) -> Manager {
+        Manager {
+            backend: settings.backend(),
+            url: settings.connection_url(),
+            session_sql: session_sql(settings),
+            shared,
+        }
+    }
+
+    /// The redacted URL, for messages.
+    pub(crate) fn target(&self) -> &str {
+        self.url.redacted()
+    }
+
+    /// Opens a connection to the configured backend, reporting that backend's own error.
+    /// This is the one place the URL's secret is exposed.
+    pub(crate) fn establish(&self) -> Result<Conn, ConnectError> {
+        if !self.shared.begin_attempt() {
+            return Err(ConnectError("the engine is shutting down".into()));
+        }
+        let url = self.url.expose_secret();
+        let result = match self.backend {
+            Backend::Postgres => PgConnection::establish(url).map(Conn::Postgres),
+            Backend::Sqlite => SqliteConnection::establish(url).map(Conn::Sqlite),
+        };
+        self.shared.end_attempt();
+        result.map_err(|e| ConnectError(self.url.scrub(e.to_string().trim())))
+    }
+
+    /// A connection for migrations: no application statement or idle-in-transaction timeout
+    /// on PostgreSQL, and a busy timeout on SQLite.
+    pub(crate) fn establish_for_migrations(&self) -> Result<Conn, ConnectError> {
+        let mut conn = self.establish()?;
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;"
+                    .to_string()
+            }
+            Backend::Sqlite => {
+                format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis())
+            }
+        };
+        conn.batch_execute(&sql)
+            .map_err(|e| ConnectError(format!("setting up the migration session: {e}")))?;
+        Ok(conn)
+    }
+}
+
+/// Watches a connection's queries and flags it dead when one fails with a closed connection.
+struct DeathWatch {
+    dead: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl Instrumentation for DeathWatch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::FinishQuery {
+            error: Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)),
+            ..
+        } = event
+        {
+            self.dead.store(true, Ordering::Release);
+            self.shared.mark_dead();
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = Slot;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<Slot, ConnectError> {
+        let mut conn = self.establish()?;
+        if !self.session_sql.is_empty() {
+            conn.batch_execute(&self.session_sql)
+                .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
+        }
+        let dead = Arc::new(AtomicBool::new(false));
+        conn.set_instrumentation(DeathWatch {
+            dead: Arc::clone(&dead),
+            shared: Arc::clone(&self.shared),
+        });
+        Ok(Slot {
+            conn,
+            returned_at: Instant::now(),
+            dead,
+        })
+    }
+
+    fn is_valid(&self, slot: &mut Slot) -> Result<(), ConnectError> {
+        if slot.dead.load(Ordering::Acquire) {
+            return Err(ConnectError("the connection was closed".into()));
+        }
+        let recent = slot.returned_at.elapsed() < VALIDATION_WINDOW;
+        if recent && !self.shared.dead_since(slot.returned_at) {
+            return Ok(());
+        }
+        slot.conn.ping().map_err(|e| {
+            self.shared.mark_dead();
+            ConnectError(format!("validation failed: {e}"))
+        })
+    }
+
+    fn has_broken(&self, slot: &mut Slot) -> bool {
+        let broken =
+            std::thread::panicking() || slot.dead.load(Ordering::Acquire) || slot.conn.is_broken();
+        if !broken {
+            slot.returned_at = Instant::now();
+        }
+        broken
+    }
+}
+
+/// Keeps the last connection error for the pool-timeout message, instead of r2d2's logging.
+#[derive(Debug)]
+pub(crate) struct RememberErrors(pub(crate) Arc<Shared>);
+
+impl HandleError<ConnectError> for RememberErrors {
+    fn handle_error(&self, error: ConnectError) {
+        self.0.set_last_error(error.0);
+    }
+}

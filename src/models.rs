@@ -1,0 +1,26 @@
+//! The models: the port of the seed's `declarativeBase`.
+//!
+//! One module per table, each with its row type (`Queryable` + `Selectable`, checked against
+//! both backends), a borrowed insert type, and query functions that take `&mut Conn`, so they
+//! run on a pooled connection, a plain one, or inside a test transaction alike. Timestamps are
+//! UTC `NaiveDateTime`s (see [`Conn`](crate::Conn) for why not `timestamptz`).
+//!
+//! ```
+//! use datalayer::models::{posts, users};
+//! # let dir = tempfile::tempdir()?;
+//! # let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db").as_os_str())])?;
+//! # let engine = datalayer::Engine::connect(&settings)?;
+//! # datalayer::migrations::run_pending(&engine)?;
+//! let mut conn = engine.get()?;
+//! let ada = users::create(&mut conn, &users::NewUser { email: "ada@example.com", display_name: "Ada" })?;
+//! let post = posts::create(&mut conn, &posts::NewPost { author_id: ada.id, title: "Notes", body: "…" })?;
+//! let page = posts::list_by_author(&mut conn, ada.id, None, 20)?;
+//! assert_eq!(page.posts, vec![post]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod posts;
+pub mod users;
+
+pub use self::posts::{NewPost, Post};
+pub use self::users::{NewUser, User, UserChanges};

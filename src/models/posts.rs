@@ -1,0 +1,144 @@
+//! The `posts` table.
+
+use chrono::{NaiveDateTime, Timelike, Utc};
+use diesel::prelude::*;
+
+use super::users::User;
+use crate::engine::Conn;
+use crate::error::Error;
+use crate::schema::posts;
+
+/// A post row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Associations)]
+#[diesel(table_name = posts)]
+#[diesel(belongs_to(User, foreign_key = author_id))]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Post {
+    /// Primary key.
+    pub id: i64,
+    /// The user who wrote it; deleting the user deletes the post.
+    pub author_id: i64,
+    /// Title.
+    pub title: String,
+    /// Body text.
+    pub body: String,
+    /// Whether it is visible to others.
+    pub published: bool,
+    /// When the row was inserted (UTC).
+    pub created_at: NaiveDateTime,
+    /// When it was first published (UTC).
+    pub published_at: Option<NaiveDateTime>,
+}
+
+/// A post to insert (unpublished).
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = posts)]
+pub struct NewPost<'a> {
+    /// The author's user id.
+    pub author_id: i64,
+    /// Title.
+    pub title: &'a str,
+    /// Body text.
+    pub body: &'a str,
+}
+
+/// Where a page of [`list_by_author`] ends: the last post's `created_at` and `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at` of the last post on the page.
+    pub created_at: NaiveDateTime,
+    /// `id` of the last post on the page.
+    pub id: i64,
+}
+
+/// One page of posts, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The posts on this page.
+    pub posts: Vec<Post>,
+    /// Pass this as `after` for the next page; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// Inserts a post. An author that does not exist is a foreign-key [`Error::Database`].
+pub fn create(conn: &mut Conn, new: &NewPost<'_>) -> Result<Post, Error> {
+    Ok(diesel::insert_into(posts::table)
+        .values(new)
+        .returning(posts::all_columns)
+        .get_result(conn)?)
+}
+
+/// The post with this id, if any.
+pub fn find(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
+    Ok(posts::table
+        .find(id)
+        .select(Post::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Publishes a post, stamping `published_at` the first time; publishing again changes
+/// nothing. Returns the post, or `None` when there is no such post.
+pub fn publish(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
+    // The application's UTC clock, at the database's microsecond precision: PostgreSQL's
+    // CURRENT_TIMESTAMP would be converted to `timestamp` in the session's time zone.
+    let now = Utc::now().naive_utc();
+    let now = now
+        .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now);
+    let published = diesel::update(posts::table.find(id).filter(posts::published.eq(false)))
+        .set((posts::published.eq(true), posts::published_at.eq(now)))
+        .returning(posts::all_columns)
+        .get_result(conn)
+        .optional()?;
+    match published {
+        Some(post) => Ok(Some(post)),
+        None => find(conn, id),
+    }
+}
+
+/// A user's posts, newest first (`created_at`, then `id`), `limit` at a time. Keyset
+/// pagination: pass the previous page's `next` as `after`. Served by the
+/// `posts (author_id, created_at)` index.
+pub fn list_by_author(
+    conn: &mut Conn,
+    author_id: i64,
+    after: Option<Cursor>,
+    limit: u32,
+) -> Result<Page, Error> {
+    let limit = i64::from(limit.max(1));
+    let mut query = posts::table
+        .filter(posts::author_id.eq(author_id))
+        .select(Post::as_select())
+        .order((posts::created_at.desc(), posts::id.desc()))
+        .limit(limit + 1)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(
+            posts::created_at.lt(after.created_at).or(posts::created_at
+                .eq(after.created_at)
+                .and(posts::id.lt(after.id))),
+        );
+    }
+    let mut posts: Vec<Post> = query.load(conn)?;
+    let more = posts.len() as i64 > limit;
+    posts.truncate(limit as usize);
+    let next = more.then(|| posts.last()).flatten().map(|last| Cursor {
+        created_at: last.created_at,
+        id: last.id,
+    });
+    Ok(Page { posts, next })
+}
+
+/// How many posts a user has.
+pub fn count_by_author(conn: &mut Conn, author_id: i64) -> Result<i64, Error> {
+    Ok(posts::table
+        .filter(posts::author_id.eq(author_id))
+        .count()
+        .get_result(conn)?)
+}
+
+/// Deletes a post. Returns whether a post was deleted.
+pub fn delete(conn: &mut Conn, id: i64) -> Result<bool, Error> {
+    Ok(diesel::delete(posts::table.find(id)).execute(conn)?).map(|n: usize| n > 0)
+}

@@ -1,0 +1,113 @@
+//! The `users` table.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::engine::Conn;
+use crate::error::Error;
+use crate::schema::users;
+
+/// A user row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = users)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct User {
+    /// Primary key.
+    pub id: i64,
+    /// Unique email address.
+    pub email: String,
+    /// Name shown to other users.
+    pub display_name: String,
+    /// When the row was inserted (UTC).
+    pub created_at: NaiveDateTime,
+    /// When the row was last changed (UTC), kept current by a trigger on both backends.
+    pub updated_at: NaiveDateTime,
+}
+
+/// A user to insert.
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    /// Unique email address.
+    pub email: &'a str,
+    /// Name shown to other users.
+    pub display_name: &'a str,
+}
+
+/// Changes to a user; `None` leaves a column as it is.
+#[derive(Debug, Clone, Copy, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges<'a> {
+    /// A new email address.
+    pub email: Option<&'a str>,
+    /// A new display name.
+    pub display_name: Option<&'a str>,
+}
+
+/// Turns a unique violation on `users.email` into [`Error::EmailTaken`].
+fn email_taken(error: DieselError) -> Error {
+    if let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &error {
+        let on_email = info.constraint_name() == Some("users_email_key")
+            || info.message().contains("users.email");
+        if on_email {
+            return Error::EmailTaken;
+        }
+    }
+    Error::Database(error)
+}
+
+// Writes use `RETURNING` with the table's columns rather than `as_returning()`: Diesel's
+// MultiConnection cannot render a `SelectBy` clause for each backend. The row types list their
+// fields in column order, so `Queryable` maps them the same way.
+
+/// Inserts a user. A taken email address is [`Error::EmailTaken`].
+pub fn create(conn: &mut Conn, new: &NewUser<'_>) -> Result<User, Error> {
+    diesel::insert_into(users::table)
+        .values(new)
+        .returning(users::all_columns)
+        .get_result(conn)
+        .map_err(email_taken)
+}
+
+/// The user with this id, if any.
+pub fn find(conn: &mut Conn, id: i64) -> Result<Option<User>, Error> {
+    Ok(users::table
+        .find(id)
+        .select(User::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The user with this email address, if any.
+pub fn find_by_email(conn: &mut Conn, email: &str) -> Result<Option<User>, Error> {
+    Ok(users::table
+        .filter(users::email.eq(email))
+        .select(User::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Applies `changes` and returns the updated user, or `None` when there is no such user.
+/// Changing to a taken email address is [`Error::EmailTaken`].
+pub fn update(conn: &mut Conn, id: i64, changes: &UserChanges<'_>) -> Result<Option<User>, Error> {
+    if changes.email.is_none() && changes.display_name.is_none() {
+        return find(conn, id);
+    }
+    diesel::update(users::table.find(id))
+        .set(changes)
+        .returning(users::all_columns)
+        .get_result(conn)
+        .optional()
+        .map_err(email_taken)
+}
+
+/// Deletes a user and, by cascade, their posts. Returns whether a user was deleted.
+pub fn delete(conn: &mut Conn, id: i64) -> Result<bool, Error> {
+    Ok(diesel::delete(users::table.find(id)).execute(conn)? > 0)
+}
+
+/// How many users there are.
+pub fn count(conn: &mut Conn) -> Result<i64, Error> {
+    Ok(users::table.count().get_result(conn)?)
+}
