@@ -81,6 +81,18 @@ fn migration_error(migration: &str, error: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The database's own message for a failed migration, without diesel's "Failed to run
+/// <version> with: " wrapper (the migration is named by [`Error::Migration`] already; the
+/// wrapper's type is private to diesel_migrations, so the prefix is cut from the text).
+fn run_error(migration: &str, error: impl std::fmt::Display) -> Error {
+    let message = error.to_string();
+    let reason = message
+        .strip_prefix("Failed to run ")
+        .and_then(|rest| rest.split_once(" with: "))
+        .map_or(message.as_str(), |(_, reason)| reason);
+    migration_error(migration, reason)
+}
+
 fn apply<DB, C>(conn: &mut C, source: EmbeddedMigrations) -> Result<Vec<String>, Error>
 where
     DB: DieselBackend,
@@ -93,7 +105,7 @@ where
     for migration in pending {
         let name = migration.name().to_string();
         conn.run_migration(&migration)
-            .map_err(|e| migration_error(&name, e))?;
+            .map_err(|e| run_error(&name, e))?;
         applied.push(name);
     }
     Ok(applied)
@@ -131,7 +143,7 @@ where
             .map(|(_, name)| name.clone())
             .unwrap_or_else(|| last.clone());
         conn.revert_last_migration(source())
-            .map_err(|e| migration_error(&name, e))?;
+            .map_err(|e| run_error(&name, e))?;
         reverted.push(name);
     }
     Ok(reverted)

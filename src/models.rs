@@ -22,5 +22,17 @@
 pub mod posts;
 pub mod users;
 
+use chrono::{NaiveDateTime, Timelike, Utc};
+
+/// The application's UTC clock at the databases' microsecond precision.
+///
+/// Used where a model stamps a time itself: PostgreSQL's `CURRENT_TIMESTAMP` would be
+/// converted to `timestamp` in the session's time zone, and SQLite's has whole seconds.
+pub(crate) fn utc_now() -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
+
 pub use self::posts::{NewPost, Post};
 pub use self::users::{NewUser, User, UserChanges};

@@ -1,6 +1,6 @@
 //! The `posts` table.
 
-use chrono::{NaiveDateTime, Timelike, Utc};
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::users::User;
@@ -80,12 +80,7 @@ pub fn find(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
 /// Publishes a post, stamping `published_at` the first time; publishing again changes
 /// nothing. Returns the post, or `None` when there is no such post.
 pub fn publish(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
-    // The application's UTC clock, at the database's microsecond precision: PostgreSQL's
-    // CURRENT_TIMESTAMP would be converted to `timestamp` in the session's time zone.
-    let now = Utc::now().naive_utc();
-    let now = now
-        .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(now);
+    let now = super::utc_now();
     let published = diesel::update(posts::table.find(id).filter(posts::published.eq(false)))
         .set((posts::published.eq(true), posts::published_at.eq(now)))
         .returning(posts::all_columns)

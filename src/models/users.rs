@@ -88,14 +88,18 @@ pub fn find_by_email(conn: &mut Conn, email: &str) -> Result<Option<User>, Error
         .optional()?)
 }
 
-/// Applies `changes` and returns the updated user, or `None` when there is no such user.
-/// Changing to a taken email address is [`Error::EmailTaken`].
+/// Applies `changes`, stamps `updated_at`, and returns the updated user, or `None` when there
+/// is no such user. Changing to a taken email address is [`Error::EmailTaken`].
+///
+/// `updated_at` is set here as well as by the tables' triggers: SQLite's `RETURNING` shows the
+/// row before its AFTER triggers run, and SQLite triggers cannot change `NEW`. The triggers
+/// keep `updated_at` right for every other writer.
 pub fn update(conn: &mut Conn, id: i64, changes: &UserChanges<'_>) -> Result<Option<User>, Error> {
     if changes.email.is_none() && changes.display_name.is_none() {
         return find(conn, id);
     }
     diesel::update(users::table.find(id))
-        .set(changes)
+        .set((changes, users::updated_at.eq(super::utc_now())))
         .returning(users::all_columns)
         .get_result(conn)
         .optional()

@@ -3,15 +3,15 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use crate::common::{run_cli, text};
+use crate::common::{TestDb, admin_url, run_cli, text, unique_name};
 
 const NO_ENV: &[(&str, &str)] = &[];
 
 #[test]
 fn config_in_an_empty_folder_shows_the_sqlite_default() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for args in [&["config"][..], &[][..]] {
-        let output = run_cli(dir.path(), args, NO_ENV);
+    {
+        let output = run_cli(dir.path(), &["config"], NO_ENV);
         let (stdout, stderr) = text(&output);
         assert!(output.status.success(), "{stderr}");
         assert!(
@@ -25,6 +25,10 @@ fn config_in_an_empty_folder_shows_the_sqlite_default() {
         assert!(path_line.contains("data/datalayer.sqlite3") && path_line.ends_with("default"));
         assert_eq!(stderr, "");
     }
+    assert!(
+        !dir.path().join("data").exists(),
+        "config touches no database"
+    );
 }
 
 #[test]
@@ -125,11 +129,160 @@ fn help_documents_subcommands_and_exit_codes() {
     let output = run_cli(dir.path(), &["--help"], NO_ENV);
     let (stdout, _) = text(&output);
     assert!(output.status.success());
-    assert!(stdout.contains("config"), "{stdout}");
+    for line in [
+        "config",
+        "check",
+        "migrate",
+        "status",
+        "revert",
+        "boot sequence",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
     assert!(
-        stdout.contains("Exit status: 0 ok, 2 configuration error"),
+        stdout.contains(
+            "Exit status: 0 ok, 1 other error, 2 configuration error or bad command line, 3 \
+             database unreachable, 4 migration failed."
+        ),
         "{stdout}"
     );
     let bad = run_cli(dir.path(), &["no-such-command"], NO_ENV);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The first line of stdout, for the boot summary.
+fn first_line(output: &std::process::Output) -> String {
+    text(output)
+        .0
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn boot_on_sqlite_creates_and_migrates_the_default_file_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = run_cli(dir.path(), &[], NO_ENV);
+    assert!(first.status.success(), "{:?}", text(&first));
+    let summary = first_line(&first);
+    assert!(
+        summary.starts_with(
+            "ready: sqlite at sqlite://data/datalayer.sqlite3; 2 migration(s) applied; SQLite 3."
+        ),
+        "{summary}"
+    );
+    assert!(dir.path().join("data/datalayer.sqlite3").is_file());
+    let second = run_cli(dir.path(), &[], NO_ENV);
+    assert!(
+        first_line(&second).contains("; 0 migration(s) applied; "),
+        "{:?}",
+        text(&second)
+    );
+}
+
+#[test]
+fn the_same_binary_boots_on_postgres_and_manages_migrations() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = unique_name("dl_cli");
+    let _db = TestDb::create(&name, None);
+    let url = format!(
+        "{}/{name}",
+        admin_url()
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or_default()
+    );
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_PASSWORD", "CNRY7f3a"),
+    ];
+
+    let boot = run_cli(dir.path(), &[], &env);
+    assert!(boot.status.success(), "{:?}", text(&boot));
+    let summary = first_line(&boot);
+    assert!(
+        summary.starts_with("ready: postgres at postgres://postgres:***@"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("; 2 migration(s) applied; PostgreSQL "),
+        "{summary}"
+    );
+
+    let status = run_cli(dir.path(), &["status", "--json"], &env);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(json["applied"].as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(json["pending"], serde_json::json!([]));
+
+    let revert = run_cli(dir.path(), &["revert", "--steps", "1"], &env);
+    assert_eq!(
+        text(&revert).0,
+        "reverted 2026-11-25-000002_create_posts\n1 migration(s) reverted\n"
+    );
+    let status = run_cli(dir.path(), &["status"], &env);
+    assert_eq!(
+        text(&status).0,
+        "applied  2026-11-25-000001_create_users\npending  2026-11-25-000002_create_posts\n"
+    );
+    let migrate = run_cli(dir.path(), &["migrate"], &env);
+    assert_eq!(
+        text(&migrate).0,
+        "applied 2026-11-25-000002_create_posts\n1 migration(s) applied\n"
+    );
+    let check = run_cli(dir.path(), &["check"], &env);
+    let (stdout, stderr) = text(&check);
+    assert!(check.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("database  {name}\n")), "{stdout}");
+    assert!(stdout.contains("user      postgres\n"), "{stdout}");
+    for output in [&boot, &status, &revert, &migrate, &check] {
+        let (stdout, stderr) = text(output);
+        assert!(!stdout.contains("CNRY7f3a") && !stderr.contains("CNRY7f3a"));
+    }
+}
+
+#[test]
+fn an_unreachable_database_exits_3() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for args in [&[][..], &["check"][..], &["migrate"][..]] {
+        let output = run_cli(
+            dir.path(),
+            args,
+            &[("DATABASE_URL", "postgres://u:CNRY7f3a@127.0.0.1:1/x")],
+        );
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr
+                .starts_with("datalayer: error: cannot connect to postgres://u:***@127.0.0.1:1/x"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        assert!(!stderr.contains("CNRY7f3a"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_failed_migration_exits_4_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+    let path = dir.path().join("data/datalayer.sqlite3");
+    {
+        let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])
+            .expect("settings");
+        let engine = datalayer::Engine::connect(&settings).expect("open");
+        use diesel::connection::SimpleConnection;
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute("CREATE TABLE posts (x)")
+            .expect("squat");
+    }
+    let output = run_cli(dir.path(), &["migrate"], NO_ENV);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(4), "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        "datalayer: error: migration 2026-11-25-000002_create_posts failed: table posts already exists\n"
+    );
 }

@@ -109,3 +109,85 @@ pub fn text(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Settings for the PostgreSQL database `name` on the admin server, plus `extra` variables.
+pub fn postgres_settings(name: &str, extra: &[(&str, &str)]) -> datalayer::Settings {
+    let mut pairs: Vec<(String, String)> = vec![("DATABASE_URL".into(), admin_url())];
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut settings = datalayer::Settings::from_pairs(pairs).expect("valid test settings");
+    match &mut settings.target {
+        datalayer::config::Target::Postgres(pg) => pg.database = Some(name.to_string()),
+        datalayer::config::Target::Sqlite(_) => panic!("DATALAYER_TEST_ADMIN_URL must be postgres"),
+    }
+    settings
+}
+
+/// Where a test's database lives; dropping it removes the database.
+pub enum Place {
+    Postgres(TestDb),
+    Sqlite(tempfile::TempDir),
+}
+
+/// A fresh, empty database with an engine on it (pool of 4), on each backend.
+pub fn fresh_engines(prefix: &str, extra: &[(&str, &str)]) -> Vec<(datalayer::Engine, Place)> {
+    vec![fresh_postgres(prefix, extra), fresh_sqlite(extra)]
+}
+
+pub fn fresh_postgres(prefix: &str, extra: &[(&str, &str)]) -> (datalayer::Engine, Place) {
+    let name = unique_name(prefix);
+    let db = TestDb::create(&name, None);
+    let mut extra = extra.to_vec();
+    extra.push(("DATABASE_POOL_MAX_SIZE", "4"));
+    let settings = postgres_settings(&name, &extra);
+    let engine = datalayer::Engine::connect(&settings).expect("connect to the test database");
+    (engine, Place::Postgres(db))
+}
+
+pub fn fresh_sqlite(extra: &[(&str, &str)]) -> (datalayer::Engine, Place) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested/folder/test.sqlite3");
+    let mut pairs: Vec<(String, String)> =
+        vec![("DATABASE_PATH".into(), path.to_string_lossy().into_owned())];
+    pairs.push(("DATABASE_POOL_MAX_SIZE".into(), "4".into()));
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = datalayer::Settings::from_pairs(pairs).expect("valid sqlite settings");
+    let engine = datalayer::Engine::connect(&settings).expect("open the SQLite file");
+    (engine, Place::Sqlite(dir))
+}
+
+/// A fresh database on each backend, migrated.
+pub fn migrated_engines(prefix: &str) -> Vec<(datalayer::Engine, Place)> {
+    let engines = fresh_engines(prefix, &[]);
+    for (engine, _) in &engines {
+        datalayer::migrations::run_pending(engine).expect("migrate");
+    }
+    engines
+}
+
+/// One text column of the first row of `sql`.
+pub fn query_text(conn: &mut datalayer::Conn, sql: &str) -> String {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let row: Row = diesel::sql_query(sql)
+        .get_result(conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.value
+}
+
+/// Every row of `sql`, whose columns are all cast to text, as lines of `|`-joined values.
+pub fn query_lines(conn: &mut datalayer::Conn, sql: &str) -> Vec<String> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        line: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(sql)
+        .load(conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter().map(|r| r.line).collect()
+}

@@ -6,5 +6,8 @@ mod common;
 mod config_errors;
 mod config_settings;
 mod docs;
+mod engine;
 mod libpq;
+mod migrations;
+mod models;
 mod url_libpq;

@@ -1,0 +1,198 @@
+//! The engine against real databases: session setup, pool state, ping, errors.
+
+use std::time::Duration;
+
+use datalayer::engine::PoolState;
+use datalayer::{Conn, Engine, Error};
+
+use crate::common::{fresh_postgres, fresh_sqlite, postgres_settings, query_text};
+
+#[test]
+fn postgres_sessions_get_their_limits_and_name() {
+    let (engine, _db) = fresh_postgres(
+        "dl_session",
+        &[
+            ("DATABASE_STATEMENT_TIMEOUT", "30s"),
+            ("DATABASE_LOCK_TIMEOUT", "1500ms"),
+            ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1m"),
+            ("DATABASE_APPLICATION_NAME", "session test"),
+        ],
+    );
+    // Several pooled connections, each set up on its own.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = engine.get().expect("checkout");
+        assert_eq!(
+            query_text(
+                &mut conn,
+                "SELECT current_setting('statement_timeout') AS value"
+            ),
+            "30s"
+        );
+        assert_eq!(
+            query_text(&mut conn, "SELECT current_setting('lock_timeout') AS value"),
+            "1500ms"
+        );
+        assert_eq!(
+            query_text(
+                &mut conn,
+                "SELECT current_setting('idle_in_transaction_session_timeout') AS value"
+            ),
+            "1min"
+        );
+        assert_eq!(
+            query_text(
+                &mut conn,
+                "SELECT current_setting('application_name') AS value"
+            ),
+            "session test"
+        );
+        held.push(conn);
+    }
+}
+
+#[test]
+fn postgres_limits_left_at_zero_are_not_set() {
+    let (engine, _db) = fresh_postgres("dl_session0", &[]);
+    let mut conn = engine.get().expect("checkout");
+    assert_eq!(
+        query_text(
+            &mut conn,
+            "SELECT current_setting('statement_timeout') AS value"
+        ),
+        "0"
+    );
+    assert_eq!(
+        query_text(
+            &mut conn,
+            "SELECT current_setting('application_name') AS value"
+        ),
+        "datalayer"
+    );
+}
+
+#[test]
+fn sqlite_connections_get_their_pragmas() {
+    let (engine, _dir) = fresh_sqlite(&[]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = engine.get().expect("checkout");
+        let pragma = |conn: &mut Conn, name: &str| {
+            query_text(
+                conn,
+                &format!("SELECT CAST({name} AS TEXT) AS value FROM pragma_{name}"),
+            )
+        };
+        assert_eq!(pragma(&mut conn, "foreign_keys"), "1");
+        assert_eq!(pragma(&mut conn, "journal_mode"), "wal");
+        assert_eq!(pragma(&mut conn, "synchronous"), "1", "NORMAL");
+        assert_eq!(
+            query_text(
+                &mut conn,
+                "SELECT CAST(timeout AS TEXT) AS value FROM pragma_busy_timeout"
+            ),
+            "5000"
+        );
+        held.push(conn);
+    }
+}
+
+#[test]
+fn state_counts_connections_in_use() {
+    for (engine, _place) in [fresh_postgres("dl_state", &[]), fresh_sqlite(&[])] {
+        let first = engine.get().expect("checkout");
+        let second = engine.get().expect("checkout");
+        let state = engine.state();
+        assert_eq!((state.max_size, state.in_use), (4, 2), "{state:?}");
+        assert_eq!(state.connections, state.in_use + state.idle);
+        drop((first, second));
+        assert_eq!(engine.state().in_use, 0);
+    }
+}
+
+#[test]
+fn ping_reports_version_and_identity() {
+    let (engine, _db) = fresh_postgres("dl_ping", &[]);
+    let ping = engine.ping().expect("ping");
+    assert!(ping.server_version.starts_with("PostgreSQL "), "{ping:?}");
+    assert_eq!(ping.user.as_deref(), Some("postgres"));
+    assert!(ping.database.starts_with("dl_ping_"), "{ping:?}");
+    assert!(ping.latency > Duration::ZERO);
+
+    let (engine, _dir) = fresh_sqlite(&[]);
+    let ping = engine.ping().expect("ping");
+    assert!(ping.server_version.starts_with("SQLite 3."), "{ping:?}");
+    assert!(
+        ping.database.ends_with("nested/folder/test.sqlite3"),
+        "{ping:?}"
+    );
+}
+
+#[test]
+fn an_exhausted_pool_says_how_long_it_waited_and_what_it_held() {
+    let (engine, _db) = fresh_postgres("dl_exhaust", &[("DATABASE_POOL_TIMEOUT", "300ms")]);
+    let held: Vec<_> = (0..4).map(|_| engine.get().expect("checkout")).collect();
+    let error = match engine.get() {
+        Ok(_) => panic!("a fifth checkout from a pool of 4 succeeded"),
+        Err(e) => e,
+    };
+    let Error::PoolTimeout { waited, state, .. } = &error else {
+        panic!("expected a pool timeout, got {error}");
+    };
+    assert!(*waited >= Duration::from_millis(300), "{waited:?}");
+    assert_eq!(
+        *state,
+        PoolState {
+            max_size: 4,
+            connections: 4,
+            idle: 0,
+            in_use: 4
+        }
+    );
+    let message = error.to_string();
+    assert!(
+        message.starts_with("no database connection available after waiting"),
+        "{message}"
+    );
+    assert!(
+        message.contains("pool size 4, 4 open: 4 in use, 0 idle"),
+        "{message}"
+    );
+    drop(held);
+    engine
+        .get()
+        .expect("a checkout succeeds once connections are returned");
+}
+
+#[test]
+fn a_missing_database_fails_at_once_naming_it() {
+    let settings = postgres_settings("dl_does_not_exist", &[("DATABASE_PASSWORD", "pw-CNRY7f3a")]);
+    let started = std::time::Instant::now();
+    let error = Engine::connect(&settings).expect_err("no such database");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = error.to_string();
+    assert!(matches!(error, Error::Connect { .. }), "{message}");
+    assert!(
+        message.contains("database \"dl_does_not_exist\" does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains(":***@"),
+        "the target is shown redacted: {message}"
+    );
+    assert!(!message.contains("CNRY7f3a"), "{message}");
+}
+
+#[test]
+fn the_sqlite_folder_is_created() {
+    let (engine, dir) = fresh_sqlite(&[]);
+    engine.ping().expect("ping");
+    let crate::common::Place::Sqlite(dir) = dir else {
+        unreachable!()
+    };
+    assert!(dir.path().join("nested/folder/test.sqlite3").is_file());
+}

@@ -1,0 +1,176 @@
+//! Embedded migrations on real databases: up, down, up again; downs undo ups exactly; a failing
+//! migration is named and leaves the database at the last good version; both backends produce
+//! the same tables and columns.
+
+use datalayer::migrations::{self, Revert, Status};
+use datalayer::{Engine, Error};
+
+use crate::common::{Place, fresh_engines, fresh_postgres, migrated_engines, query_lines};
+
+const ALL: [&str; 2] = [
+    "2026-11-25-000001_create_users",
+    "2026-11-25-000002_create_posts",
+];
+
+/// Everything the migrations can create, one line per object, excluding Diesel's own table.
+fn snapshot(engine: &Engine) -> Vec<String> {
+    let mut conn = engine.get().expect("checkout");
+    let sql = match engine.backend() {
+        datalayer::config::Backend::Postgres => {
+            "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' \
+                    || is_nullable || ' ' || coalesce(column_default, '') AS line
+               FROM information_schema.columns
+              WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations'
+             UNION ALL
+             SELECT 'index ' || indexdef FROM pg_indexes
+              WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'
+             UNION ALL
+             SELECT 'trigger ' || trigger_name || ' ' || event_manipulation || ' ' || action_statement
+               FROM information_schema.triggers WHERE trigger_schema = 'public'
+             UNION ALL
+             SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                AND conrelid::regclass::text <> '__diesel_schema_migrations'
+             UNION ALL
+             SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+             ORDER BY 1"
+        }
+        datalayer::config::Backend::Sqlite => {
+            "SELECT type || ' ' || name || ' ' || coalesce(sql, '') AS line FROM sqlite_master
+              WHERE tbl_name <> '__diesel_schema_migrations' ORDER BY 1"
+        }
+    };
+    query_lines(&mut conn, sql)
+}
+
+#[test]
+fn up_down_up_on_both_backends() {
+    for (engine, _place) in fresh_engines("dl_migrate", &[]) {
+        let empty = snapshot(&engine);
+        assert_eq!(migrations::run_pending(&engine).expect("migrate"), ALL);
+        assert_eq!(
+            migrations::run_pending(&engine).expect("again"),
+            Vec::<String>::new()
+        );
+        let migrated = snapshot(&engine);
+        assert!(migrated.len() >= 5, "{migrated:#?}");
+        assert_eq!(
+            migrations::status(&engine).expect("status"),
+            Status {
+                applied: ALL.map(String::from).to_vec(),
+                pending: vec![]
+            }
+        );
+
+        // The last down undoes the last up exactly: re-applying it gives the same schema.
+        assert_eq!(
+            migrations::revert(&engine, Revert::Steps(1)).expect("revert"),
+            [ALL[1]]
+        );
+        let first_only = snapshot(&engine);
+        assert!(
+            first_only.iter().all(|line| !line.contains("posts")),
+            "{first_only:#?}"
+        );
+        assert_eq!(migrations::run_pending(&engine).expect("redo"), [ALL[1]]);
+        assert_eq!(snapshot(&engine), migrated);
+
+        // Reverting everything leaves nothing behind.
+        assert_eq!(
+            migrations::revert(&engine, Revert::All).expect("revert all"),
+            [ALL[1], ALL[0]]
+        );
+        assert_eq!(snapshot(&engine), empty);
+        assert_eq!(
+            migrations::status(&engine).expect("status"),
+            Status {
+                applied: vec![],
+                pending: ALL.map(String::from).to_vec()
+            }
+        );
+        assert_eq!(migrations::run_pending(&engine).expect("up again"), ALL);
+        assert_eq!(snapshot(&engine), migrated);
+    }
+}
+
+#[test]
+fn a_failing_migration_is_named_and_the_database_stays_at_the_last_good_one() {
+    for (engine, _place) in fresh_engines("dl_migfail", &[]) {
+        {
+            let mut conn = engine.get().expect("checkout");
+            use diesel::connection::SimpleConnection;
+            conn.batch_execute("CREATE TABLE posts (x INTEGER)")
+                .expect("squat on posts");
+        }
+        let error = migrations::run_pending(&engine).expect_err("posts already exists");
+        let Error::Migration { migration, reason } = &error else {
+            panic!("expected a migration error, got {error}");
+        };
+        assert_eq!(migration, ALL[1]);
+        assert!(reason.contains("already exists"), "{reason}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("migration {} failed: ", ALL[1]))
+        );
+        let status = migrations::status(&engine).expect("status");
+        assert_eq!(status.applied, [ALL[0]]);
+        assert_eq!(status.pending, [ALL[1]]);
+    }
+}
+
+#[test]
+fn migrations_ignore_the_applications_statement_timeout() {
+    let (engine, _db) = fresh_postgres("dl_migtimeout", &[("DATABASE_STATEMENT_TIMEOUT", "1ms")]);
+    // With a 1 ms statement timeout on every pooled connection, DDL that takes longer would
+    // fail if migrations ran on one of them.
+    assert_eq!(migrations::run_pending(&engine).expect("migrate"), ALL);
+}
+
+/// (table, column, type, nullable), normalised across backends.
+fn columns(engine: &Engine) -> Vec<String> {
+    let mut conn = engine.get().expect("checkout");
+    let raw = match engine.backend() {
+        datalayer::config::Backend::Postgres => query_lines(
+            &mut conn,
+            "SELECT table_name || '|' || column_name || '|' || data_type || '|' || is_nullable
+                 || '|0' AS line
+               FROM information_schema.columns
+              WHERE table_schema = 'public' AND table_name IN ('users', 'posts')",
+        ),
+        datalayer::config::Backend::Sqlite => query_lines(
+            &mut conn,
+            "SELECT m.name || '|' || c.name || '|' || c.type || '|' \
+                 || CASE c.\"notnull\" WHEN 1 THEN 'NO' ELSE 'YES' END || '|' || c.pk AS line
+               FROM sqlite_master m, pragma_table_info(m.name) c
+              WHERE m.name IN ('users', 'posts')",
+        ),
+    };
+    let mut normalised: Vec<String> = raw
+        .iter()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            let ty = match (f[2].to_ascii_lowercase().as_str(), f[4]) {
+                // SQLite's INTEGER PRIMARY KEY is its 64-bit rowid.
+                ("integer", "1") | ("bigint", _) => "bigint".to_string(),
+                ("timestamp without time zone", _) | ("timestamp", _) => "timestamp".to_string(),
+                (other, _) => other.to_string(),
+            };
+            format!("{}.{} {} nullable={}", f[0], f[1], ty, f[3])
+        })
+        .collect();
+    normalised.sort();
+    normalised
+}
+
+#[test]
+fn both_backends_have_the_same_tables_and_columns() {
+    let engines = migrated_engines("dl_columns");
+    let postgres = columns(&engines[0].0);
+    let sqlite = columns(&engines[1].0);
+    assert!(matches!(engines[0].1, Place::Postgres(_)) && matches!(engines[1].1, Place::Sqlite(_)));
+    assert_eq!(postgres.len(), 12, "{postgres:#?}");
+    assert!(postgres.contains(&"posts.published_at timestamp nullable=YES".to_string()));
+    assert!(postgres.contains(&"users.id bigint nullable=NO".to_string()));
+    assert_eq!(postgres, sqlite);
+}
