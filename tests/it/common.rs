@@ -124,7 +124,7 @@ pub fn postgres_settings(name: &str, extra: &[(&str, &str)]) -> datalayer::Setti
 
 /// Where a test's database lives; dropping it removes the database.
 pub enum Place {
-    Postgres(TestDb),
+    Postgres(#[allow(dead_code, reason = "held for its Drop, which drops the database")] TestDb),
     Sqlite(tempfile::TempDir),
 }
 

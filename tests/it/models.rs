@@ -243,7 +243,7 @@ fn keyset_pages_cover_every_post_once_newest_first() {
             "newest first, ties by id descending"
         );
         let mut sorted = seen.clone();
-        sorted.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        sorted.sort_by_key(|(created_at, id, _)| std::cmp::Reverse((*created_at, *id)));
         assert_eq!(seen, sorted);
         let empty = posts::list_by_author(conn, ada.id + 1000, None, 2).expect("page");
         assert!(empty.posts.is_empty() && empty.next.is_none());
