@@ -32,6 +32,10 @@
 //! | `DATABASE_STATEMENT_TIMEOUT` | `0` | PostgreSQL `statement_timeout` for each session; `0` disables. |
 //! | `DATABASE_LOCK_TIMEOUT` | `0` | PostgreSQL `lock_timeout` for each session; `0` disables. |
 //! | `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` | `0` | PostgreSQL `idle_in_transaction_session_timeout`; `0` disables. |
+//! | `DATABASE_MIGRATION_LOCK_TIMEOUT` | `60s` | Longest wait for the migration lock (PostgreSQL advisory lock, or the SQLite file's sidecar lock) when several replicas migrate at once; more than 0. |
+//! | `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` | `5s` | PostgreSQL `lock_timeout` for each migration, so DDL never queues behind a long transaction while every query queues behind it; a migration that times out is retried with backoff. More than 0. |
+//! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
+//! | `DATABASE_SCHEMA_CHECK` | `warn` | After migrating, compare the live schema with the committed fingerprint: `warn` logs each difference, `strict` refuses to boot, `off` skips. |
 //!
 //! Durations are written `500ms`, `30s`, `10m`, `1h`, or as a bare whole number of seconds.
 //! Variables that only apply to one backend are errors when the other backend is in use, so a
@@ -97,6 +101,10 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_STATEMENT_TIMEOUT",
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+    "DATABASE_MIGRATION_LOCK_TIMEOUT",
+    "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
+    "DATABASE_ALLOW_UNKNOWN_MIGRATIONS",
+    "DATABASE_SCHEMA_CHECK",
 ];
 
 /// Variables that only mean something to PostgreSQL.
@@ -113,6 +121,7 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_STATEMENT_TIMEOUT",
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+    "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
 ];
 
 /// Parts of a connection that `DATABASE_URL` already gives in full.
@@ -196,6 +205,53 @@ pub struct Settings {
     pub target: Target,
     /// How the connection pool is sized and recycled.
     pub pool: PoolSettings,
+    /// How migrations are serialized, checked and verified.
+    pub migrations: MigrationSettings,
+}
+
+/// What `DATABASE_SCHEMA_CHECK` asks for after migrating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaCheck {
+    /// Log each difference and boot anyway.
+    Warn,
+    /// Refuse to boot when the schema differs.
+    Strict,
+    /// Do not compare.
+    Off,
+}
+
+impl SchemaCheck {
+    fn as_str(self) -> &'static str {
+        match self {
+            SchemaCheck::Warn => "warn",
+            SchemaCheck::Strict => "strict",
+            SchemaCheck::Off => "off",
+        }
+    }
+}
+
+/// Migration safety settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationSettings {
+    /// `DATABASE_MIGRATION_LOCK_TIMEOUT`.
+    pub lock_timeout: Duration,
+    /// `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` (PostgreSQL).
+    pub ddl_lock_timeout: Duration,
+    /// `DATABASE_ALLOW_UNKNOWN_MIGRATIONS`.
+    pub allow_unknown: bool,
+    /// `DATABASE_SCHEMA_CHECK`.
+    pub schema_check: SchemaCheck,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            lock_timeout: Duration::from_secs(60),
+            ddl_lock_timeout: Duration::from_secs(5),
+            allow_unknown: false,
+            schema_check: SchemaCheck::Warn,
+        }
+    }
 }
 
 /// The database a [`Settings`] points at.
@@ -298,6 +354,7 @@ impl Default for Settings {
                 path: PathBuf::from(DEFAULT_SQLITE_PATH),
             }),
             pool: PoolSettings::default(),
+            migrations: MigrationSettings::default(),
         }
     }
 }
@@ -422,6 +479,10 @@ struct Raw {
     statement_timeout: Option<String>,
     lock_timeout: Option<String>,
     idle_in_transaction_timeout: Option<String>,
+    migration_lock_timeout: Option<String>,
+    migration_ddl_lock_timeout: Option<String>,
+    allow_unknown_migrations: Option<String>,
+    schema_check: Option<String>,
 }
 
 impl Vars {
@@ -563,13 +624,18 @@ impl<'a> Loader<'a> {
             }
         };
         let pool = self.pool(&raw);
+        let migrations = self.migrations(&raw, backend);
         if !self.problems.is_empty() {
             let order = |p: &ConfigProblem| VARIABLES.iter().position(|v| *v == p.variable);
             self.problems.sort_by_key(order);
             return Err(Error::Config(ConfigErrors(self.problems)));
         }
         Ok(Loaded {
-            settings: Settings { target, pool },
+            settings: Settings {
+                target,
+                pool,
+                migrations,
+            },
             entries: self.entries,
             ignored,
         })
@@ -990,6 +1056,71 @@ impl<'a> Loader<'a> {
             timeout,
             idle_timeout,
             max_lifetime,
+        }
+    }
+}
+
+impl Loader<'_> {
+    fn migrations(&mut self, raw: &Raw, backend: Backend) -> MigrationSettings {
+        let defaults = MigrationSettings::default();
+        let lock_timeout = self.var(
+            "DATABASE_MIGRATION_LOCK_TIMEOUT",
+            raw.migration_lock_timeout.as_deref(),
+            defaults.lock_timeout,
+            |text| {
+                nonzero_duration(
+                    text,
+                    "would give up on the migration lock at once; give a wait such as 60s",
+                )
+            },
+            |d| duration::format(*d),
+        );
+        // PostgreSQL only: on SQLite the variable is reported as not applying.
+        let ddl_lock_timeout = match backend {
+            Backend::Sqlite => defaults.ddl_lock_timeout,
+            Backend::Postgres => self.var(
+                "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
+                raw.migration_ddl_lock_timeout.as_deref(),
+                defaults.ddl_lock_timeout,
+                |text| {
+                    nonzero_duration(
+                        text,
+                        "would let DDL queue behind any transaction; give a limit such as 5s",
+                    )
+                },
+                |d| duration::format(*d),
+            ),
+        };
+        let allow_unknown = self.var(
+            "DATABASE_ALLOW_UNKNOWN_MIGRATIONS",
+            raw.allow_unknown_migrations.as_deref(),
+            defaults.allow_unknown,
+            |text| match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(
+                    "is not a boolean; accepted: true, false (or 1, 0, yes, no, on, off)".into(),
+                ),
+            },
+            bool::to_string,
+        );
+        let schema_check = self.var(
+            "DATABASE_SCHEMA_CHECK",
+            raw.schema_check.as_deref(),
+            defaults.schema_check,
+            |text| match text.trim().to_ascii_lowercase().as_str() {
+                "warn" => Ok(SchemaCheck::Warn),
+                "strict" => Ok(SchemaCheck::Strict),
+                "off" => Ok(SchemaCheck::Off),
+                _ => Err("is not a schema check mode; accepted: warn, strict, off".into()),
+            },
+            |mode| mode.as_str().to_string(),
+        );
+        MigrationSettings {
+            lock_timeout,
+            ddl_lock_timeout,
+            allow_unknown,
+            schema_check,
         }
     }
 }

@@ -56,6 +56,7 @@ pub struct Engine {
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager,
     shared: Arc<Shared>,
+    settings: Settings,
     backend: Backend,
     target: String,
     /// How long dropping the engine waits for connection attempts under way.
@@ -181,10 +182,16 @@ impl Engine {
             pool,
             manager,
             shared,
+            settings: settings.clone(),
             backend: settings.backend(),
             target,
             close_limit: connect_timeout + Duration::from_secs(1),
         })
+    }
+
+    /// The settings the engine was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The backend in use.

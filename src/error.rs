@@ -60,12 +60,66 @@ pub enum Error {
 
     /// A migration failed. The database stays at the last migration that succeeded (each runs
     /// in its own transaction).
-    #[error("migration {migration} failed: {reason}")]
+    #[error("migration {migration} ({file}) failed: {reason}")]
     Migration {
-        /// The migration's version and name, e.g. `2026-11-25-000001_create_users`.
+        /// The migration's folder name, e.g. `2026-11-25-000001_create_users`.
         migration: String,
+        /// The file at fault, e.g. `migrations/postgres/2026-11-25-000001_create_users/up.sql`.
+        file: String,
         /// The database's message.
         reason: String,
+    },
+
+    /// Another run held the migration lock for longer than `DATABASE_MIGRATION_LOCK_TIMEOUT`.
+    #[error(
+        "gave up waiting for the migration lock after {waited:.1?}; it is held by {}; raise \
+         DATABASE_MIGRATION_LOCK_TIMEOUT or end that session",
+        holder.as_deref().unwrap_or("a session that could not be identified")
+    )]
+    MigrationLockTimeout {
+        /// How long the run waited.
+        waited: Duration,
+        /// Who held the lock at the end of the wait (pid, application name, state, for how long).
+        holder: Option<String>,
+    },
+
+    /// An applied migration's `up.sql` no longer matches the checksum recorded when it ran.
+    #[error(
+        "migration {migration} was edited after it was applied: its up.sql hashes to \
+         {embedded}, the ledger recorded {recorded}; restore the file, or run `datalayer \
+         migrate --accept-checksum {version}` if the edit is deliberate"
+    )]
+    ChecksumMismatch {
+        /// The migration's folder name.
+        migration: String,
+        /// Its version, as `--accept-checksum` takes it.
+        version: String,
+        /// The SHA-256 the ledger holds.
+        recorded: String,
+        /// The SHA-256 of the `up.sql` this binary carries.
+        embedded: String,
+    },
+
+    /// The database has migrations this binary does not know: a newer release migrated it.
+    #[error(
+        "the database has migrations this binary does not know: {}; a newer release applied \
+         them. Deploy that release, or set DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true if its \
+         migrations are backward compatible",
+        versions.join(", ")
+    )]
+    UnknownMigrations {
+        /// The unknown versions.
+        versions: Vec<String>,
+    },
+
+    /// The live schema differs from what the migrations produce (`DATABASE_SCHEMA_CHECK=strict`).
+    #[error(
+        "the schema differs from what the migrations produce (DATABASE_SCHEMA_CHECK=strict):\n{}",
+        differences.join("\n")
+    )]
+    SchemaDrift {
+        /// One line per difference, e.g. `users.display_name: missing`.
+        differences: Vec<String>,
     },
 
     /// Creating or updating a user would give two users the same email address.

@@ -38,13 +38,22 @@ enum Command {
     /// Connect and print the server version, user, database and round-trip latency.
     Check,
     /// Apply pending migrations, printing each one applied.
-    Migrate,
-    /// List applied and pending migrations, one per line.
+    Migrate {
+        /// Record the current checksum of this applied migration's edited up.sql as the
+        /// accepted one (VERSION as `status` shows it, e.g. 20261125000001), then migrate.
+        #[arg(long, value_name = "VERSION")]
+        accept_checksum: Vec<String>,
+    },
+    /// List applied, pending and unknown migrations, one per line, and who holds the
+    /// migration lock.
     Status {
-        /// Print a JSON object with `applied` and `pending` arrays instead.
+        /// Print a JSON object with `applied`, `pending`, `unknown` and `lock` instead.
         #[arg(long)]
         json: bool,
     },
+    /// Print the live schema's fingerprint (what the boot-time drift check compares).
+    #[command(hide = true)]
+    Fingerprint,
     /// Revert applied migrations, newest first (one unless told otherwise).
     Revert {
         /// How many migrations to revert.
@@ -67,7 +76,11 @@ impl From<Error> for Failure {
         let status = match &error {
             Error::Config(_) | Error::DotEnv { .. } => 2,
             Error::Connect { .. } | Error::PoolTimeout { .. } => 3,
-            Error::Migration { .. } => 4,
+            Error::Migration { .. }
+            | Error::MigrationLockTimeout { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::UnknownMigrations { .. }
+            | Error::SchemaDrift { .. } => 4,
             _ => 1,
         };
         Failure { error, status }
@@ -76,6 +89,7 @@ impl From<Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -116,7 +130,10 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
                 ping.latency,
             ));
         }
-        Command::Migrate => {
+        Command::Migrate { accept_checksum } => {
+            for version in &accept_checksum {
+                migrations::accept_checksum(&engine, version)?;
+            }
             let applied = migrations::run_pending(&engine)?;
             let mut out: String = applied.iter().map(|m| format!("applied {m}\n")).collect();
             out.push_str(&match applied.len() {
@@ -127,17 +144,33 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
         }
         Command::Status { json } => {
             let status = migrations::status(&engine)?;
+            let lock = migrations::lock_holder(&engine)?.map(|holder| holder.to_string());
             if json {
                 let value = serde_json::json!({
                     "applied": status.applied,
                     "pending": status.pending,
+                    "unknown": status.unknown,
+                    "lock": lock,
                 });
                 print(&format!("{value}\n"));
             } else {
-                let lines = status.applied.iter().map(|m| format!("applied  {m}\n"));
+                let applied = status.applied.iter().map(|m| format!("applied  {m}\n"));
                 let pending = status.pending.iter().map(|m| format!("pending  {m}\n"));
-                print(&lines.chain(pending).collect::<String>());
+                let unknown = status.unknown.iter().map(|v| format!("unknown  {v}\n"));
+                let mut out: String = applied.chain(pending).chain(unknown).collect();
+                out.push_str(&match lock {
+                    Some(holder) => format!("lock     held by {holder}\n"),
+                    None => "lock     free\n".to_string(),
+                });
+                print(&out);
             }
+        }
+        Command::Fingerprint => {
+            let mut conn = engine.get()?;
+            print(&migrations::drift::fingerprint(
+                &mut conn,
+                engine.backend(),
+            )?);
         }
         Command::Revert { steps, all } => {
             let how_far = if all {
@@ -154,20 +187,47 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The boot sequence a server runs: engine, pending migrations, ping; one summary line.
+/// The boot sequence a server runs: engine, migrations (lock, ledger, pending, drift check),
+/// ping; one summary line.
 fn boot(loaded: &Loaded) -> Result<(), Failure> {
     let engine = Engine::connect(&loaded.settings)?;
-    let applied = migrations::run_pending(&engine)?;
+    let report = migrations::boot(&engine)?;
     let ping = engine.ping()?;
+    let drift = match report.drift.len() {
+        0 => String::new(),
+        n => format!("; schema drift: {n} difference(s), see the warnings"),
+    };
     print(&format!(
-        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}\n",
+        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}{drift}\n",
         engine.backend(),
         engine.target(),
-        applied.len(),
+        report.applied.len(),
         ping.server_version,
         ping.latency,
     ));
     Ok(())
+}
+
+/// Logs go to stderr. `RUST_LOG` picks the level (`info`, or targets such as
+/// `datalayer=debug`); the default shows warnings.
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::WARN)
+        });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
+        .try_init();
 }
 
 fn config_table(loaded: &Loaded) -> String {

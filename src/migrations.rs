@@ -1,30 +1,63 @@
-//! Embedded migrations, per backend, and running them: the schema half of the seed's
+//! Migrations that are safe when many replicas boot at once: the schema half of the seed's
 //! `metadata`.
 //!
 //! The SQL lives in `migrations/postgres/` and `migrations/sqlite/` (same tables and columns;
-//! a test compares them) and is compiled into the binary. Migrations run on a connection of
-//! their own, outside the pool and without the application's statement timeout; each runs in
-//! its own transaction, so a failure leaves the database at the last migration that succeeded.
+//! a test compares them) and is compiled into the binary. Every run (migrate, revert, boot):
+//!
+//! 1. opens a connection of its own, outside the pool, without the application's statement
+//!    timeout, named `<application_name> (migrations)`;
+//! 2. takes the migration lock ([`lock`]), waiting at most `DATABASE_MIGRATION_LOCK_TIMEOUT`
+//!    and saying who holds it;
+//! 3. checks the ledger ([`ledger`]): every applied migration's `up.sql` must still hash to
+//!    what was recorded, and the database must not have versions this binary does not know
+//!    (unless `DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true`); migrations applied before the ledger
+//!    existed are backfilled;
+//! 4. reads the pending set (so replicas that waited for the lock find nothing to do) and
+//!    applies each migration in its own transaction, together with its ledger row. On
+//!    PostgreSQL each runs with `SET LOCAL lock_timeout` (`DATABASE_MIGRATION_DDL_LOCK_TIMEOUT`)
+//!    and is retried with backoff when it times out, so DDL never waits in the lock queue
+//!    behind a long transaction while every other query queues behind it;
+//! 5. at boot, compares the live schema with the committed fingerprint ([`drift`]).
+//!
+//! A failure names the migration and its file and leaves the database at the last migration
+//! that succeeded.
 
-use diesel::backend::Backend as DieselBackend;
-use diesel::migration::{Migration, MigrationSource};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+pub mod drift;
+pub mod ledger;
+pub mod lock;
+mod set;
 
-use crate::engine::{Conn, Engine};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use diesel::migration::Migration;
+use diesel_migrations::MigrationHarness;
+
+pub use self::lock::LockHolder;
+pub use self::set::{MigrationSet, Script};
+use crate::config::{Backend, SchemaCheck};
+use crate::engine::{Conn, Engine, MultiBackend};
 use crate::error::Error;
 
-/// The PostgreSQL migrations, from `migrations/postgres`.
-pub const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-/// The SQLite migrations, from `migrations/sqlite`.
-pub const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+/// How many times a migration that hit the DDL lock timeout is tried in all.
+pub const DDL_ATTEMPTS: u32 = 6;
+/// The wait before the second try; it doubles for each further try.
+pub const DDL_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What `applied_by` records for migrations this build applies.
+const APPLIED_BY: &str = concat!("datalayer ", env!("CARGO_PKG_VERSION"));
 
 /// Applied and pending migrations, oldest first, by name (`<version>_<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// Migrations recorded in the database.
     pub applied: Vec<String>,
-    /// Embedded migrations not applied yet.
+    /// Known migrations not applied yet.
     pub pending: Vec<String>,
+    /// Versions the database has but this binary does not know (a newer release applied them).
+    pub unknown: Vec<String>,
 }
 
 /// How far [`revert`] goes back.
@@ -36,146 +69,372 @@ pub enum Revert {
     All,
 }
 
-/// Applies every pending migration for the engine's backend and returns their names, in the
-/// order applied. Fails with [`Error::Migration`] naming the migration that failed.
+/// What a boot did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootReport {
+    /// Migrations applied, in order.
+    pub applied: Vec<String>,
+    /// Versions in the database this binary does not know (allowed by
+    /// `DATABASE_ALLOW_UNKNOWN_MIGRATIONS`).
+    pub unknown: Vec<String>,
+    /// Differences between the live schema and the fingerprint (`DATABASE_SCHEMA_CHECK=warn`).
+    pub drift: Vec<String>,
+}
+
+/// Applies datalayer's pending migrations (see the module doc) and returns their names.
 pub fn run_pending(engine: &Engine) -> Result<Vec<String>, Error> {
-    match engine.migration_connection()? {
-        Conn::Postgres(mut conn) => apply(&mut conn, POSTGRES),
-        Conn::Sqlite(mut conn) => apply(&mut conn, SQLITE),
-    }
+    run_pending_with(engine, &MigrationSet::builtin(engine.backend()))
+}
+
+/// [`run_pending`] with another set of migrations.
+pub fn run_pending_with(engine: &Engine, set: &MigrationSet) -> Result<Vec<String>, Error> {
+    let mut session = Session::open(engine, set)?;
+    let applied = session.apply();
+    session.close();
+    Ok(applied?.0)
+}
+
+/// The boot sequence's migration step: [`run_pending`], then the drift check that
+/// `DATABASE_SCHEMA_CHECK` asks for (`strict` turns differences into
+/// [`Error::SchemaDrift`]; `warn` logs them and reports them here).
+pub fn boot(engine: &Engine) -> Result<BootReport, Error> {
+    let set = MigrationSet::builtin(engine.backend());
+    let mut session = Session::open(engine, &set)?;
+    let result = session.apply().and_then(|(applied, unknown)| {
+        let drift = session.drift(!unknown.is_empty())?;
+        Ok(BootReport {
+            applied,
+            unknown,
+            drift,
+        })
+    });
+    session.close();
+    result
 }
 
 /// Reverts applied migrations, newest first, and returns their names.
 pub fn revert(engine: &Engine, how_far: Revert) -> Result<Vec<String>, Error> {
-    match engine.migration_connection()? {
-        Conn::Postgres(mut conn) => undo(&mut conn, || POSTGRES, how_far),
-        Conn::Sqlite(mut conn) => undo(&mut conn, || SQLITE, how_far),
-    }
+    revert_with(engine, &MigrationSet::builtin(engine.backend()), how_far)
 }
 
-/// Which migrations are applied and which are pending.
-pub fn status(engine: &Engine) -> Result<Status, Error> {
-    match engine.migration_connection()? {
-        Conn::Postgres(mut conn) => read_status(&mut conn, POSTGRES),
-        Conn::Sqlite(mut conn) => read_status(&mut conn, SQLITE),
-    }
-}
-
-/// `<version>_<name>` for every migration the source knows, by version.
-fn names<DB: DieselBackend>(source: &EmbeddedMigrations) -> Result<Vec<(String, String)>, Error> {
-    let migrations: Vec<Box<dyn Migration<DB>>> = MigrationSource::<DB>::migrations(source)
-        .map_err(|e| Error::Migration {
-            migration: "(embedded)".into(),
-            reason: e.to_string(),
-        })?;
-    Ok(migrations
-        .iter()
-        .map(|m| (m.name().version().to_string(), m.name().to_string()))
-        .collect())
-}
-
-fn migration_error(migration: &str, error: impl std::fmt::Display) -> Error {
-    Error::Migration {
-        migration: migration.to_string(),
-        reason: error.to_string(),
-    }
-}
-
-/// The database's own message for a failed migration, without diesel's "Failed to run
-/// <version> with: " wrapper (the migration is named by [`Error::Migration`] already; the
-/// wrapper's type is private to diesel_migrations, so the prefix is cut from the text).
-fn run_error(migration: &str, error: impl std::fmt::Display) -> Error {
-    let message = error.to_string();
-    let reason = message
-        .strip_prefix("Failed to run ")
-        .and_then(|rest| rest.split_once(" with: "))
-        .map_or(message.as_str(), |(_, reason)| reason);
-    migration_error(migration, reason)
-}
-
-fn apply<DB, C>(conn: &mut C, source: EmbeddedMigrations) -> Result<Vec<String>, Error>
-where
-    DB: DieselBackend,
-    C: MigrationHarness<DB>,
-{
-    let pending = conn
-        .pending_migrations(source)
-        .map_err(|e| migration_error("(reading applied versions)", e))?;
-    let mut applied = Vec::with_capacity(pending.len());
-    for migration in pending {
-        let name = migration.name().to_string();
-        conn.run_migration(&migration)
-            .map_err(|e| run_error(&name, e))?;
-        applied.push(name);
-    }
-    Ok(applied)
-}
-
-/// `source` makes the migrations anew for each step: `EmbeddedMigrations` is not `Clone`, and
-/// each revert consumes one.
-fn undo<DB, C>(
-    conn: &mut C,
-    source: fn() -> EmbeddedMigrations,
+/// [`revert`] with another set of migrations.
+pub fn revert_with(
+    engine: &Engine,
+    set: &MigrationSet,
     how_far: Revert,
-) -> Result<Vec<String>, Error>
-where
-    DB: DieselBackend,
-    C: MigrationHarness<DB>,
-{
-    let known = names::<DB>(&source())?;
-    let mut reverted = Vec::new();
-    loop {
-        if let Revert::Steps(n) = how_far
-            && reverted.len() >= n
-        {
-            break;
-        }
-        let applied = conn
-            .applied_migrations()
-            .map_err(|e| migration_error("(reading applied versions)", e))?;
-        let Some(last) = applied.iter().max() else {
-            break;
-        };
-        let last = last.to_string();
-        let name = known
-            .iter()
-            .find(|(version, _)| *version == last)
-            .map(|(_, name)| name.clone())
-            .unwrap_or_else(|| last.clone());
-        conn.revert_last_migration(source())
-            .map_err(|e| run_error(&name, e))?;
-        reverted.push(name);
-    }
-    Ok(reverted)
+) -> Result<Vec<String>, Error> {
+    let mut session = Session::open(engine, set)?;
+    let result = session.revert(how_far);
+    session.close();
+    result
 }
 
-fn read_status<DB, C>(conn: &mut C, source: EmbeddedMigrations) -> Result<Status, Error>
-where
-    DB: DieselBackend,
-    C: MigrationHarness<DB>,
-{
-    let known = names::<DB>(&source)?;
-    let mut applied: Vec<String> = conn
-        .applied_migrations()
-        .map_err(|e| migration_error("(reading applied versions)", e))?
+/// Which migrations are applied, pending and unknown. Takes no lock.
+pub fn status(engine: &Engine) -> Result<Status, Error> {
+    status_with(engine, &MigrationSet::builtin(engine.backend()))
+}
+
+/// [`status`] with another set of migrations.
+pub fn status_with(engine: &Engine, set: &MigrationSet) -> Result<Status, Error> {
+    let mut conn = engine.migration_connection()?;
+    let applied = applied_versions(&mut conn)?;
+    Ok(classify(set, &applied))
+}
+
+/// Who holds the migration lock right now, if anyone.
+pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
+    let mut conn = engine.migration_connection()?;
+    lock::holder(&mut conn, engine.settings())
+}
+
+/// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
+/// deliberate edit of an applied migration. Logs what it did.
+pub fn accept_checksum(engine: &Engine, version: &str) -> Result<(), Error> {
+    let set = MigrationSet::builtin(engine.backend());
+    let script = set.script(version).ok_or_else(|| Error::Migration {
+        migration: version.to_string(),
+        file: set.origin.clone(),
+        reason: "no migration with this version; give the version as `datalayer status` shows \
+                 it, without dashes (e.g. 20261125000001)"
+            .into(),
+    })?;
+    let mut session = Session::open(engine, &set)?;
+    let result = ledger::accept(&mut session.conn, version, &script.checksum);
+    session.close();
+    if result? {
+        tracing::warn!(
+            "accepted the edited up.sql of migration {} (checksum {})",
+            script.name,
+            script.checksum
+        );
+    }
+    Ok(())
+}
+
+fn applied_versions(conn: &mut Conn) -> Result<Vec<String>, Error> {
+    let mut versions: Vec<String> = MigrationHarness::<MultiBackend>::applied_migrations(conn)
+        .map_err(|e| reading_error(&e))?
         .iter()
         .map(|v| v.to_string())
         .collect();
-    applied.sort();
-    let name_of = |version: &String| {
-        known
+    versions.sort();
+    Ok(versions)
+}
+
+fn reading_error(e: &dyn std::fmt::Display) -> Error {
+    Error::Migration {
+        migration: "(none)".into(),
+        file: "__diesel_schema_migrations".into(),
+        reason: format!("cannot read the applied versions: {e}"),
+    }
+}
+
+fn classify(set: &MigrationSet, applied: &[String]) -> Status {
+    let known: BTreeSet<&str> = set.scripts.iter().map(|s| s.version.as_str()).collect();
+    Status {
+        applied: set
+            .scripts
             .iter()
-            .find(|(v, _)| v == version)
-            .map(|(_, name)| name.clone())
-            .unwrap_or_else(|| format!("{version} (not known to this binary)"))
-    };
-    let pending = known
-        .iter()
-        .filter(|(version, _)| !applied.contains(version))
-        .map(|(_, name)| name.clone())
-        .collect();
-    Ok(Status {
-        applied: applied.iter().map(name_of).collect(),
-        pending,
-    })
+            .filter(|s| applied.contains(&s.version))
+            .map(|s| s.name.clone())
+            .collect(),
+        pending: set
+            .scripts
+            .iter()
+            .filter(|s| !applied.contains(&s.version))
+            .map(|s| s.name.clone())
+            .collect(),
+        unknown: applied
+            .iter()
+            .filter(|v| !known.contains(v.as_str()))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The reason of a failed migration, without diesel's "Failed to run <version> with: "
+/// wrapper (its type is private to diesel_migrations, so the prefix is cut from the text).
+fn reason_of(error: &dyn std::fmt::Display) -> String {
+    let message = error.to_string();
+    message
+        .strip_prefix("Failed to run ")
+        .and_then(|rest| rest.split_once(" with: "))
+        .map_or(message.clone(), |(_, reason)| reason.to_string())
+}
+
+/// PostgreSQL's message for SQLSTATE 55P03 caused by `lock_timeout`. Diesel does not expose
+/// SQLSTATEs, so the (English) message is matched; under a translated `lc_messages` the
+/// migration fails on its first timeout instead of retrying, which is still safe.
+fn is_lock_timeout(reason: &str) -> bool {
+    reason.contains("lock timeout")
+}
+
+/// One migration run: its connection, the lock, and the checks done under it.
+struct Session<'a> {
+    conn: Conn,
+    guard: Option<lock::Guard>,
+    set: &'a MigrationSet,
+    engine: &'a Engine,
+}
+
+impl<'a> Session<'a> {
+    fn open(engine: &'a Engine, set: &'a MigrationSet) -> Result<Session<'a>, Error> {
+        let mut conn = engine.migration_connection()?;
+        let settings = engine.settings();
+        let guard = lock::acquire(&mut conn, settings, settings.migrations.lock_timeout)?;
+        let mut session = Session {
+            conn,
+            guard: Some(guard),
+            set,
+            engine,
+        };
+        if let Err(error) = ledger::ensure(&mut session.conn) {
+            session.close();
+            return Err(error);
+        }
+        Ok(session)
+    }
+
+    fn close(mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release(&mut self.conn);
+        }
+    }
+
+    /// Checks the ledger and the applied versions, backfilling rows the ledger lacks. Returns
+    /// the unknown versions (allowed).
+    fn check(&mut self) -> Result<Vec<String>, Error> {
+        let applied = applied_versions(&mut self.conn)?;
+        let status = classify(self.set, &applied);
+        if !status.unknown.is_empty() {
+            if !self.engine.settings().migrations.allow_unknown {
+                return Err(Error::UnknownMigrations {
+                    versions: status.unknown,
+                });
+            }
+            tracing::warn!(
+                "the database has migrations this binary does not know ({}); going on because \
+                 DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true",
+                status.unknown.join(", ")
+            );
+        }
+        let recorded = ledger::entries(&mut self.conn)?;
+        for version in &applied {
+            let Some(script) = self.set.script(version) else {
+                continue;
+            };
+            match recorded.iter().find(|e| &e.version == version) {
+                None => ledger::record(&mut self.conn, script, None, ledger::BACKFILL)?,
+                Some(entry) if entry.checksum != script.checksum => {
+                    return Err(Error::ChecksumMismatch {
+                        migration: script.name.clone(),
+                        version: version.clone(),
+                        recorded: entry.checksum.clone(),
+                        embedded: script.checksum.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(status.unknown)
+    }
+
+    /// Applies every pending migration; returns their names and the allowed unknown versions.
+    fn apply(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
+        let unknown = self.check()?;
+        let pending =
+            MigrationHarness::<MultiBackend>::pending_migrations(&mut self.conn, self.set)
+                .map_err(|e| reading_error(&e))?;
+        let mut applied = Vec::with_capacity(pending.len());
+        for migration in pending {
+            let name = migration.name().to_string();
+            self.apply_one(migration.as_ref(), &name)?;
+            applied.push(name);
+        }
+        Ok((applied, unknown))
+    }
+
+    fn apply_one(
+        &mut self,
+        migration: &dyn Migration<MultiBackend>,
+        name: &str,
+    ) -> Result<(), Error> {
+        let script = self
+            .set
+            .scripts
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| Error::Migration {
+                migration: name.to_string(),
+                file: self.set.file_of(name),
+                reason: "it has no up.sql".into(),
+            })?;
+        let postgres = self.engine.backend() == Backend::Postgres;
+        let ddl_timeout = self
+            .engine
+            .settings()
+            .migrations
+            .ddl_lock_timeout
+            .as_millis();
+        let mut backoff = DDL_FIRST_BACKOFF;
+        for attempt in 1..=DDL_ATTEMPTS {
+            let started = Instant::now();
+            let run = |conn: &mut Conn| -> Result<(), Error> {
+                if postgres {
+                    conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
+                }
+                MigrationHarness::<MultiBackend>::run_migration(conn, migration).map_err(|e| {
+                    Error::Migration {
+                        migration: name.to_string(),
+                        file: self.set.file_of(name),
+                        reason: reason_of(&e),
+                    }
+                })?;
+                ledger::record(conn, &script, Some(started.elapsed()), APPLIED_BY)
+            };
+            let result = if migration.metadata().run_in_transaction() {
+                self.conn.transaction(run)
+            } else {
+                // Outside a transaction SET LOCAL has no effect: use the session setting.
+                self.conn
+                    .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
+                    .map_err(Error::from)
+                    .and_then(|()| run(&mut self.conn))
+            };
+            match result {
+                Err(Error::Migration { reason, .. })
+                    if postgres && attempt < DDL_ATTEMPTS && is_lock_timeout(&reason) =>
+                {
+                    tracing::warn!(
+                        "migration {name} gave up waiting for a lock after {ddl_timeout} ms \
+                         (attempt {attempt} of {DDL_ATTEMPTS}); retrying in {backoff:?}"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
+        self.check()?;
+        let mut reverted = Vec::new();
+        loop {
+            if let Revert::Steps(n) = how_far
+                && reverted.len() >= n
+            {
+                break;
+            }
+            let applied = applied_versions(&mut self.conn)?;
+            let Some(last) = applied
+                .iter()
+                .rev()
+                .find(|v| self.set.script(v).is_some())
+                .cloned()
+            else {
+                break;
+            };
+            let name = self
+                .set
+                .script(&last)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let file = self.set.file_of(&name).replace("up.sql", "down.sql");
+            let set = self.set;
+            self.conn.transaction(|conn| -> Result<(), Error> {
+                MigrationHarness::<MultiBackend>::revert_last_migration(conn, set).map_err(
+                    |e| Error::Migration {
+                        migration: name.clone(),
+                        file: file.clone(),
+                        reason: reason_of(&e),
+                    },
+                )?;
+                ledger::forget(conn, &last)
+            })?;
+            reverted.push(name);
+        }
+        Ok(reverted)
+    }
+
+    fn drift(&mut self, unknown_present: bool) -> Result<Vec<String>, Error> {
+        let mode = self.engine.settings().migrations.schema_check;
+        let Some(expected) = self.set.fingerprint.filter(|_| mode != SchemaCheck::Off) else {
+            return Ok(Vec::new());
+        };
+        let live = drift::fingerprint(&mut self.conn, self.engine.backend())?;
+        let differences = drift::differences(expected, &live, unknown_present);
+        if differences.is_empty() {
+            return Ok(differences);
+        }
+        if mode == SchemaCheck::Strict {
+            return Err(Error::SchemaDrift { differences });
+        }
+        for difference in &differences {
+            tracing::warn!("schema drift: {difference}");
+        }
+        Ok(differences)
+    }
 }

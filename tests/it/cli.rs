@@ -223,7 +223,8 @@ fn the_same_binary_boots_on_postgres_and_manages_migrations() {
     let status = run_cli(dir.path(), &["status"], &env);
     assert_eq!(
         text(&status).0,
-        "applied  2026-11-25-000001_create_users\npending  2026-11-25-000002_create_posts\n"
+        "applied  2026-11-25-000001_create_users\npending  2026-11-25-000002_create_posts\n\
+         lock     free\n"
     );
     let migrate = run_cli(dir.path(), &["migrate"], &env);
     assert_eq!(
@@ -283,6 +284,7 @@ fn a_failed_migration_exits_4_naming_it() {
     assert_eq!(output.status.code(), Some(4), "{stdout}{stderr}");
     assert_eq!(
         stderr,
-        "datalayer: error: migration 2026-11-25-000002_create_posts failed: table posts already exists\n"
+        "datalayer: error: migration 2026-11-25-000002_create_posts \
+         (migrations/sqlite/2026-11-25-000002_create_posts/up.sql) failed: table posts already exists\n"
     );
 }

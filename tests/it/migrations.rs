@@ -20,24 +20,28 @@ fn snapshot(engine: &Engine) -> Vec<String> {
             "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' \
                     || is_nullable || ' ' || coalesce(column_default, '') AS line
                FROM information_schema.columns
-              WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations'
+              WHERE table_schema = 'public'
+                AND table_name NOT IN ('__diesel_schema_migrations', 'datalayer_migrations')
              UNION ALL
              SELECT 'index ' || indexdef FROM pg_indexes
-              WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'
+              WHERE schemaname = 'public'
+                AND tablename NOT IN ('__diesel_schema_migrations', 'datalayer_migrations')
              UNION ALL
              SELECT 'trigger ' || trigger_name || ' ' || event_manipulation || ' ' || action_statement
                FROM information_schema.triggers WHERE trigger_schema = 'public'
              UNION ALL
              SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
                FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-                AND conrelid::regclass::text <> '__diesel_schema_migrations'
+                AND conrelid::regclass::text
+                    NOT IN ('__diesel_schema_migrations', 'datalayer_migrations')
              UNION ALL
              SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
              ORDER BY 1"
         }
         datalayer::config::Backend::Sqlite => {
             "SELECT type || ' ' || name || ' ' || coalesce(sql, '') AS line FROM sqlite_master
-              WHERE tbl_name <> '__diesel_schema_migrations' ORDER BY 1"
+              WHERE tbl_name NOT IN ('__diesel_schema_migrations', 'datalayer_migrations')
+              ORDER BY 1"
         }
     };
     query_lines(&mut conn, sql)
@@ -58,7 +62,8 @@ fn up_down_up_on_both_backends() {
             migrations::status(&engine).expect("status"),
             Status {
                 applied: ALL.map(String::from).to_vec(),
-                pending: vec![]
+                pending: vec![],
+                unknown: vec![],
             }
         );
 
@@ -85,7 +90,8 @@ fn up_down_up_on_both_backends() {
             migrations::status(&engine).expect("status"),
             Status {
                 applied: vec![],
-                pending: ALL.map(String::from).to_vec()
+                pending: ALL.map(String::from).to_vec(),
+                unknown: vec![],
             }
         );
         assert_eq!(migrations::run_pending(&engine).expect("up again"), ALL);
@@ -103,15 +109,22 @@ fn a_failing_migration_is_named_and_the_database_stays_at_the_last_good_one() {
                 .expect("squat on posts");
         }
         let error = migrations::run_pending(&engine).expect_err("posts already exists");
-        let Error::Migration { migration, reason } = &error else {
+        let Error::Migration {
+            migration,
+            file,
+            reason,
+        } = &error
+        else {
             panic!("expected a migration error, got {error}");
         };
         assert_eq!(migration, ALL[1]);
+        let backend = engine.backend();
+        assert_eq!(file, &format!("migrations/{backend}/{}/up.sql", ALL[1]));
         assert!(reason.contains("already exists"), "{reason}");
         assert!(
             error
                 .to_string()
-                .starts_with(&format!("migration {} failed: ", ALL[1]))
+                .starts_with(&format!("migration {} ({file}) failed: ", ALL[1]))
         );
         let status = migrations::status(&engine).expect("status");
         assert_eq!(status.applied, [ALL[0]]);

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use datalayer::Settings;
-use datalayer::config::{Host, PoolSettings, PostgresSettings, SslMode, Target, UrlParams};
+use datalayer::config::{
+    Host, MigrationSettings, PoolSettings, PostgresSettings, SslMode, Target, UrlParams,
+};
 use proptest::prelude::*;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -55,6 +57,7 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
             params: UrlParams::default(),
         }),
         pool: PoolSettings::default(),
+        migrations: MigrationSettings::default(),
     }
 }
 

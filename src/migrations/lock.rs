@@ -1,0 +1,303 @@
+//! The migration lock, so that replicas booting at once migrate one at a time.
+//!
+//! - PostgreSQL: a session-level advisory lock, taken on the migrations' own connection with
+//!   `pg_try_advisory_lock`, polled every 100 ms until `DATABASE_MIGRATION_LOCK_TIMEOUT`. Its
+//!   key is ([`LOCK_NAMESPACE`], a hash of the database and schema names), so it shows in
+//!   `pg_locks` as `locktype = 'advisory'`, `classid = 1684827495`. While waiting, the holder
+//!   (pid, application name, state, for how long) is logged every two seconds.
+//! - SQLite: an exclusive lock on a sidecar file next to the database (`<file>.migrations.lock`),
+//!   holding the holder's pid and start time, polled the same way.
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use diesel::RunQueryDsl;
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::{Bool, Double, Integer, Text};
+
+use crate::config::{Settings, Target};
+use crate::engine::Conn;
+use crate::error::Error;
+
+/// The first half of the PostgreSQL advisory lock key: "dlmg" in ASCII.
+pub const LOCK_NAMESPACE: i32 = 0x646c_6d67;
+
+const POLL: Duration = Duration::from_millis(100);
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// The advisory lock key for a database and schema: ([`LOCK_NAMESPACE`], 31-bit FNV-1a of
+/// `database.schema`).
+pub fn lock_key(database: &str, schema: &str) -> (i32, i32) {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in database
+        .bytes()
+        .chain(std::iter::once(b'.'))
+        .chain(schema.bytes())
+    {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (LOCK_NAMESPACE, (hash & 0x7fff_ffff) as i32)
+}
+
+/// Who holds the migration lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockHolder {
+    /// A PostgreSQL session.
+    Postgres {
+        /// Its backend pid (`pg_stat_activity.pid`).
+        pid: i32,
+        /// Its `application_name`.
+        application_name: String,
+        /// Its state (`active`, `idle`, `idle in transaction`, ...).
+        state: String,
+        /// How long it has been in that state.
+        state_for: Duration,
+    },
+    /// A process holding the SQLite sidecar lock, as it described itself in the lock file.
+    Sqlite {
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote into it (`pid 1234 since 2026-11-25 14:00:00 UTC`).
+        description: String,
+    },
+}
+
+impl fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockHolder::Postgres {
+                pid,
+                application_name,
+                state,
+                state_for,
+            } => write!(
+                f,
+                "pid {pid} (application {application_name:?}, {state} for {:.1}s)",
+                state_for.as_secs_f64()
+            ),
+            LockHolder::Sqlite { path, description } => {
+                write!(f, "{description} (lock file {})", path.display())
+            }
+        }
+    }
+}
+
+/// The held lock; released when dropped (SQLite) or by [`Guard::release`] / the end of the
+/// session (PostgreSQL).
+pub(crate) enum Guard {
+    Postgres { key: (i32, i32) },
+    Sqlite { _file: File },
+}
+
+impl Guard {
+    pub(crate) fn release(self, conn: &mut Conn) {
+        if let Guard::Postgres { key } = self {
+            // Closing the session releases it too; this just does not wait for that.
+            let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({}, {})", key.0, key.1));
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Names {
+    #[diesel(sql_type = Text)]
+    database: String,
+    #[diesel(sql_type = Text)]
+    schema: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+#[derive(diesel::QueryableByName)]
+struct HolderRow {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+    #[diesel(sql_type = Text)]
+    application_name: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Double)]
+    seconds: f64,
+}
+
+fn postgres_key(conn: &mut Conn) -> Result<(i32, i32), Error> {
+    let names: Names = diesel::sql_query(
+        "SELECT current_database()::text AS database, coalesce(current_schema(), 'public')::text AS schema",
+    )
+    .get_result(conn)?;
+    Ok(lock_key(&names.database, &names.schema))
+}
+
+fn postgres_holder(conn: &mut Conn, key: (i32, i32)) -> Result<Option<LockHolder>, Error> {
+    let rows: Vec<HolderRow> = diesel::sql_query(format!(
+        "SELECT a.pid AS pid, coalesce(a.application_name, '') AS application_name,
+                coalesce(a.state, 'unknown') AS state,
+                coalesce(extract(epoch FROM now() - coalesce(a.state_change, a.backend_start)), 0)::float8
+                    AS seconds
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+            AND l.classid = {} AND l.objid = {}
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          LIMIT 1",
+        key.0, key.1
+    ))
+    .load(conn)?;
+    Ok(rows.into_iter().next().map(|row| LockHolder::Postgres {
+        pid: row.pid,
+        application_name: row.application_name,
+        state: row.state,
+        state_for: Duration::from_secs_f64(row.seconds.max(0.0)),
+    }))
+}
+
+fn sqlite_lock_path(settings: &Settings) -> Option<PathBuf> {
+    match &settings.target {
+        Target::Sqlite(sqlite) => {
+            let mut path = sqlite.path.clone().into_os_string();
+            path.push(".migrations.lock");
+            Some(PathBuf::from(path))
+        }
+        Target::Postgres(_) => None,
+    }
+}
+
+fn sqlite_holder(path: &Path) -> LockHolder {
+    let description = std::fs::read_to_string(path)
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| "another process".to_string());
+    LockHolder::Sqlite {
+        path: path.to_path_buf(),
+        description,
+    }
+}
+
+/// Takes the migration lock, waiting at most `timeout`.
+pub(crate) fn acquire(
+    conn: &mut Conn,
+    settings: &Settings,
+    timeout: Duration,
+) -> Result<Guard, Error> {
+    let started = Instant::now();
+    let mut reported = started;
+    match sqlite_lock_path(settings) {
+        None => {
+            let key = postgres_key(conn)?;
+            let sql = format!(
+                "SELECT pg_try_advisory_lock({}, {}) AS locked",
+                key.0, key.1
+            );
+            loop {
+                let locked: Locked = diesel::sql_query(&sql).get_result(conn)?;
+                if locked.locked {
+                    return Ok(Guard::Postgres { key });
+                }
+                let holder = || postgres_holder(conn, key).ok().flatten();
+                if let Some(error) = waited(started, timeout, &mut reported, holder) {
+                    return Err(error);
+                }
+            }
+        }
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::Migration {
+                    migration: "(lock)".into(),
+                    file: path.display().to_string(),
+                    reason: format!("cannot open the migration lock file: {e}"),
+                })?;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => {
+                        let _ = file.set_len(0);
+                        let mut writer = &file;
+                        let _ = write!(
+                            writer,
+                            "pid {} since {} UTC",
+                            std::process::id(),
+                            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")
+                        );
+                        return Ok(Guard::Sqlite { _file: file });
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        let holder = || Some(sqlite_holder(&path));
+                        if let Some(error) = waited(started, timeout, &mut reported, holder) {
+                            return Err(error);
+                        }
+                    }
+                    Err(TryLockError::Error(e)) => {
+                        return Err(Error::Migration {
+                            migration: "(lock)".into(),
+                            file: path.display().to_string(),
+                            reason: format!("cannot lock the migration lock file: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After a failed attempt: the timeout error, or `None` after logging (now and then) and
+/// waiting one poll interval.
+fn waited(
+    started: Instant,
+    timeout: Duration,
+    reported: &mut Instant,
+    holder: impl FnOnce() -> Option<LockHolder>,
+) -> Option<Error> {
+    let elapsed = started.elapsed();
+    if elapsed >= timeout {
+        return Some(Error::MigrationLockTimeout {
+            waited: elapsed,
+            holder: holder().map(|h| h.to_string()),
+        });
+    }
+    if reported.elapsed() >= REPORT_EVERY {
+        *reported = Instant::now();
+        match holder() {
+            Some(holder) => tracing::warn!(
+                "waiting {:.1}s for the migration lock, held by {holder}",
+                elapsed.as_secs_f64()
+            ),
+            None => tracing::warn!(
+                "waiting {:.1}s for the migration lock",
+                elapsed.as_secs_f64()
+            ),
+        }
+    }
+    std::thread::sleep(POLL.min(timeout - elapsed));
+    None
+}
+
+/// Who holds the lock right now, if anyone (for `datalayer status`).
+pub(crate) fn holder(conn: &mut Conn, settings: &Settings) -> Result<Option<LockHolder>, Error> {
+    match sqlite_lock_path(settings) {
+        None => {
+            let key = postgres_key(conn)?;
+            postgres_holder(conn, key)
+        }
+        Some(path) => {
+            let Ok(file) = File::open(&path) else {
+                return Ok(None);
+            };
+            match file.try_lock_shared() {
+                Ok(()) => Ok(None),
+                Err(_) => Ok(Some(sqlite_holder(&path))),
+            }
+        }
+    }
+}
