@@ -8,6 +8,7 @@ mod config_settings;
 mod docs;
 mod engine;
 mod libpq;
+mod migration_safety;
 mod migrations;
 mod models;
 mod url_libpq;

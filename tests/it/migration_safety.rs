@@ -1,0 +1,545 @@
+//! Migrations under concurrency and hostile conditions, against the real databases: many
+//! replicas at once, a held lock, edited and unknown migrations, DDL behind a long
+//! transaction, broken SQL, and schema drift.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use datalayer::config::Backend;
+use datalayer::migrations::{self, MigrationSet, lock::lock_key};
+use datalayer::{Engine, Error, Settings};
+use diesel::connection::SimpleConnection;
+
+use crate::common::{
+    Place, admin_url, fresh_engines, fresh_postgres, fresh_sqlite, query_text, run_cli, text,
+};
+use crate::libpq::Conn as PqConn;
+
+fn test_set(name: &str) -> MigrationSet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/migrations")
+        .join(name);
+    MigrationSet::from_dir(dir).expect("test migrations")
+}
+
+/// The same settings as `engine`'s, with `extra` variables changed.
+fn with(engine: &Engine, extra: &[(&str, &str)]) -> Settings {
+    let mut settings = engine.settings().clone();
+    for (name, value) in extra {
+        match *name {
+            "DATABASE_MIGRATION_LOCK_TIMEOUT" => {
+                settings.migrations.lock_timeout = parse_secs(value)
+            }
+            "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT" => {
+                settings.migrations.ddl_lock_timeout = parse_secs(value)
+            }
+            "DATABASE_ALLOW_UNKNOWN_MIGRATIONS" => {
+                settings.migrations.allow_unknown = *value == "true"
+            }
+            "DATABASE_SCHEMA_CHECK" => {
+                let pairs = [("DATABASE_SCHEMA_CHECK", *value)];
+                settings.migrations.schema_check = Settings::from_pairs(pairs)
+                    .expect("valid mode")
+                    .migrations
+                    .schema_check;
+            }
+            other => panic!("the tests do not set {other}"),
+        }
+    }
+    settings
+}
+
+fn parse_secs(text: &str) -> Duration {
+    Duration::from_secs_f64(text.trim_end_matches('s').parse().expect("seconds"))
+}
+
+fn count(engine: &Engine, table: &str) -> i64 {
+    let mut conn = engine.get().expect("checkout");
+    query_text(
+        &mut conn,
+        &format!("SELECT CAST(count(*) AS TEXT) AS value FROM {table}"),
+    )
+    .parse()
+    .expect("a count")
+}
+
+#[test]
+fn eight_replicas_as_threads_apply_each_migration_once() {
+    for (engine, _place) in fresh_engines("dl_threads", &[]) {
+        let set = Arc::new(test_set("audit"));
+        let settings = engine.settings().clone();
+        let start = Arc::new(Barrier::new(8));
+        let replicas: Vec<_> = (0..8)
+            .map(|_| {
+                let (set, settings, start) = (set.clone(), settings.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let replica = Engine::connect(&settings).expect("connect");
+                    start.wait();
+                    migrations::run_pending_with(&replica, &set)
+                })
+            })
+            .collect();
+        let applied: Vec<Vec<String>> = replicas
+            .into_iter()
+            .map(|r| r.join().expect("no panic").expect("every replica boots"))
+            .collect();
+        assert_eq!(
+            applied.iter().map(Vec::len).sum::<usize>(),
+            2,
+            "{applied:?}"
+        );
+        assert_eq!(
+            applied.iter().filter(|a| a.is_empty()).count(),
+            7,
+            "{applied:?}"
+        );
+        assert_eq!(count(&engine, "audit"), 1, "the audited migration ran once");
+        assert_eq!(count(&engine, "__diesel_schema_migrations"), 2);
+        assert_eq!(
+            count(&engine, "datalayer_migrations"),
+            2,
+            "one ledger row per version"
+        );
+    }
+}
+
+#[test]
+fn eight_replicas_as_processes_apply_each_migration_once() {
+    for (engine, place) in fresh_engines("dl_procs", &[]) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env: Vec<(String, String)> = match &place {
+            Place::Postgres(db) => {
+                let server = admin_url().rsplit_once('/').map(|(s, _)| s.to_string());
+                vec![(
+                    "DATABASE_URL".into(),
+                    format!("{}/{}", server.unwrap_or_default(), db.name),
+                )]
+            }
+            Place::Sqlite(_) => vec![(
+                "DATABASE_PATH".into(),
+                match &engine.settings().target {
+                    datalayer::config::Target::Sqlite(s) => s.path.to_string_lossy().into_owned(),
+                    datalayer::config::Target::Postgres(_) => unreachable!(),
+                },
+            )],
+        };
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_datalayer"));
+                command.arg("migrate").current_dir(dir.path()).env_clear();
+                command.envs(env.iter().cloned());
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                command.spawn().expect("spawn datalayer")
+            })
+            .collect();
+        let mut applied_lines = 0;
+        for child in children {
+            let output = child.wait_with_output().expect("wait");
+            let (stdout, stderr) = text(&output);
+            assert!(output.status.success(), "{stdout}{stderr}");
+            applied_lines += stdout.lines().filter(|l| l.starts_with("applied ")).count();
+        }
+        assert_eq!(
+            applied_lines, 2,
+            "each migration applied by exactly one process"
+        );
+        assert_eq!(count(&engine, "__diesel_schema_migrations"), 2);
+        assert_eq!(count(&engine, "datalayer_migrations"), 2);
+    }
+}
+
+#[test]
+fn a_held_postgres_lock_times_out_naming_its_holder() {
+    let (engine, place) = fresh_postgres("dl_lockheld", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let server = admin_url()
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_string())
+        .unwrap_or_default();
+    let squatter = PqConn::connect(&format!(
+        "{server}/{}?application_name=lock%20squatter",
+        db.name
+    ))
+    .expect("connect");
+    let (k1, k2) = lock_key(&db.name, "public");
+    squatter
+        .query(&format!("SELECT pg_advisory_lock({k1}, {k2})"))
+        .expect("lock");
+    let pid = squatter
+        .query("SELECT pg_backend_pid()")
+        .expect("pid")
+        .expect("row");
+
+    let holder = migrations::lock_holder(&engine)
+        .expect("status")
+        .expect("held");
+    assert!(
+        holder.to_string().starts_with(&format!(
+            "pid {pid} (application \"lock squatter\", idle for "
+        )),
+        "{holder}"
+    );
+
+    let impatient = Engine::connect(&with(&engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
+        .expect("connect");
+    let started = Instant::now();
+    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1000) && elapsed <= Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    let Error::MigrationLockTimeout { holder, .. } = &error else {
+        panic!("expected a lock timeout, got {error}");
+    };
+    let holder = holder.as_deref().unwrap_or_default();
+    assert!(
+        holder.contains(&format!("pid {pid} ")) && holder.contains("lock squatter"),
+        "{error}"
+    );
+
+    drop(squatter);
+    assert_eq!(
+        migrations::run_pending(&impatient)
+            .expect("lock free")
+            .len(),
+        2
+    );
+    assert!(migrations::lock_holder(&engine).expect("status").is_none());
+}
+
+#[test]
+fn a_held_sqlite_lock_times_out_naming_its_holder() {
+    let (engine, _dir) = fresh_sqlite(&[]);
+    let datalayer::config::Target::Sqlite(sqlite) = &engine.settings().target else {
+        unreachable!()
+    };
+    let lock_path = PathBuf::from(format!("{}.migrations.lock", sqlite.path.display()));
+    let file = std::fs::File::create(&lock_path).expect("lock file");
+    file.lock().expect("lock");
+    std::fs::write(&lock_path, "pid 4242 since the test began").expect("describe holder");
+
+    let impatient = Engine::connect(&with(&engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
+        .expect("connect");
+    let started = Instant::now();
+    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("held by pid 4242 since the test began"),
+        "{error}"
+    );
+    let holder = migrations::lock_holder(&engine)
+        .expect("status")
+        .expect("held");
+    assert!(holder.to_string().starts_with("pid 4242"), "{holder}");
+
+    drop(file);
+    assert_eq!(
+        migrations::run_pending(&impatient)
+            .expect("lock free")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn an_edited_migration_is_refused_until_accepted() {
+    for (engine, _place) in fresh_engines("dl_checksum", &[]) {
+        migrations::run_pending(&engine).expect("migrate");
+        let mut conn = engine.get().expect("checkout");
+        let real = query_text(
+            &mut conn,
+            "SELECT checksum AS value FROM datalayer_migrations WHERE version = '20261125000001'",
+        );
+        assert_eq!(real.len(), 64, "SHA-256 in hex");
+        conn.batch_execute(
+            "UPDATE datalayer_migrations SET checksum = 'abc123' WHERE version = '20261125000001'",
+        )
+        .expect("simulate an edit");
+        drop(conn);
+
+        let error = migrations::run_pending(&engine).expect_err("checksum differs");
+        let Error::ChecksumMismatch {
+            migration,
+            version,
+            recorded,
+            embedded,
+        } = &error
+        else {
+            panic!("expected a checksum mismatch, got {error}");
+        };
+        assert_eq!(migration, "2026-11-25-000001_create_users");
+        assert_eq!(
+            (version.as_str(), recorded.as_str(), embedded),
+            ("20261125000001", "abc123", &real)
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&real) && message.contains("abc123"),
+            "{message}"
+        );
+        assert!(
+            message.contains("--accept-checksum 20261125000001"),
+            "{message}"
+        );
+
+        migrations::accept_checksum(&engine, "20261125000001").expect("accept");
+        assert!(
+            migrations::run_pending(&engine)
+                .expect("accepted")
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
+    for (engine, _place) in fresh_engines("dl_ahead", &[]) {
+        migrations::run_pending(&engine).expect("migrate");
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute(
+                "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000')",
+            )
+            .expect("a newer release's migration");
+        let error = migrations::run_pending(&engine).expect_err("unknown version");
+        assert!(
+            matches!(&error, Error::UnknownMigrations { versions } if versions == &["20991231000000"]),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true")
+        );
+        let boot = migrations::boot(&engine).expect_err("boot decides the same way");
+        assert!(matches!(boot, Error::UnknownMigrations { .. }));
+
+        let tolerant = Engine::connect(&with(
+            &engine,
+            &[("DATABASE_ALLOW_UNKNOWN_MIGRATIONS", "true")],
+        ))
+        .expect("connect");
+        let report = migrations::boot(&tolerant).expect("allowed");
+        assert_eq!(report.unknown, ["20991231000000"]);
+        assert!(
+            report.applied.is_empty() && report.drift.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            migrations::status(&engine).expect("status").unknown,
+            ["20991231000000"]
+        );
+    }
+}
+
+#[test]
+fn ddl_behind_a_long_transaction_gives_way_and_retries() {
+    let (engine, place) = fresh_postgres("dl_ddl", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    migrations::run_pending_with(&engine, &test_set("audit")).expect("migrate");
+    let server = admin_url()
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_string())
+        .unwrap_or_default();
+    let url = format!("{server}/{}", db.name);
+    let reader = PqConn::connect(&url).expect("connect");
+    reader.query("BEGIN").expect("begin");
+    reader
+        .query("SELECT count(*) FROM things")
+        .expect("read, holding a lock on things");
+
+    let patient = Engine::connect(&with(
+        &engine,
+        &[("DATABASE_MIGRATION_DDL_LOCK_TIMEOUT", "1s")],
+    ))
+    .expect("connect");
+    let migrating = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = migrations::run_pending_with(&patient, &test_set("ddl"));
+        (result, started.elapsed())
+    });
+
+    // Wait for the ALTER to queue for its lock, then read the table the way the application would.
+    let watcher = PqConn::connect(&url).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher
+        .query("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'things'::regclass")
+        .expect("pg_locks")
+        .as_deref()
+        == Some("0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never queued for its lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let application = PqConn::connect(&url).expect("connect");
+    let started = Instant::now();
+    application
+        .query("SELECT count(*) FROM things")
+        .expect("select");
+    let select_took = started.elapsed();
+    assert!(
+        select_took <= Duration::from_millis(1500),
+        "the SELECT waited {select_took:?}"
+    );
+
+    reader.query("COMMIT").expect("end the long transaction");
+    let (result, took) = migrating.join().expect("no panic");
+    assert_eq!(
+        result.expect("the migration succeeds once the transaction ends"),
+        ["2026-01-01-000003_add_things_note"]
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "it gave way at least once: {took:?}"
+    );
+}
+
+#[test]
+fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
+    for (engine, _place) in fresh_engines("dl_broken", &[]) {
+        let error =
+            migrations::run_pending_with(&engine, &test_set("broken")).expect_err("syntax error");
+        let Error::Migration {
+            migration,
+            file,
+            reason,
+        } = &error
+        else {
+            panic!("expected a migration error, got {error}");
+        };
+        assert_eq!(migration, "2026-01-01-000002_create_things");
+        assert!(
+            file.ends_with("tests/migrations/broken/2026-01-01-000002_create_things/up.sql"),
+            "{file}"
+        );
+        assert!(
+            reason.contains("syntax error") || reason.contains("near"),
+            "{reason}"
+        );
+        let status = migrations::status_with(&engine, &test_set("audit")).expect("status");
+        assert_eq!(status.applied, ["2026-01-01-000001_create_audit"]);
+        assert_eq!(
+            count(&engine, "audit"),
+            0,
+            "nothing of the broken migration remains"
+        );
+        assert_eq!(
+            migrations::run_pending_with(&engine, &test_set("audit")).expect("fixed"),
+            ["2026-01-01-000002_create_things"]
+        );
+    }
+}
+
+#[test]
+fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
+    for (engine, _place) in fresh_engines("dl_drift", &[]) {
+        let report = migrations::boot(&engine).expect("boot");
+        assert_eq!(report.applied.len(), 2);
+        assert!(
+            report.drift.is_empty(),
+            "a fresh database matches: {:?}",
+            report.drift
+        );
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute("ALTER TABLE posts DROP COLUMN body")
+            .expect("drop a column by hand");
+        let report = migrations::boot(&engine).expect("warn boots");
+        assert_eq!(report.drift, ["posts.body: missing"]);
+
+        let strict = Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "strict")]))
+            .expect("connect");
+        let error = migrations::boot(&strict).expect_err("strict refuses");
+        assert!(
+            matches!(&error, Error::SchemaDrift { differences } if differences == &["posts.body: missing"]),
+            "{error}"
+        );
+        let off =
+            Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "off")])).expect("connect");
+        assert!(migrations::boot(&off).expect("off skips").drift.is_empty());
+    }
+}
+
+#[test]
+fn the_committed_fingerprints_match_what_the_migrations_produce() {
+    let mut stale = Vec::new();
+    for (engine, _place) in fresh_engines("dl_fingerprint", &[]) {
+        migrations::run_pending(&engine).expect("migrate");
+        let mut conn = engine.get().expect("checkout");
+        let live =
+            migrations::drift::fingerprint(&mut conn, engine.backend()).expect("fingerprint");
+        let backend = match engine.backend() {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        };
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("migrations/{backend}.fingerprint"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != live {
+            std::fs::write(&path, &live).expect("write the new fingerprint");
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "the schema fingerprints were out of date and have been rewritten: {stale:?}; review \
+         the diff and commit them"
+    );
+}
+
+#[test]
+fn the_cli_accepts_an_edited_checksum() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let none: &[(&str, &str)] = &[];
+    assert!(run_cli(dir.path(), &["migrate"], none).status.success());
+    let settings = Settings::from_pairs([(
+        "DATABASE_PATH",
+        dir.path().join("data/datalayer.sqlite3").as_os_str(),
+    )])
+    .expect("settings");
+    Engine::connect(&settings)
+        .expect("open")
+        .get()
+        .expect("checkout")
+        .batch_execute("UPDATE datalayer_migrations SET checksum = 'abc123'")
+        .expect("simulate edits");
+    let refused = run_cli(dir.path(), &[], none);
+    assert_eq!(refused.status.code(), Some(4), "{:?}", text(&refused));
+    let accepted = run_cli(
+        dir.path(),
+        &[
+            "migrate",
+            "--accept-checksum",
+            "20261125000001",
+            "--accept-checksum",
+            "20261125000002",
+        ],
+        none,
+    );
+    let (stdout, stderr) = text(&accepted);
+    assert!(accepted.status.success(), "{stderr}");
+    assert_eq!(stdout, "nothing to apply: the database is up to date\n");
+    assert!(
+        stderr.contains("accepted the edited up.sql of migration 2026-11-25-000001_create_users"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,1 @@
+CREATE TABLE audit (note TEXT NOT NULL);
