@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use diesel::Connection;
 use diesel::connection::SimpleConnection;
-use diesel::migration::Migration;
+use diesel::migration::{Migration, MigrationSource};
 use diesel_migrations::MigrationHarness;
 
 pub use self::lock::LockHolder;
@@ -262,8 +262,8 @@ impl<'a> Session<'a> {
     }
 
     /// Checks the ledger and the applied versions, backfilling rows the ledger lacks. Returns
-    /// the unknown versions (allowed).
-    fn check(&mut self) -> Result<Vec<String>, Error> {
+    /// the applied versions and the unknown ones (allowed).
+    fn check(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
         let applied = applied_versions(&mut self.conn)?;
         let status = classify(self.set, &applied);
         if !status.unknown.is_empty() {
@@ -296,15 +296,21 @@ impl<'a> Session<'a> {
                 Some(_) => {}
             }
         }
-        Ok(status.unknown)
+        Ok((applied, status.unknown))
     }
 
     /// Applies every pending migration; returns their names and the allowed unknown versions.
     fn apply(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
-        let unknown = self.check()?;
-        let pending =
-            MigrationHarness::<MultiBackend>::pending_migrations(&mut self.conn, self.set)
-                .map_err(|e| reading_error(&e))?;
+        let (applied_versions, unknown) = self.check()?;
+        // The pending set from the versions read under the lock (the harness's own
+        // `pending_migrations` would read them again).
+        let mut pending: Vec<_> = MigrationSource::<MultiBackend>::migrations(&self.set)
+            .map_err(|e| reading_error(&e))?
+            .into_iter()
+            .filter(|m| !applied_versions.contains(&m.name().version().to_string()))
+            .collect();
+        // A folder lists its migrations in directory order.
+        pending.sort_by(|a, b| a.name().version().cmp(&b.name().version()));
         let mut applied = Vec::with_capacity(pending.len());
         for migration in pending {
             let name = migration.name().to_string();
