@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use datalayer::config::{Loaded, Vars};
 use datalayer::migrations::{self, Revert};
-use datalayer::{Engine, Error};
+use datalayer::{Engine, Error, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -116,7 +116,7 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
         print(&config_table(&loaded));
         return Ok(());
     }
-    let engine = Engine::connect(&loaded.settings)?;
+    let engine = Engine::connect(&one_shot(&loaded.settings))?;
     match command {
         Command::Config => unreachable!("handled above"),
         Command::Check => {
@@ -190,7 +190,7 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
 /// The boot sequence a server runs: engine, migrations (lock, ledger, pending, drift check),
 /// ping; one summary line.
 fn boot(loaded: &Loaded) -> Result<(), Failure> {
-    let engine = Engine::connect(&loaded.settings)?;
+    let engine = Engine::connect(&one_shot(&loaded.settings))?;
     let report = migrations::boot(&engine)?;
     let ping = engine.ping()?;
     let drift = match report.drift.len() {
@@ -206,6 +206,15 @@ fn boot(loaded: &Loaded) -> Result<(), Failure> {
         ping.latency,
     ));
     Ok(())
+}
+
+/// The settings for a command that runs once and exits: the pool opens connections only as
+/// they are needed, instead of filling `DATABASE_POOL_MIN_IDLE` (by default the max size) for
+/// nothing. Eight replicas booting at once then hold 2 or 3 connections each, not 12.
+fn one_shot(settings: &Settings) -> Settings {
+    let mut settings = settings.clone();
+    settings.pool.min_idle = Some(0);
+    settings
 }
 
 /// Logs go to stderr. `RUST_LOG` picks the level (`info`, or targets such as

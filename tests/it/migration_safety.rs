@@ -68,7 +68,8 @@ fn count(engine: &Engine, table: &str) -> i64 {
 fn eight_replicas_as_threads_apply_each_migration_once() {
     for (engine, _place) in fresh_engines("dl_threads", &[]) {
         let set = Arc::new(test_set("audit"));
-        let settings = engine.settings().clone();
+        let mut settings = engine.settings().clone();
+        settings.pool.min_idle = Some(0);
         let start = Arc::new(Barrier::new(8));
         let replicas: Vec<_> = (0..8)
             .map(|_| {
