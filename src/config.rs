@@ -32,6 +32,9 @@
 //! | `DATABASE_STATEMENT_TIMEOUT` | `0` | PostgreSQL `statement_timeout` for each session; `0` disables. |
 //! | `DATABASE_LOCK_TIMEOUT` | `0` | PostgreSQL `lock_timeout` for each session; `0` disables. |
 //! | `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` | `0` | PostgreSQL `idle_in_transaction_session_timeout`; `0` disables. |
+//! | `DATABASE_CONNECT_DEADLINE` | `30s` | At boot, how long to keep retrying (exponential backoff with jitter) a database that cannot be reached yet: refused, timed out, name not resolved, starting up, too many connections. Errors that cannot go away (authentication, missing database, bad URL, TLS) fail at once. `0` tries once. |
+//! | `DATABASE_TCP_USER_TIMEOUT` | `15s` | PostgreSQL `tcp_user_timeout`, with TCP keepalives on: a connection whose peer vanished without a FIN fails within about this time instead of hanging for minutes. `0` leaves the OS defaults. |
+//! | `DATABASE_POOL_LEAK_THRESHOLD` | `0` (off) | Log a warning, with its checkout site, for a connection held longer than this. |
 //! | `DATABASE_MIGRATION_LOCK_TIMEOUT` | `60s` | Longest wait for the migration lock (PostgreSQL advisory lock, or the SQLite file's sidecar lock) when several replicas migrate at once; more than 0. |
 //! | `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` | `5s` | PostgreSQL `lock_timeout` for each migration, so DDL never queues behind a long transaction while every query queues behind it; a migration that times out is retried with backoff. More than 0. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
@@ -52,6 +55,7 @@
 //!     ("DATABASE_USER", "app"),
 //!     ("DATABASE_PASSWORD", "p@ss/word"),
 //!     ("DATABASE_NAME", "app"),
+//!     ("DATABASE_TCP_USER_TIMEOUT", "0"),
 //! ])?;
 //! assert_eq!(settings.backend(), Backend::Postgres);
 //! assert_eq!(
@@ -98,6 +102,9 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_POOL_TIMEOUT",
     "DATABASE_POOL_IDLE_TIMEOUT",
     "DATABASE_POOL_MAX_LIFETIME",
+    "DATABASE_POOL_LEAK_THRESHOLD",
+    "DATABASE_CONNECT_DEADLINE",
+    "DATABASE_TCP_USER_TIMEOUT",
     "DATABASE_STATEMENT_TIMEOUT",
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
@@ -118,6 +125,7 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_SSLROOTCERT",
     "DATABASE_APPLICATION_NAME",
     "DATABASE_CONNECT_TIMEOUT",
+    "DATABASE_TCP_USER_TIMEOUT",
     "DATABASE_STATEMENT_TIMEOUT",
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
@@ -295,6 +303,8 @@ pub struct PostgresSettings {
     pub application_name: String,
     /// `DATABASE_CONNECT_TIMEOUT`.
     pub connect_timeout: Duration,
+    /// `DATABASE_TCP_USER_TIMEOUT`; `None` leaves keepalives and the timeout to the OS.
+    pub tcp_user_timeout: Option<Duration>,
     /// `DATABASE_STATEMENT_TIMEOUT`; `None` is disabled.
     pub statement_timeout: Option<Duration>,
     /// `DATABASE_LOCK_TIMEOUT`; `None` is disabled.
@@ -332,6 +342,10 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     /// `DATABASE_POOL_MAX_LIFETIME`; `None` is disabled.
     pub max_lifetime: Option<Duration>,
+    /// `DATABASE_POOL_LEAK_THRESHOLD`; `None` is off.
+    pub leak_threshold: Option<Duration>,
+    /// `DATABASE_CONNECT_DEADLINE`: how long [`crate::Engine::connect`] retries at boot.
+    pub connect_deadline: Duration,
 }
 
 impl Default for PoolSettings {
@@ -342,6 +356,8 @@ impl Default for PoolSettings {
             timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
+            leak_threshold: None,
+            connect_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -405,6 +421,18 @@ impl Settings {
                 }
                 params.push(("application_name", &pg.application_name));
                 params.push(("connect_timeout", &connect_timeout));
+                let tcp_user_timeout = pg.tcp_user_timeout.map(|t| t.as_millis().to_string());
+                let keepalive_idle = pg
+                    .tcp_user_timeout
+                    .map(|t| (t.as_secs() / 3).clamp(1, 60).to_string());
+                if let (Some(user_timeout), Some(idle)) = (&tcp_user_timeout, &keepalive_idle) {
+                    // Probes start after a third of the timeout; tcp_user_timeout bounds both
+                    // unacknowledged data and unanswered probes.
+                    params.push(("keepalives", "1"));
+                    params.push(("keepalives_idle", idle));
+                    params.push(("keepalives_interval", idle));
+                    params.push(("tcp_user_timeout", user_timeout));
+                }
                 params.extend(pg.params.0.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 let mut parts = url::UrlParts {
                     user: pg.user.as_deref(),
@@ -476,6 +504,9 @@ struct Raw {
     pool_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
     pool_max_lifetime: Option<String>,
+    pool_leak_threshold: Option<String>,
+    connect_deadline: Option<String>,
+    tcp_user_timeout: Option<String>,
     statement_timeout: Option<String>,
     lock_timeout: Option<String>,
     idle_in_transaction_timeout: Option<String>,
@@ -873,6 +904,11 @@ impl<'a> Loader<'a> {
             |text| nonzero_duration(text, "would wait forever; give at least 1s"),
             |d| duration::format(*d),
         );
+        let tcp_user_timeout = self.optional_duration(
+            "DATABASE_TCP_USER_TIMEOUT",
+            raw.tcp_user_timeout.as_deref(),
+            Some(Duration::from_secs(15)),
+        );
         let statement_timeout = self.optional_duration(
             "DATABASE_STATEMENT_TIMEOUT",
             raw.statement_timeout.as_deref(),
@@ -895,6 +931,7 @@ impl<'a> Loader<'a> {
             ssl_root_cert,
             application_name,
             connect_timeout,
+            tcp_user_timeout,
             statement_timeout,
             lock_timeout,
             idle_in_transaction_timeout,
@@ -1050,12 +1087,30 @@ impl<'a> Loader<'a> {
             raw.pool_max_lifetime.as_deref(),
             defaults.max_lifetime,
         );
+        let leak_threshold = self.optional_duration(
+            "DATABASE_POOL_LEAK_THRESHOLD",
+            raw.pool_leak_threshold.as_deref(),
+            defaults.leak_threshold,
+        );
+        let connect_deadline = self.var(
+            "DATABASE_CONNECT_DEADLINE",
+            raw.connect_deadline.as_deref(),
+            defaults.connect_deadline,
+            |text| {
+                duration::parse(text).ok_or_else(|| {
+                    format!("is not a duration; {} (0 tries once)", duration::ACCEPTED)
+                })
+            },
+            |d| duration::format(*d),
+        );
         PoolSettings {
             max_size,
             min_idle,
             timeout,
             idle_timeout,
             max_lifetime,
+            leak_threshold,
+            connect_deadline,
         }
     }
 }

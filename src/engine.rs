@@ -1,8 +1,10 @@
 //! The engine: an r2d2 pool of Diesel connections, the port of the seed's `connection_engine`.
 //!
-//! [`Engine::connect`] makes one connection first, so a wrong password or an unreachable server
-//! fails at once with the database's own message, then builds the pool with every pool setting
-//! applied. Each new connection gets its session setup:
+//! [`Engine::connect`] makes one connection first: a server that is not up yet (refused,
+//! starting up, too many clients) is retried with exponential backoff and jitter until
+//! `DATABASE_CONNECT_DEADLINE`, each retry logged with the redacted target; a wrong password, a
+//! missing database or a bad URL fails at once with the database's own message and a hint.
+//! Then it builds the pool with every pool setting applied. Each new connection gets its session setup:
 //!
 //! - PostgreSQL: `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout`
 //!   from the settings, when enabled (`application_name` travels in the URL);
@@ -27,6 +29,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod boot;
+mod checkouts;
 // The MultiConnection derive generates public items without docs.
 #[allow(missing_docs)]
 mod connection;
@@ -42,6 +46,8 @@ use diesel::connection::SimpleConnection;
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel::sql_types::Text;
 
+use self::checkouts::Checkouts;
+pub use self::checkouts::Holder;
 pub use self::connection::{Conn, MultiBackend};
 use self::manager::{Manager, RememberErrors, Shared};
 pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
@@ -56,6 +62,7 @@ pub struct Engine {
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager,
     shared: Arc<Shared>,
+    checkouts: Arc<Checkouts>,
     settings: Settings,
     backend: Backend,
     target: String,
@@ -84,18 +91,36 @@ impl fmt::Debug for Engine {
 /// A connection checked out of the pool; it goes back when dropped.
 ///
 /// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
-pub struct PooledConn(PooledConnection<Manager>);
+pub struct PooledConn {
+    conn: PooledConnection<Manager>,
+    id: u64,
+    checkouts: Arc<Checkouts>,
+    leak_threshold: Option<Duration>,
+}
 
 impl Deref for PooledConn {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        &self.0.conn
+        &self.conn.conn
     }
 }
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut Conn {
-        &mut self.0.conn
+        &mut self.conn.conn
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.checkouts.release(self.id, self.leak_threshold);
+    }
+}
+
+impl PooledConn {
+    /// The PostgreSQL backend pid of this connection (`None` on SQLite).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.backend_pid
     }
 }
 
@@ -160,10 +185,7 @@ impl Engine {
                 reason: format!("cannot create the folder {}: {e}", dir.display()),
             })?;
         }
-        manager.establish().map_err(|e| Error::Connect {
-            target: target.clone(),
-            reason: e.0,
-        })?;
+        boot::first_connection(&manager, settings.pool.connect_deadline)?;
         let pool_settings = &settings.pool;
         let pool = Pool::builder()
             .max_size(pool_settings.max_size)
@@ -182,6 +204,7 @@ impl Engine {
             pool,
             manager,
             shared,
+            checkouts: Arc::default(),
             settings: settings.clone(),
             backend: settings.backend(),
             target,
@@ -205,16 +228,82 @@ impl Engine {
     }
 
     /// Checks a connection out of the pool, waiting at most `DATABASE_POOL_TIMEOUT`.
+    ///
+    /// The caller's file and line are recorded: a checkout that times out lists every
+    /// connection held at that moment with where it was checked out, for how long, and (on
+    /// PostgreSQL, when the server answers) its `pg_stat_activity` state.
+    #[track_caller]
     pub fn get(&self) -> Result<PooledConn, Error> {
+        let site = std::panic::Location::caller();
+        let leak_threshold = self.settings.pool.leak_threshold;
+        if let Some(threshold) = leak_threshold {
+            self.checkouts.warn_overdue(threshold);
+        }
         let start = Instant::now();
-        self.pool
-            .get()
-            .map(PooledConn)
-            .map_err(|_| Error::PoolTimeout {
+        match self.pool.get() {
+            Ok(conn) => Ok(PooledConn {
+                id: self.checkouts.register(site, conn.backend_pid),
+                conn,
+                checkouts: Arc::clone(&self.checkouts),
+                leak_threshold,
+            }),
+            Err(_) => Err(Error::PoolTimeout {
                 waited: start.elapsed(),
                 state: self.state(),
-                last_error: self.shared.last_error(),
-            })
+                last_error: self.shared.last_error().map(|(message, _)| message),
+                holders: self.holders_with_state(),
+            }),
+        }
+    }
+
+    /// The connections checked out right now, longest held first.
+    pub fn holders(&self) -> Vec<Holder> {
+        self.checkouts.holders()
+    }
+
+    /// [`Engine::holders`] with each holder's `pg_stat_activity` state, read on a separate
+    /// short-lived connection. Skipped when connections have been failing lately, so that a
+    /// pool timeout during an outage is not delayed by one more doomed connection attempt.
+    fn holders_with_state(&self) -> Vec<Holder> {
+        let mut holders = self.checkouts.holders();
+        let failing = self
+            .shared
+            .last_error()
+            .is_some_and(|(_, at)| at.elapsed() < self.settings.pool.timeout * 2);
+        let pids: Vec<String> = holders
+            .iter()
+            .filter_map(|h| h.backend_pid.map(|p| p.to_string()))
+            .collect();
+        if self.backend != Backend::Postgres || pids.is_empty() || failing {
+            return holders;
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Activity {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pid: i32,
+            #[diesel(sql_type = Text)]
+            state: String,
+        }
+        let sql = format!(
+            "SELECT pid, CASE WHEN state = 'active' \
+                 THEN 'active: ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 80) \
+                 ELSE coalesce(state, 'unknown') END AS state \
+             FROM pg_stat_activity WHERE pid IN ({})",
+            pids.join(", ")
+        );
+        let Ok(mut conn) = self.manager.establish() else {
+            return holders;
+        };
+        let Ok(rows) = diesel::sql_query(sql).load::<Activity>(&mut conn) else {
+            return holders;
+        };
+        for holder in &mut holders {
+            holder.state = rows
+                .iter()
+                .find(|row| Some(row.pid) == holder.backend_pid)
+                .map(|row| row.state.clone());
+        }
+        holders
     }
 
     /// How many connections are open, idle and in use.

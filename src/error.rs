@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::PoolState;
+use crate::engine::{Holder, PoolState};
 
 /// Everything that can go wrong in datalayer.
 ///
@@ -46,7 +46,10 @@ pub enum Error {
 
     /// No pooled connection became free in time (or none could be opened).
     #[error(
-        "no database connection available after waiting {waited:.1?} ({state}){}",
+        "no database connection available after waiting {waited:.1?} ({state}){}{}",
+        if holders.is_empty() { String::new() } else {
+            format!("; held by: {}", holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        },
         last_error.as_ref().map(|e| format!("; last connection error: {e}")).unwrap_or_default()
     )]
     PoolTimeout {
@@ -56,6 +59,8 @@ pub enum Error {
         state: PoolState,
         /// The most recent failure to open a connection, if any.
         last_error: Option<String>,
+        /// Every connection held when the wait ended: checkout site, for how long, state.
+        holders: Vec<Holder>,
     },
 
     /// A migration failed. The database stays at the last migration that succeeded (each runs

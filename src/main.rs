@@ -3,7 +3,7 @@
 //! It owns what a library must not do on its own: reading `./.env`, printing, and exit codes.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 

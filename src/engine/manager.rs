@@ -39,6 +39,8 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection and what validation needs to know about it.
 pub struct Slot {
     pub(crate) conn: Conn,
+    /// The PostgreSQL backend pid, for diagnostics.
+    pub(crate) backend_pid: Option<i32>,
     /// When it was made, or last returned to the pool in working order.
     returned_at: Instant,
     /// Set by the instrumentation when a query on it fails with a closed connection.
@@ -51,7 +53,7 @@ pub(crate) struct Shared {
     epoch: Instant,
     /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
     last_dead: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<(String, Instant)>>,
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
@@ -130,14 +132,14 @@ impl Shared {
         }
     }
 
-    /// The most recent error met while connecting, already free of secrets.
-    pub(crate) fn last_error(&self) -> Option<String> {
+    /// The most recent error met while connecting, already free of secrets, and when.
+    pub(crate) fn last_error(&self) -> Option<(String, Instant)> {
         self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
     }
 
     fn set_last_error(&self, message: String) {
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(message);
+            *last = Some((message, Instant::now()));
         }
     }
 }
@@ -207,7 +209,11 @@ impl Manager {
             Backend::Sqlite => SqliteConnection::establish(url).map(Conn::Sqlite),
         };
         self.shared.end_attempt();
-        result.map_err(|e| ConnectError(self.url.scrub(e.to_string().trim())))
+        // libpq's messages span lines ("...\n\tIs the server running..."): keep one line.
+        result.map_err(|e| {
+            let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            ConnectError(self.url.scrub(&message))
+        })
     }
 
     /// A connection for migrations: no application statement or idle-in-transaction timeout
@@ -227,6 +233,20 @@ impl Manager {
             .map_err(|e| ConnectError(format!("setting up the migration session: {e}")))?;
         Ok(conn)
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct BackendPid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+fn backend_pid(conn: &mut PgConnection) -> Result<i32, ConnectError> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<BackendPid>(conn)
+        .map(|row| row.pid)
+        .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))
 }
 
 /// Watches a connection's queries and flags it dead when one fails with a closed connection.
@@ -258,6 +278,10 @@ impl ManageConnection for Manager {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
         }
+        let backend_pid = match &mut conn {
+            Conn::Postgres(pg) => Some(backend_pid(pg)?),
+            Conn::Sqlite(_) => None,
+        };
         let dead = Arc::new(AtomicBool::new(false));
         conn.set_instrumentation(DeathWatch {
             dead: Arc::clone(&dead),
@@ -265,6 +289,7 @@ impl ManageConnection for Manager {
         });
         Ok(Slot {
             conn,
+            backend_pid,
             returned_at: Instant::now(),
             dead,
         })

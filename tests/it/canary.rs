@@ -33,10 +33,11 @@ fn encoded() -> String {
 }
 
 /// Valid configurations that carry the canary in each place a password can live. They point
-/// at a closed local port, so booting fails (exit 3) without traffic leaving the machine.
+/// at a closed local port, so booting fails (exit 3) without traffic leaving the machine,
+/// after retrying for a short deadline (so the retry log lines are checked too).
 fn valid() -> Vec<Vec<(String, String)>> {
     let pair = |k: &str, v: String| (k.to_string(), v);
-    vec![
+    let mut configs = vec![
         vec![
             pair("DATABASE_HOST", "127.0.0.1".into()),
             pair("DATABASE_PORT", "1".into()),
@@ -58,7 +59,11 @@ fn valid() -> Vec<Vec<(String, String)>> {
             "DATABASE_URL",
             format!("postgres://u@127.0.0.1:1/app?sslpassword={}", encoded()),
         )],
-    ]
+    ];
+    for config in &mut configs {
+        config.push(pair("DATABASE_CONNECT_DEADLINE", "300ms".into()));
+    }
+    configs
 }
 
 /// Invalid configurations with the canary somewhere in them.
@@ -119,6 +124,8 @@ fn library_output_never_shows_the_password() {
             assert_clean(&shown, what);
         }
         assert!(url.redacted().contains("***"), "{}", url.redacted());
+        let error = datalayer::Engine::connect(settings).expect_err("nothing listens on port 1");
+        assert_clean(&format!("{error} {error:?}"), "connect error");
     }
     for pairs in invalid() {
         let error = Settings::from_pairs(pairs.clone()).expect_err("invalid");

@@ -249,15 +249,31 @@ fn an_unreachable_database_exits_3() {
         let output = run_cli(
             dir.path(),
             args,
-            &[("DATABASE_URL", "postgres://u:CNRY7f3a@127.0.0.1:1/x")],
+            &[
+                ("DATABASE_URL", "postgres://u:CNRY7f3a@127.0.0.1:1/x"),
+                ("DATABASE_CONNECT_DEADLINE", "300ms"),
+            ],
         );
         let (_, stderr) = text(&output);
         assert_eq!(output.status.code(), Some(3), "{stderr}");
+        // Refused is transient: retried, each attempt logged with the redacted target...
+        let target = "postgres://u:***@127.0.0.1:1/x";
         assert!(
-            stderr
-                .starts_with("datalayer: error: cannot connect to postgres://u:***@127.0.0.1:1/x"),
+            stderr.contains(&format!("connecting to {target}"))
+                && stderr.contains("attempt 1 failed"),
             "{stderr}"
         );
+        // ...then one error line once the deadline has passed.
+        let error = stderr
+            .lines()
+            .filter(|l| l.starts_with("datalayer: error: "))
+            .collect::<Vec<_>>();
+        assert_eq!(error.len(), 1, "{stderr}");
+        assert!(
+            error[0].starts_with(&format!("datalayer: error: cannot connect to {target}")),
+            "{stderr}"
+        );
+        assert!(error[0].contains("DATABASE_CONNECT_DEADLINE"), "{stderr}");
         assert!(stderr.contains("Connection refused"), "{stderr}");
         assert!(!stderr.contains("CNRY7f3a"), "{stderr}");
     }

@@ -51,6 +51,7 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
             ssl_root_cert: None,
             application_name: app.to_string(),
             connect_timeout: Duration::from_secs(3),
+            tcp_user_timeout: Some(Duration::from_secs(4)),
             statement_timeout: None,
             lock_timeout: None,
             idle_in_transaction_timeout: None,
@@ -90,6 +91,8 @@ fn assert_libpq_reads(settings: &Settings, host: &str, field: &str) {
     assert_eq!(get("port").ok().as_deref(), Some("5432"));
     assert_eq!(get("sslmode").ok().as_deref(), Some("disable"));
     assert_eq!(get("connect_timeout").ok().as_deref(), Some("3"));
+    assert_eq!(get("keepalives").ok().as_deref(), Some("1"));
+    assert_eq!(get("tcp_user_timeout").ok().as_deref(), Some("4000"));
 }
 
 /// And datalayer's own parser agrees: the URL, given back as DATABASE_URL, yields the same
