@@ -129,7 +129,7 @@ impl Checkouts {
                 state: None,
             })
             .collect();
-        holders.sort_by(|a, b| b.held_for.cmp(&a.held_for));
+        holders.sort_by_key(|h| std::cmp::Reverse(h.held_for));
         holders
     }
 }
