@@ -233,7 +233,8 @@ fn init_logging() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(io::stderr)
-                .with_target(false),
+                .with_target(false)
+                .with_ansi(io::stderr().is_terminal()),
         )
         .with(filter)
         .try_init();
