@@ -7,11 +7,15 @@
 //! throughput for short queries. Here a connection is pinged at checkout only when one of these
 //! holds:
 //!
-//! - it has been idle for longer than [`VALIDATION_WINDOW`] (500 ms, HikariCP's
-//!   `aliveBypassWindowMs`): a connection that was just returned in working order is trusted;
-//! - some connection of this pool was found dead since this one was last returned: a dead peer
-//!   usually means the server restarted or dropped every backend, so every connection made
-//!   before that moment is suspect (SQLAlchemy invalidates its whole pool for the same reason).
+//! - its last successful query ended more than [`VALIDATION_WINDOW`] ago (500 ms, HikariCP's
+//!   `aliveBypassWindowMs`): a connection that just answered is trusted;
+//! - some connection of this pool was found dead after this one last answered: a dead peer
+//!   usually means the server restarted or dropped every backend, so every connection not
+//!   heard from since is suspect (SQLAlchemy invalidates its whole pool for the same reason).
+//!
+//! The clock is the start of the last *successful query*, not the return to the pool: a
+//! connection whose query succeeded just before the server dropped it, but that came back
+//! after another one was found dead, must be checked.
 //!
 //! A connection is found dead when a query on it fails with Diesel's `ClosedConnection` (seen
 //! through Diesel's instrumentation hook, since `PgConnection::is_broken` only reports a broken
@@ -41,10 +45,16 @@ pub struct Slot {
     pub(crate) conn: Conn,
     /// The PostgreSQL backend pid, for diagnostics.
     pub(crate) backend_pid: Option<i32>,
-    /// When it was made, or last returned to the pool in working order.
-    returned_at: Instant,
-    /// Set by the instrumentation when a query on it fails with a closed connection.
-    dead: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// What the instrumentation learns about one connection.
+#[derive(Debug, Default)]
+struct Health {
+    /// A query on it failed with a closed connection.
+    dead: AtomicBool,
+    /// When its last successful query started (or it was made), in [`Shared::now`] units.
+    last_ok: AtomicU64,
 }
 
 /// State shared by the manager, the error handler and the instrumentation of each connection.
@@ -118,18 +128,20 @@ impl Shared {
         }
     }
 
-    fn mark_dead(&self) {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_dead
-            .fetch_max(nanos.saturating_add(1), Ordering::AcqRel);
+    /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
-    /// Was a connection found dead after `instant`?
-    fn dead_since(&self, instant: Instant) -> bool {
-        match self.last_dead.load(Ordering::Acquire) {
-            0 => false,
-            n => self.epoch + Duration::from_nanos(n - 1) >= instant,
-        }
+    fn mark_dead(&self) {
+        self.last_dead.fetch_max(self.now(), Ordering::AcqRel);
+    }
+
+    /// Was a connection found dead at or after `moment` (a [`Shared::now`] value)?
+    fn dead_since(&self, moment: u64) -> bool {
+        self.last_dead.load(Ordering::Acquire) >= moment
     }
 
     /// The most recent error met while connecting, already free of secrets, and when.
@@ -211,7 +223,11 @@ impl Manager {
         self.shared.end_attempt();
         // libpq's messages span lines ("...\n\tIs the server running..."): keep one line.
         result.map_err(|e| {
-            let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let message = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             ConnectError(self.url.scrub(&message))
         })
     }
@@ -249,21 +265,33 @@ fn backend_pid(conn: &mut PgConnection) -> Result<i32, ConnectError> {
         .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))
 }
 
-/// Watches a connection's queries and flags it dead when one fails with a closed connection.
+/// Watches a connection's queries: records when the last successful one *started*, and flags
+/// the connection (and the pool's epoch) dead when one fails with a closed connection.
+///
+/// The start, not the end: a thread descheduled between reading a result and this hook could
+/// otherwise stamp a connection that died meanwhile as newer than the death another thread
+/// has already recorded.
 struct DeathWatch {
-    dead: Arc<AtomicBool>,
+    health: Arc<Health>,
     shared: Arc<Shared>,
+    started: u64,
 }
 
 impl Instrumentation for DeathWatch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        if let InstrumentationEvent::FinishQuery {
-            error: Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)),
-            ..
-        } = event
-        {
-            self.dead.store(true, Ordering::Release);
-            self.shared.mark_dead();
+        match event {
+            InstrumentationEvent::StartQuery { .. } => self.started = self.shared.now(),
+            InstrumentationEvent::FinishQuery { error: None, .. } => {
+                self.health.last_ok.store(self.started, Ordering::Release);
+            }
+            InstrumentationEvent::FinishQuery {
+                error: Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)),
+                ..
+            } => {
+                self.health.dead.store(true, Ordering::Release);
+                self.shared.mark_dead();
+            }
+            _ => {}
         }
     }
 }
@@ -282,25 +310,28 @@ impl ManageConnection for Manager {
             Conn::Postgres(pg) => Some(backend_pid(pg)?),
             Conn::Sqlite(_) => None,
         };
-        let dead = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
+        health.last_ok.store(self.shared.now(), Ordering::Release);
         conn.set_instrumentation(DeathWatch {
-            dead: Arc::clone(&dead),
+            health: Arc::clone(&health),
             shared: Arc::clone(&self.shared),
+            started: 0,
         });
         Ok(Slot {
             conn,
             backend_pid,
-            returned_at: Instant::now(),
-            dead,
+            health,
         })
     }
 
     fn is_valid(&self, slot: &mut Slot) -> Result<(), ConnectError> {
-        if slot.dead.load(Ordering::Acquire) {
+        if slot.health.dead.load(Ordering::Acquire) {
             return Err(ConnectError("the connection was closed".into()));
         }
-        let recent = slot.returned_at.elapsed() < VALIDATION_WINDOW;
-        if recent && !self.shared.dead_since(slot.returned_at) {
+        let last_ok = slot.health.last_ok.load(Ordering::Acquire);
+        let window = u64::try_from(VALIDATION_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        let recent = self.shared.now().saturating_sub(last_ok) < window;
+        if recent && !self.shared.dead_since(last_ok) {
             return Ok(());
         }
         slot.conn.ping().map_err(|e| {
@@ -310,12 +341,9 @@ impl ManageConnection for Manager {
     }
 
     fn has_broken(&self, slot: &mut Slot) -> bool {
-        let broken =
-            std::thread::panicking() || slot.dead.load(Ordering::Acquire) || slot.conn.is_broken();
-        if !broken {
-            slot.returned_at = Instant::now();
-        }
-        broken
+        std::thread::panicking()
+            || slot.health.dead.load(Ordering::Acquire)
+            || slot.conn.is_broken()
     }
 }
 

@@ -11,4 +11,6 @@ mod libpq;
 mod migration_safety;
 mod migrations;
 mod models;
+mod proxy;
+mod resilience;
 mod url_libpq;

@@ -1,0 +1,326 @@
+//! The pool against a database that goes away: boot retries, resets and terminated backends
+//! under load, and pool exhaustion explained. Through the fault proxy or with
+//! pg_terminate_backend on the test's own database; never by stopping the shared server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datalayer::config::{Host, Target};
+use datalayer::{Engine, Error, Settings};
+use diesel::connection::SimpleConnection;
+
+use crate::common::{Place, admin, fresh_postgres, postgres_settings};
+use crate::proxy::FaultProxy;
+
+fn upstream() -> SocketAddr {
+    let settings = postgres_settings("postgres", &[]);
+    let Target::Postgres(pg) = &settings.target else {
+        unreachable!()
+    };
+    let host = match &pg.host {
+        Host::Ip(ip) => ip.to_string(),
+        other => panic!("the fault proxy needs an IP host, not {other}"),
+    };
+    format!("{host}:{}", pg.port)
+        .parse()
+        .expect("socket address")
+}
+
+/// Settings for `db` reached through `proxy`.
+fn through(proxy: &FaultProxy, db: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut extra = extra.to_vec();
+    extra.push(("DATABASE_SSLMODE", "disable"));
+    let mut settings = postgres_settings(db, &extra);
+    let Target::Postgres(pg) = &mut settings.target else {
+        unreachable!()
+    };
+    pg.host = Host::Ip(proxy.addr.ip());
+    pg.port = proxy.addr.port();
+    settings
+}
+
+fn db_name(place: &Place) -> String {
+    match place {
+        Place::Postgres(db) => db.name.clone(),
+        Place::Sqlite(_) => unreachable!("postgres"),
+    }
+}
+
+#[test]
+fn boot_waits_for_a_database_that_comes_up_and_fails_fast_on_one_that_does_not_exist() {
+    let (_engine, place) = fresh_postgres("dl_bootwait", &[]);
+    let proxy = FaultProxy::start(upstream());
+    proxy.refuse();
+    let settings = through(
+        &proxy,
+        &db_name(&place),
+        &[("DATABASE_CONNECT_DEADLINE", "10s")],
+    );
+    let opened = Arc::new(Mutex::new(None));
+    let opener = {
+        let opened = Arc::clone(&opened);
+        std::thread::scope(|scope| {
+            let booting = scope.spawn(|| {
+                let started = Instant::now();
+                (Engine::connect(&settings), started)
+            });
+            // The scenario: the database is unreachable for three seconds.
+            std::thread::sleep(Duration::from_secs(3));
+            proxy.pass();
+            *opened.lock().expect("lock") = Some(Instant::now());
+            booting.join().expect("no panic")
+        })
+    };
+    let (engine, started) = opener;
+    let engine = engine.expect("boot succeeds once the database accepts connections");
+    let took = started.elapsed();
+    let opened_at = opened.lock().expect("lock").expect("opened");
+    println!(
+        "boot through a refusing proxy: up {:.2?} after the proxy opened",
+        Instant::now() - opened_at
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_millis(5800),
+        "{took:?}"
+    );
+    engine.ping().expect("the pool serves");
+
+    let missing = through(
+        &proxy,
+        "dl_no_such_database",
+        &[("DATABASE_CONNECT_DEADLINE", "10s")],
+    );
+    let started = Instant::now();
+    let error = Engine::connect(&missing).expect_err("no such database");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("database \"dl_no_such_database\" does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains("create the database or fix DATABASE_NAME"),
+        "{message}"
+    );
+}
+
+/// One checkout-query-return, as a web handler does it.
+fn handle(engine: &Engine) -> Result<(), Error> {
+    let mut conn = engine.get()?;
+    conn.batch_execute("SELECT 1")?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    ok_after_fault: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+/// Eight handler threads, a fault, and the assertions shared by the reset and terminate tests.
+/// Returns how long after the fault the last thread succeeded again.
+fn eight_threads_survive(engine: Engine, pool_timeout: Duration, fault: impl FnOnce()) -> Duration {
+    let engine = Arc::new(engine);
+    let stop = Arc::new(AtomicBool::new(false));
+    let fault_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let tallies: Vec<Arc<Tally>> = (0..8).map(|_| Arc::default()).collect();
+    let threads: Vec<_> = tallies
+        .iter()
+        .map(|tally| {
+            let (engine, stop, fault_at, tally) = (
+                Arc::clone(&engine),
+                Arc::clone(&stop),
+                Arc::clone(&fault_at),
+                Arc::clone(tally),
+            );
+            std::thread::spawn(move || {
+                let mut recovered_at = None;
+                let mut slowest = Duration::ZERO;
+                while !stop.load(Ordering::Acquire) {
+                    let started = Instant::now();
+                    let result = handle(&engine);
+                    slowest = slowest.max(started.elapsed());
+                    let after_fault = fault_at
+                        .lock()
+                        .expect("lock")
+                        .is_some_and(|at| started > at);
+                    match result {
+                        Ok(()) => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                            if after_fault {
+                                tally.ok_after_fault.fetch_add(1, Ordering::Relaxed);
+                                recovered_at.get_or_insert_with(Instant::now);
+                            }
+                        }
+                        Err(_) => {
+                            tally.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (recovered_at, slowest)
+            })
+        })
+        .collect();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for("every thread served", &|| {
+        tallies.iter().all(|t| t.ok.load(Ordering::Relaxed) >= 5)
+    });
+    let at = Instant::now();
+    fault();
+    *fault_at.lock().expect("lock") = Some(Instant::now());
+    wait_for("every thread recovered", &|| {
+        tallies
+            .iter()
+            .all(|t| t.ok_after_fault.load(Ordering::Relaxed) >= 3)
+    });
+    stop.store(true, Ordering::Release);
+    let mut recovery = Duration::ZERO;
+    for (thread, tally) in threads.into_iter().zip(&tallies) {
+        let (recovered_at, slowest) = thread.join().expect("no panic");
+        recovery = recovery.max(recovered_at.expect("recovered") - at);
+        let failures = tally.failures.load(Ordering::Relaxed);
+        assert!(
+            failures <= 1,
+            "a thread failed {failures} times: at most its in-flight request may"
+        );
+        assert!(slowest <= pool_timeout, "a request took {slowest:?}");
+    }
+    let total: usize = tallies
+        .iter()
+        .map(|t| t.failures.load(Ordering::Relaxed))
+        .sum();
+    println!("recovered {recovery:.2?} after the fault; {total} request(s) of 8 threads failed");
+    recovery
+}
+
+#[test]
+fn a_reset_of_every_connection_under_load_costs_at_most_the_requests_in_flight() {
+    let (_engine, place) = fresh_postgres("dl_reset", &[]);
+    let proxy = FaultProxy::start(upstream());
+    let settings = through(
+        &proxy,
+        &db_name(&place),
+        &[
+            ("DATABASE_POOL_MAX_SIZE", "8"),
+            ("DATABASE_POOL_TIMEOUT", "3s"),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    let recovery = eight_threads_survive(engine, Duration::from_secs(3), || proxy.reset_all());
+    assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
+}
+
+#[test]
+fn terminated_backends_under_load_cost_at_most_the_requests_in_flight() {
+    let (_engine, place) = fresh_postgres("dl_terminate", &[]);
+    let name = db_name(&place);
+    let mut settings = postgres_settings(&name, &[("DATABASE_POOL_TIMEOUT", "3s")]);
+    settings.pool.max_size = 8;
+    let engine = Engine::connect(&settings).expect("connect");
+    let recovery = eight_threads_survive(engine, Duration::from_secs(3), || {
+        let terminated = admin()
+            .query(&format!(
+                "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ))
+            .expect("terminate");
+        assert_ne!(
+            terminated.as_deref(),
+            Some("0"),
+            "there were backends to terminate"
+        );
+    });
+    assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
+}
+
+#[test]
+fn an_exhausted_pool_names_its_holders_and_their_state() {
+    let (_engine, place) = fresh_postgres("dl_holders", &[]);
+    let mut settings = postgres_settings(&db_name(&place), &[("DATABASE_POOL_TIMEOUT", "1s")]);
+    settings.pool.max_size = 2;
+    let engine = Engine::connect(&settings).expect("connect");
+
+    let mut in_transaction = engine.get().expect("checkout");
+    in_transaction
+        .batch_execute("BEGIN; SELECT 1")
+        .expect("open a transaction");
+    let sleeping_line = line!() + 1;
+    let mut sleeping = engine.get().expect("checkout");
+    let sleeping_pid = sleeping.backend_pid().expect("pid");
+    let sleeper = std::thread::spawn(move || {
+        let _ = sleeping.batch_execute("SELECT pg_sleep(30)");
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin()
+        .query(&format!(
+            "SELECT state FROM pg_stat_activity WHERE pid = {sleeping_pid}"
+        ))
+        .expect("state")
+        .as_deref()
+        != Some("active")
+    {
+        assert!(Instant::now() < deadline, "pg_sleep never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let started = Instant::now();
+    let error = match engine.get() {
+        Ok(_) => panic!("a third checkout from a pool of 2 succeeded"),
+        Err(error) => error,
+    };
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took <= Duration::from_millis(1100),
+        "{took:?}"
+    );
+    let Error::PoolTimeout { holders, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(holders.len(), 2, "{error}");
+    let here = file!();
+    let transaction = holders
+        .iter()
+        .find(|h| h.state.as_deref() == Some("idle in transaction"))
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(transaction.site.starts_with(&format!("{here}:")), "{error}");
+    let sleeping = holders
+        .iter()
+        .find(|h| h.backend_pid == Some(sleeping_pid))
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(
+        sleeping
+            .site
+            .starts_with(&format!("{here}:{sleeping_line}:")),
+        "{error}"
+    );
+    assert_eq!(
+        sleeping.state.as_deref(),
+        Some("active: SELECT pg_sleep(30)"),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("; held by: ") && message.contains("idle in transaction"),
+        "{message}"
+    );
+    println!("{message}");
+
+    admin()
+        .query(&format!("SELECT pg_cancel_backend({sleeping_pid})"))
+        .expect("cancel the sleep");
+    sleeper.join().expect("no panic");
+    drop(in_transaction);
+}
