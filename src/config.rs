@@ -422,15 +422,14 @@ impl Settings {
                 params.push(("application_name", &pg.application_name));
                 params.push(("connect_timeout", &connect_timeout));
                 let tcp_user_timeout = pg.tcp_user_timeout.map(|t| t.as_millis().to_string());
-                let keepalive_idle = pg
-                    .tcp_user_timeout
-                    .map(|t| (t.as_secs() / 3).clamp(1, 60).to_string());
-                if let (Some(user_timeout), Some(idle)) = (&tcp_user_timeout, &keepalive_idle) {
-                    // Probes start after a third of the timeout; tcp_user_timeout bounds both
-                    // unacknowledged data and unanswered probes.
+                if let Some(user_timeout) = &tcp_user_timeout {
+                    // Probe after one idle second: a connection waiting for a slow query's
+                    // answer has no data in flight, so only a probe can find its peer gone.
+                    // tcp_user_timeout then bounds both unacknowledged data and unanswered
+                    // probes: a vanished peer is noticed within about 1 s + the timeout.
                     params.push(("keepalives", "1"));
-                    params.push(("keepalives_idle", idle));
-                    params.push(("keepalives_interval", idle));
+                    params.push(("keepalives_idle", "1"));
+                    params.push(("keepalives_interval", "1"));
                     params.push(("tcp_user_timeout", user_timeout));
                 }
                 params.extend(pg.params.0.iter().map(|(k, v)| (k.as_str(), v.as_str())));

@@ -95,7 +95,7 @@ fn parts_build_the_url_with_every_setting() {
         settings.connection_url().redacted(),
         "postgres://app%20user:***@[::1]:6543/app%2Fdb?sslmode=verify-full&sslrootcert=%2Fetc%2Fpasswd\
          &application_name=api&connect_timeout=2\
-         &keepalives=1&keepalives_idle=5&keepalives_interval=5&tcp_user_timeout=15000"
+         &keepalives=1&keepalives_idle=1&keepalives_interval=1&tcp_user_timeout=15000"
     );
     let pg = pg(&settings);
     assert_eq!(pg.statement_timeout, Some(Duration::from_secs(30)));
@@ -122,12 +122,12 @@ fn password_fills_a_url_without_one() {
     assert_eq!(
         url.expose_secret(),
         "postgres://app:s3cr3t%2F%40@db:5432/app?sslmode=prefer&application_name=web&connect_timeout=10\
-         &keepalives=1&keepalives_idle=5&keepalives_interval=5&tcp_user_timeout=15000"
+         &keepalives=1&keepalives_idle=1&keepalives_interval=1&tcp_user_timeout=15000"
     );
     assert_eq!(
         url.redacted(),
         "postgres://app:***@db:5432/app?sslmode=prefer&application_name=web&connect_timeout=10\
-         &keepalives=1&keepalives_idle=5&keepalives_interval=5&tcp_user_timeout=15000"
+         &keepalives=1&keepalives_idle=1&keepalives_interval=1&tcp_user_timeout=15000"
     );
     assert_eq!(format!("{url}"), url.redacted());
     assert_eq!(

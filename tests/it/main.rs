@@ -11,6 +11,7 @@ mod libpq;
 mod migration_safety;
 mod migrations;
 mod models;
+mod netns;
 mod proxy;
 mod resilience;
 mod url_libpq;

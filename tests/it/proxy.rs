@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::netns::{INNER_IP, Netns};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Pass,
@@ -24,10 +26,23 @@ struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    fn new(upstream: SocketAddr) -> Arc<Shared> {
+        Arc::new(Shared {
+            upstream,
+            mode: Mutex::new(Mode::Pass),
+            latency: Mutex::new(Duration::ZERO),
+            open: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        })
+    }
+}
+
 pub struct FaultProxy {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
+    netns: Option<Arc<Netns>>,
 }
 
 impl FaultProxy {
@@ -35,21 +50,64 @@ impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("address");
-        let shared = Arc::new(Shared {
-            upstream,
-            mode: Mutex::new(Mode::Pass),
-            latency: Mutex::new(Duration::ZERO),
-            open: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Shared::new(upstream);
         let acceptor = {
             let shared = Arc::clone(&shared);
-            std::thread::spawn(move || accept_loop(addr, Some(listener), &shared))
+            std::thread::spawn(move || {
+                accept_loop(addr, Some(listener), &shared, |client| {
+                    connect(client, &shared)
+                })
+            })
         };
         FaultProxy {
             addr,
             shared,
             acceptor: Some(acceptor),
+            netns: None,
+        }
+    }
+
+    /// A proxy listening inside `netns` (on its side of the veth link), so that
+    /// [`FaultProxy::blackhole`] can make packets vanish. Upstream connections are opened by a
+    /// thread that stays in this namespace.
+    pub fn start_in(upstream: SocketAddr, netns: Arc<Netns>) -> FaultProxy {
+        let shared = Shared::new(upstream);
+        let (clients, accepted) = std::sync::mpsc::channel::<TcpStream>();
+        {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for client in accepted {
+                    connect(client, &shared);
+                }
+            });
+        }
+        let (bound, address) = std::sync::mpsc::channel();
+        let acceptor = {
+            let (shared, netns) = (Arc::clone(&shared), Arc::clone(&netns));
+            std::thread::spawn(move || {
+                netns.enter_current_thread();
+                let listener = TcpListener::bind((INNER_IP, 0)).expect("bind in the namespace");
+                let addr = listener.local_addr().expect("address");
+                bound.send(addr).expect("report the address");
+                accept_loop(addr, Some(listener), &shared, |client| {
+                    let _ = clients.send(client);
+                })
+            })
+        };
+        FaultProxy {
+            addr: address.recv().expect("the proxy's address"),
+            shared,
+            acceptor: Some(acceptor),
+            netns: Some(netns),
+        }
+    }
+
+    /// Drop every byte and, behind a namespace, take the link down so nothing is even
+    /// acknowledged: the peer has vanished. `pass` undoes both.
+    pub fn blackhole(&self) {
+        self.set(Mode::Discard);
+        if let Some(netns) = &self.netns {
+            netns.cut();
         }
     }
 
@@ -57,19 +115,17 @@ impl FaultProxy {
         *self.shared.mode.lock().expect("mode") = mode;
     }
 
-    /// Pass traffic (and listen again after `refuse`).
+    /// Pass traffic (and listen again after `refuse`, bring the link back after `blackhole`).
     pub fn pass(&self) {
+        if let Some(netns) = &self.netns {
+            netns.restore();
+        }
         self.set(Mode::Pass);
     }
 
     /// Stop listening: new connections are refused; open ones keep working.
     pub fn refuse(&self) {
         self.set(Mode::Refuse);
-    }
-
-    /// Keep sockets open but drop every byte, both ways.
-    pub fn discard(&self) {
-        self.set(Mode::Discard);
     }
 
     /// Delay every chunk of traffic by `latency`.
@@ -96,7 +152,12 @@ impl Drop for FaultProxy {
     }
 }
 
-fn accept_loop(addr: SocketAddr, mut listener: Option<TcpListener>, shared: &Arc<Shared>) {
+fn accept_loop(
+    addr: SocketAddr,
+    mut listener: Option<TcpListener>,
+    shared: &Arc<Shared>,
+    handle: impl Fn(TcpStream),
+) {
     while !shared.stop.load(Ordering::Acquire) {
         let mode = *shared.mode.lock().expect("mode");
         if mode == Mode::Refuse {
@@ -113,7 +174,7 @@ fn accept_loop(addr: SocketAddr, mut listener: Option<TcpListener>, shared: &Arc
         };
         active.set_nonblocking(true).expect("nonblocking");
         match active.accept() {
-            Ok((client, _)) => connect(client, shared),
+            Ok((client, _)) => handle(client),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }

@@ -12,6 +12,7 @@ use datalayer::{Engine, Error, Settings};
 use diesel::connection::SimpleConnection;
 
 use crate::common::{Place, admin, fresh_postgres, postgres_settings};
+use crate::netns::Netns;
 use crate::proxy::FaultProxy;
 
 fn upstream() -> SocketAddr {
@@ -323,4 +324,48 @@ fn an_exhausted_pool_names_its_holders_and_their_state() {
         .expect("cancel the sleep");
     sleeper.join().expect("no panic");
     drop(in_transaction);
+}
+
+#[test]
+fn a_blackholed_query_fails_within_the_tcp_user_timeout_and_the_pool_recovers() {
+    let (_engine, place) = fresh_postgres("dl_blackhole", &[]);
+    let netns = Arc::new(Netns::create());
+    let proxy = FaultProxy::start_in(upstream(), Arc::clone(&netns));
+    let settings = through(
+        &proxy,
+        &db_name(&place),
+        &[
+            ("DATABASE_TCP_USER_TIMEOUT", "2s"),
+            ("DATABASE_POOL_TIMEOUT", "5s"),
+            ("DATABASE_POOL_MAX_SIZE", "2"),
+        ],
+    );
+    let engine = Arc::new(Engine::connect(&settings).expect("connect through the namespace"));
+    engine.ping().expect("serves before the fault");
+
+    let mut conn = engine.get().expect("checkout");
+    let query = std::thread::spawn(move || {
+        let result = conn.batch_execute("SELECT pg_sleep(1)");
+        (result, Instant::now())
+    });
+    // The scenario: the peer vanishes while the query runs.
+    std::thread::sleep(Duration::from_millis(200));
+    let cut_at = Instant::now();
+    proxy.blackhole();
+    let (result, failed_at) = query.join().expect("no panic");
+    let failed_after = failed_at - cut_at;
+    println!("blackholed query failed {failed_after:.2?} after the cut (tcp_user_timeout 2s)");
+    let error = result.expect_err("the query cannot finish");
+    assert!(
+        failed_after <= Duration::from_secs(3),
+        "{failed_after:?}: {error}"
+    );
+
+    proxy.pass();
+    let started = Instant::now();
+    handle(&engine).expect("the pool serves again without intervention");
+    println!(
+        "first query after the link came back: {:.2?}",
+        started.elapsed()
+    );
 }
