@@ -1,0 +1,432 @@
+//! datalayer against raw libpq: the benchmark behind `scripts/bench` (see the README).
+//!
+//! One run, one server, one table of figures and ratios:
+//! - reference: `pgbench -n -M prepared` selecting one user by random id;
+//! - held: each thread holds one plain Diesel `PgConnection` for the whole run;
+//! - engine: checkout, select by id into `User`, return, through datalayer's engine with its
+//!   default settings (the web-handler pattern);
+//! - naive: the same through a plain r2d2 pool with r2d2's defaults (`test_on_check_out`);
+//! - writes: one user inserted per transaction, engine vs a pgbench insert script;
+//! - sqlite: point reads through the engine vs a plain `SqliteConnection`;
+//! - checkout + return of an idle connection (ns/op) and a boot with nothing pending.
+//!
+//! Environment: `BENCH_SECONDS` per case (default 5), `BENCH_CLIENTS` (default
+//! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
+//! between runs) and `BENCH_DROP` (set: drop that database at the end, for smoke runs).
+//! Everything runs with `sslmode=disable`,
+//! pgbench included, so TLS costs nobody.
+
+use std::io::Write as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use datalayer::models::users::{self, NewUser, User};
+use datalayer::schema::users as users_table;
+use datalayer::{Engine, Settings, migrations};
+use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+struct Config {
+    seconds: f64,
+    clients: Vec<usize>,
+    rows: i64,
+    server: String,
+    url: String,
+    dbname: String,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// A per-thread xorshift: random ids without a shared generator.
+struct Ids(u64, i64);
+
+impl Ids {
+    fn new(seed: usize, rows: i64) -> Ids {
+        Ids(
+            0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+            rows,
+        )
+    }
+    fn next(&mut self) -> i64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % self.1 as u64) as i64 + 1
+    }
+}
+
+/// Runs `threads` workers for `seconds`; each `make(i)` returns the operation thread i repeats.
+/// Returns operations per second.
+fn throughput<F, W>(seconds: f64, threads: usize, make: F) -> f64
+where
+    F: Fn(usize) -> W + Sync,
+    W: FnMut(),
+{
+    let start = Barrier::new(threads + 1);
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..threads {
+            let (start, done, make) = (&start, &done, &make);
+            scope.spawn(move || {
+                let mut operation = make(i);
+                start.wait();
+                let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+                let mut count = 0;
+                while Instant::now() < deadline {
+                    for _ in 0..16 {
+                        operation();
+                    }
+                    count += 16;
+                }
+                done.fetch_add(count, Ordering::Relaxed);
+            });
+        }
+        start.wait();
+    });
+    done.load(Ordering::Relaxed) as f64 / seconds
+}
+
+fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
+    let path = std::env::temp_dir().join(format!("datalayer-bench-{}.sql", std::process::id()));
+    std::fs::write(&path, script)?;
+    let seconds = config.seconds.ceil().max(1.0) as u64;
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.to_string(),
+        ])
+        .args(["-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .arg(&config.url)
+        .env("PGSSLMODE", "disable")
+        .output()?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "pgbench failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into()
+        })
+}
+
+fn setup(config: &Config) -> Result<()> {
+    let mut admin =
+        PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let exists: Exists = diesel::sql_query(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{}') AS exists",
+        config.dbname
+    ))
+    .get_result(&mut admin)?;
+    if !exists.exists {
+        admin.batch_execute(&format!("CREATE DATABASE {}", config.dbname))?;
+    }
+    let engine = Engine::connect(&Settings::from_pairs([(
+        "DATABASE_URL",
+        config.url.as_str(),
+    )])?)?;
+    migrations::run_pending(&engine)?;
+    let mut conn = engine.get()?;
+    let count = users::count(&mut conn)?;
+    if count != config.rows {
+        conn.batch_execute(&format!(
+            "TRUNCATE users CASCADE; ALTER TABLE users ALTER COLUMN id RESTART WITH 1;
+             INSERT INTO users (email, display_name)
+               SELECT 'user' || n || '@example.com', 'User ' || n FROM generate_series(1, {}) n;",
+            config.rows
+        ))?;
+        conn.batch_execute("VACUUM ANALYZE users")?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let admin = env_or(
+        "DATALAYER_BENCH_ADMIN_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let server = admin
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_string())
+        .unwrap_or(admin.clone());
+    let dbname = env_or("BENCH_DB", "datalayer_bench");
+    let config = Config {
+        seconds: env_or("BENCH_SECONDS", "5").parse()?,
+        clients: env_or("BENCH_CLIENTS", "1,2,4,8,16,32")
+            .split(',')
+            .map(|c| c.trim().parse())
+            .collect::<std::result::Result<_, _>>()?,
+        rows: env_or("BENCH_ROWS", "100000").parse()?,
+        url: format!("{server}/{dbname}?sslmode=disable"),
+        server,
+        dbname,
+    };
+    setup(&config)?;
+    let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
+    let rows = config.rows;
+    let select_script = format!(
+        "\\set id random(1, {rows})\nSELECT id, email, display_name, created_at, updated_at FROM users WHERE id = :id;\n"
+    );
+
+    println!("## Point reads: operations per second (C = client threads)\n");
+    let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
+    let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
+    for &c in &config.clients {
+        reference.push(pgbench(&config, &select_script, c)?);
+        held.push(throughput(config.seconds, c, |i| {
+            let mut conn = PgConnection::establish(&config.url).expect("connect");
+            let mut ids = Ids::new(i, rows);
+            move || {
+                let _: User = users_table::table
+                    .find(ids.next())
+                    .select(User::as_select())
+                    .first(&mut conn)
+                    .expect("select");
+            }
+        }));
+        let engine = Engine::connect(&settings)?;
+        engine_row.push(throughput(config.seconds, c, |i| {
+            let mut ids = Ids::new(i, rows);
+            let engine = &engine;
+            move || {
+                let mut conn = engine.get().expect("checkout");
+                users::find(&mut conn, ids.next())
+                    .expect("select")
+                    .expect("row");
+            }
+        }));
+        drop(engine);
+        let pool = Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
+        naive.push(throughput(config.seconds, c, |i| {
+            let mut ids = Ids::new(i, rows);
+            let pool = &pool;
+            move || {
+                let mut conn = pool.get().expect("checkout");
+                let _: User = users_table::table
+                    .find(ids.next())
+                    .select(User::as_select())
+                    .first(&mut *conn)
+                    .expect("select");
+            }
+        }));
+        eprint!(".");
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>();
+    let (eh, er, en) = (
+        ratio(&engine_row, &held),
+        ratio(&engine_row, &reference),
+        ratio(&engine_row, &naive),
+    );
+    table.push(("reference (pgbench)", reference));
+    table.push(("held", held));
+    table.push(("engine", engine_row));
+    table.push(("naive", naive));
+    table.push(("engine/held", eh));
+    table.push(("engine/reference", er));
+    table.push(("engine/naive", en));
+    print_table(&config.clients, &table);
+
+    println!("\n## Writes: one user inserted per transaction, operations per second\n");
+    let write_clients: Vec<usize> = [1, 8]
+        .into_iter()
+        .filter(|c| config.clients.contains(c) || config.clients.len() < 3)
+        .collect();
+    let insert_script = "INSERT INTO users (email, display_name) VALUES (md5(random()::text || clock_timestamp()::text) || '@bench', 'Bench');\n";
+    let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
+    let run = std::process::id();
+    let counter = AtomicUsize::new(0);
+    for &c in &write_clients {
+        pg_writes.push(pgbench(&config, insert_script, c)?);
+        let engine = Engine::connect(&settings)?;
+        engine_writes.push(throughput(config.seconds, c, |i| {
+            let (engine, counter) = (&engine, &counter);
+            move || {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let email = format!("w{run}-{i}-{n}@bench");
+                let mut conn = engine.get().expect("checkout");
+                users::create(
+                    &mut conn,
+                    &NewUser {
+                        email: &email,
+                        display_name: "Bench",
+                    },
+                )
+                .expect("insert");
+            }
+        }));
+    }
+    let engine_vs = ratio(&engine_writes, &pg_writes);
+    print_table(
+        &write_clients,
+        &[
+            ("pgbench insert", pg_writes),
+            ("engine insert", engine_writes),
+            ("engine/pgbench", engine_vs),
+        ],
+    );
+    // Keep the table at BENCH_ROWS for the next run.
+    PgConnection::establish(&config.url)?
+        .batch_execute(&format!("DELETE FROM users WHERE id > {rows}"))?;
+
+    println!("\n## SQLite point reads, operations per second\n");
+    let dir = std::env::temp_dir().join(format!("datalayer-bench-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bench.sqlite3");
+    let lite_settings = Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
+    {
+        let engine = Engine::connect(&lite_settings)?;
+        migrations::run_pending(&engine)?;
+        engine.get()?.batch_execute(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO users (email, display_name) SELECT 'user' || i || '@example.com', 'User ' || i FROM n;"
+        ))?;
+    }
+    let lite_clients: Vec<usize> = config.clients.iter().copied().filter(|c| *c <= 4).collect();
+    let (mut plain_lite, mut engine_lite) = (vec![], vec![]);
+    let lite_url = path.to_string_lossy().into_owned();
+    for &c in &lite_clients {
+        plain_lite.push(throughput(config.seconds, c, |i| {
+            let mut conn = SqliteConnection::establish(&lite_url).expect("open");
+            // The same busy timeout as the engine's connections: fair, and needed when
+            // several connections open a WAL database at once.
+            conn.batch_execute("PRAGMA busy_timeout = 5000")
+                .expect("pragma");
+            let mut ids = Ids::new(i, rows);
+            move || {
+                let _: User = users_table::table
+                    .find(ids.next())
+                    .select(User::as_select())
+                    .first(&mut conn)
+                    .expect("select");
+            }
+        }));
+        let engine = Engine::connect(&lite_settings)?;
+        engine_lite.push(throughput(config.seconds, c, |i| {
+            let mut ids = Ids::new(i, rows);
+            let engine = &engine;
+            move || {
+                let mut conn = engine.get().expect("checkout");
+                users::find(&mut conn, ids.next())
+                    .expect("select")
+                    .expect("row");
+            }
+        }));
+    }
+    let lite_ratio = ratio(&engine_lite, &plain_lite);
+    print_table(
+        &lite_clients,
+        &[
+            ("plain SqliteConnection", plain_lite),
+            ("engine", engine_lite),
+            ("engine/plain", lite_ratio),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("\n## Checkout + return of an idle connection, no query (pool of 4)\n");
+    let mut small = settings.clone();
+    small.pool.max_size = 4;
+    let engine = Engine::connect(&small)?;
+    for threads in [1usize, 8] {
+        let ops = throughput(config.seconds.min(2.0), threads, |_| {
+            let engine = &engine;
+            move || drop(engine.get().expect("checkout"))
+        });
+        println!(
+            "- {threads} thread(s): {:.0} ns/op",
+            1e9 / ops * threads as f64
+        );
+    }
+    drop(engine);
+
+    println!("\n## Boot with nothing pending (PostgreSQL, after connecting)\n");
+    boot_cost(&settings)?;
+    if std::env::var_os("BENCH_DROP").is_some() {
+        let mut admin =
+            PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
+        admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            config.dbname
+        ))?;
+    }
+    Ok(())
+}
+
+static STATEMENTS: AtomicUsize = AtomicUsize::new(0);
+
+fn counting() -> Option<Box<dyn Instrumentation>> {
+    Some(Box::new(|event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { .. } = event {
+            STATEMENTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }))
+}
+
+/// The boot sequence a server runs after `Engine::connect`: `migrations::boot` (lock,
+/// ledger, pending set, drift check) and a ping. Statements counted through Diesel's
+/// instrumentation (each is at least one round trip).
+fn boot_cost(settings: &Settings) -> Result<()> {
+    diesel::connection::set_default_instrumentation(counting)?;
+    let engine = Arc::new(Engine::connect(settings)?);
+    let mut times = Vec::new();
+    let mut statements = 0;
+    for _ in 0..50 {
+        let before = STATEMENTS.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let report = migrations::boot(&engine)?;
+        engine.ping()?;
+        times.push(started.elapsed());
+        assert!(report.applied.is_empty() && report.drift.is_empty());
+        statements = STATEMENTS.load(Ordering::Relaxed) - before;
+    }
+    times.sort();
+    println!(
+        "- migrations::boot + ping: {:.2?} median of 50, {statements} statements on the migration connection (ping's 2 run on a pooled connection set up before counting)",
+        times[times.len() / 2]
+    );
+    Ok(())
+}
+
+fn print_table(clients: &[usize], rows: &[(&str, Vec<f64>)]) {
+    let header: Vec<String> = clients.iter().map(|c| format!("C={c}")).collect();
+    println!("| case | {} |", header.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(clients.len()));
+    for (name, values) in rows {
+        let cells: Vec<String> = values
+            .iter()
+            .map(|v| {
+                if name.contains('/') {
+                    format!("{v:.2}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+}
