@@ -21,3 +21,32 @@ pub enum Conn {
     /// A SQLite connection.
     Sqlite(diesel::SqliteConnection),
 }
+
+/// Runs the same Diesel code on the concrete connection inside a [`Conn`], compiled once per
+/// backend.
+///
+/// Queries through `&mut Conn` itself go through Diesel's generic `MultiBackend`, which
+/// serializes binds and converts every field dynamically: about 1.6 µs more per point read
+/// than a plain connection on this machine. Inside `dispatch!` the expression is
+/// type-checked and compiled separately for `PgConnection` and `SqliteConnection`, so it costs
+/// what plain Diesel costs, and backend-specific features (`as_returning()`, `ON CONFLICT`)
+/// work where the backend has them.
+///
+/// ```
+/// use datalayer::{Conn, dispatch};
+/// use datalayer::schema::users;
+/// use diesel::prelude::*;
+///
+/// fn count_users(conn: &mut Conn) -> QueryResult<i64> {
+///     dispatch!(conn, |c| users::table.count().get_result(c))
+/// }
+/// ```
+#[macro_export]
+macro_rules! dispatch {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::Conn::Postgres($c) => $body,
+            $crate::Conn::Sqlite($c) => $body,
+        }
+    };
+}

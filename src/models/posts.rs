@@ -4,6 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::users::User;
+use crate::dispatch;
 use crate::engine::Conn;
 use crate::error::Error;
 use crate::schema::posts;
@@ -62,30 +63,32 @@ pub struct Page {
 
 /// Inserts a post. An author that does not exist is a foreign-key [`Error::Database`].
 pub fn create(conn: &mut Conn, new: &NewPost<'_>) -> Result<Post, Error> {
-    Ok(diesel::insert_into(posts::table)
+    Ok(dispatch!(conn, |c| diesel::insert_into(posts::table)
         .values(new)
-        .returning(posts::all_columns)
-        .get_result(conn)?)
+        .returning(Post::as_returning())
+        .get_result(c))?)
 }
 
 /// The post with this id, if any.
 pub fn find(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
-    Ok(posts::table
+    Ok(dispatch!(conn, |c| posts::table
         .find(id)
         .select(Post::as_select())
-        .first(conn)
-        .optional()?)
+        .first(c)
+        .optional())?)
 }
 
 /// Publishes a post, stamping `published_at` the first time; publishing again changes
 /// nothing. Returns the post, or `None` when there is no such post.
 pub fn publish(conn: &mut Conn, id: i64) -> Result<Option<Post>, Error> {
     let now = super::utc_now();
-    let published = diesel::update(posts::table.find(id).filter(posts::published.eq(false)))
-        .set((posts::published.eq(true), posts::published_at.eq(now)))
-        .returning(posts::all_columns)
-        .get_result(conn)
-        .optional()?;
+    let published = dispatch!(conn, |c| diesel::update(
+        posts::table.find(id).filter(posts::published.eq(false))
+    )
+    .set((posts::published.eq(true), posts::published_at.eq(now)))
+    .returning(Post::as_returning())
+    .get_result(c)
+    .optional())?;
     match published {
         Some(post) => Ok(Some(post)),
         None => find(conn, id),
@@ -102,20 +105,22 @@ pub fn list_by_author(
     limit: u32,
 ) -> Result<Page, Error> {
     let limit = i64::from(limit.max(1));
-    let mut query = posts::table
-        .filter(posts::author_id.eq(author_id))
-        .select(Post::as_select())
-        .order((posts::created_at.desc(), posts::id.desc()))
-        .limit(limit + 1)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(
-            posts::created_at.lt(after.created_at).or(posts::created_at
-                .eq(after.created_at)
-                .and(posts::id.lt(after.id))),
-        );
-    }
-    let mut posts: Vec<Post> = query.load(conn)?;
+    let mut posts: Vec<Post> = dispatch!(conn, |c| {
+        let mut query = posts::table
+            .filter(posts::author_id.eq(author_id))
+            .select(Post::as_select())
+            .order((posts::created_at.desc(), posts::id.desc()))
+            .limit(limit + 1)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(
+                posts::created_at.lt(after.created_at).or(posts::created_at
+                    .eq(after.created_at)
+                    .and(posts::id.lt(after.id))),
+            );
+        }
+        query.load(c)
+    })?;
     let more = posts.len() as i64 > limit;
     posts.truncate(limit as usize);
     let next = more.then(|| posts.last()).flatten().map(|last| Cursor {
@@ -127,13 +132,13 @@ pub fn list_by_author(
 
 /// How many posts a user has.
 pub fn count_by_author(conn: &mut Conn, author_id: i64) -> Result<i64, Error> {
-    Ok(posts::table
+    Ok(dispatch!(conn, |c| posts::table
         .filter(posts::author_id.eq(author_id))
         .count()
-        .get_result(conn)?)
+        .get_result(c))?)
 }
 
 /// Deletes a post. Returns whether a post was deleted.
 pub fn delete(conn: &mut Conn, id: i64) -> Result<bool, Error> {
-    Ok(diesel::delete(posts::table.find(id)).execute(conn)?).map(|n: usize| n > 0)
+    Ok(dispatch!(conn, |c| diesel::delete(posts::table.find(id)).execute(c))? > 0)
 }
