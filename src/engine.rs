@@ -29,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod affinity;
 mod boot;
 mod checkouts;
 // The MultiConnection derive generates public items without docs.
@@ -46,6 +47,7 @@ use diesel::connection::SimpleConnection;
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel::sql_types::Text;
 
+use self::affinity::Parking;
 use self::checkouts::Checkouts;
 pub use self::checkouts::Holder;
 pub use self::connection::{Conn, MultiBackend};
@@ -63,6 +65,7 @@ pub struct Engine {
     manager: Manager,
     shared: Arc<Shared>,
     checkouts: Arc<Checkouts>,
+    parking: Arc<Parking>,
     settings: Settings,
     backend: Backend,
     target: String,
@@ -74,6 +77,7 @@ impl Drop for Engine {
     /// Stops new connection attempts and waits (at most the connect timeout, plus a second)
     /// for those under way, so that the process can exit safely right after.
     fn drop(&mut self) {
+        drop(self.parking.drain());
         self.shared.close(self.close_limit);
     }
 }
@@ -92,35 +96,57 @@ impl fmt::Debug for Engine {
 ///
 /// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
 pub struct PooledConn {
-    conn: PooledConnection<Manager>,
+    /// Always `Some` until dropped.
+    conn: Option<PooledConnection<Manager>>,
     id: u64,
     checkouts: Arc<Checkouts>,
+    parking: Arc<Parking>,
     leak_threshold: Option<Duration>,
+}
+
+impl PooledConn {
+    fn pooled(&self) -> &PooledConnection<Manager> {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a PooledConn holds its connection until dropped"),
+        }
+    }
+
+    /// The PostgreSQL backend pid of this connection (`None` on SQLite).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.pooled().backend_pid
+    }
 }
 
 impl Deref for PooledConn {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        &self.conn.conn
+        &self.pooled().conn
     }
 }
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut Conn {
-        &mut self.conn.conn
+        match &mut self.conn {
+            Some(conn) => &mut conn.conn,
+            None => unreachable!("a PooledConn holds its connection until dropped"),
+        }
     }
 }
 
 impl Drop for PooledConn {
+    /// Parks a healthy connection for this thread's next checkout (see [`affinity`]), or
+    /// returns it to the pool.
     fn drop(&mut self) {
         self.checkouts.release(self.id, self.leak_threshold);
-    }
-}
-
-impl PooledConn {
-    /// The PostgreSQL backend pid of this connection (`None` on SQLite).
-    pub fn backend_pid(&self) -> Option<i32> {
-        self.conn.backend_pid
+        if let Some(mut conn) = self.conn.take() {
+            let healthy = !std::thread::panicking() && conn.reusable();
+            if healthy {
+                drop(self.parking.park(conn));
+            } else {
+                drop(conn);
+            }
+        }
     }
 }
 
@@ -205,6 +231,7 @@ impl Engine {
             manager,
             shared,
             checkouts: Arc::default(),
+            parking: Parking::new(),
             settings: settings.clone(),
             backend: settings.backend(),
             target,
@@ -240,20 +267,53 @@ impl Engine {
             self.checkouts.warn_overdue(threshold);
         }
         let start = Instant::now();
-        match self.pool.get() {
-            Ok(conn) => Ok(PooledConn {
+        match self.checkout(start) {
+            Some(conn) => Ok(PooledConn {
                 id: self.checkouts.register(site, conn.backend_pid),
-                conn,
+                conn: Some(conn),
                 checkouts: Arc::clone(&self.checkouts),
+                parking: Arc::clone(&self.parking),
                 leak_threshold,
             }),
-            Err(_) => Err(Error::PoolTimeout {
+            None => Err(Error::PoolTimeout {
                 waited: start.elapsed(),
                 state: self.state(),
                 last_error: self.shared.last_error().map(|(message, _)| message),
                 holders: self.holders_with_state(),
             }),
         }
+    }
+
+    /// This thread's parked connection, else an idle one, else a parked one stolen from
+    /// another thread, else a wait for one (in short slices, stealing between them) until
+    /// the pool timeout. Parked and stolen connections pass the same validation as the
+    /// pool's own.
+    fn checkout(&self, start: Instant) -> Option<PooledConnection<Manager>> {
+        use diesel::r2d2::ManageConnection;
+        let valid = |mut conn: PooledConnection<Manager>| {
+            self.manager.is_valid(&mut conn).is_ok().then_some(conn)
+        };
+        if let Some(conn) = self.parking.take_own().and_then(valid) {
+            return Some(conn);
+        }
+        if let Some(conn) = self.pool.try_get() {
+            return Some(conn);
+        }
+        let deadline = start + self.settings.pool.timeout;
+        self.parking.waiting(|| {
+            loop {
+                if let Some(conn) = self.parking.steal().and_then(valid) {
+                    return Some(conn);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                if let Ok(conn) = self.pool.get_timeout(left.min(Duration::from_millis(20))) {
+                    return Some(conn);
+                }
+            }
+        })
     }
 
     /// The connections checked out right now, longest held first.
@@ -306,14 +366,17 @@ impl Engine {
         holders
     }
 
-    /// How many connections are open, idle and in use.
+    /// How many connections are open, idle and in use. Connections parked for the thread
+    /// that last used them count as idle.
     pub fn state(&self) -> PoolState {
         let state = self.pool.state();
+        let parked = self.parking.parked();
+        let idle = (state.idle_connections + parked).min(state.connections);
         PoolState {
             max_size: self.pool.max_size(),
             connections: state.connections,
-            idle: state.idle_connections,
-            in_use: state.connections - state.idle_connections,
+            idle,
+            in_use: state.connections - idle,
         }
     }
 

@@ -48,6 +48,13 @@ pub struct Slot {
     health: Arc<Health>,
 }
 
+impl Slot {
+    /// Whether it may be handed out again without going through the pool's checks.
+    pub(crate) fn reusable(&mut self) -> bool {
+        !self.health.dead.load(Ordering::Acquire) && !self.conn.is_broken()
+    }
+}
+
 /// What the instrumentation learns about one connection.
 #[derive(Debug, Default)]
 struct Health {
@@ -335,6 +342,7 @@ impl ManageConnection for Manager {
             return Ok(());
         }
         slot.conn.ping().map_err(|e| {
+            slot.health.dead.store(true, Ordering::Release);
             self.shared.mark_dead();
             ConnectError(format!("validation failed: {e}"))
         })
