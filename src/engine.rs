@@ -56,6 +56,9 @@ pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 
+/// How long the connection made by [`Engine::connect`] is kept for the first migration run.
+const SPARE_FOR: Duration = Duration::from_secs(10);
+
 /// The pool of connections and the entry point for SQL.
 ///
 /// Cheap to share: wrap it in an `Arc` or hand out `&Engine`; every method takes `&self`.
@@ -66,6 +69,9 @@ pub struct Engine {
     shared: Arc<Shared>,
     checkouts: Arc<Checkouts>,
     parking: Arc<Parking>,
+    /// The connection made by `connect`, kept for the first migration run (boot) if that
+    /// comes within [`SPARE_FOR`]: it saves opening one more.
+    spare: std::sync::Mutex<Option<(Conn, Instant)>>,
     settings: Settings,
     backend: Backend,
     target: String,
@@ -211,7 +217,7 @@ impl Engine {
                 reason: format!("cannot create the folder {}: {e}", dir.display()),
             })?;
         }
-        boot::first_connection(&manager, settings.pool.connect_deadline)?;
+        let first = boot::first_connection(&manager, settings.pool.connect_deadline)?;
         let pool_settings = &settings.pool;
         let pool = Pool::builder()
             .max_size(pool_settings.max_size)
@@ -232,6 +238,7 @@ impl Engine {
             shared,
             checkouts: Arc::default(),
             parking: Parking::new(),
+            spare: std::sync::Mutex::new(Some((first, Instant::now()))),
             settings: settings.clone(),
             backend: settings.backend(),
             target,
@@ -409,6 +416,13 @@ impl Engine {
     /// A connection outside the pool, without the application's session limits, for
     /// migrations.
     pub(crate) fn migration_connection(&self) -> Result<Conn, Error> {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
+        if let Some((mut conn, made)) = spare
+            && made.elapsed() < SPARE_FOR
+            && self.manager.prepare_for_migrations(&mut conn).is_ok()
+        {
+            return Ok(conn);
+        }
         self.manager
             .establish_for_migrations()
             .map_err(|e| Error::Connect {

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::Conn;
 use super::manager::{ConnectError, Manager};
 use crate::error::Error;
 
@@ -115,14 +116,14 @@ impl Jitter {
 }
 
 /// Makes the first connection, retrying transient failures until `deadline` has passed.
-pub(crate) fn first_connection(manager: &Manager, deadline: Duration) -> Result<(), Error> {
+pub(crate) fn first_connection(manager: &Manager, deadline: Duration) -> Result<Conn, Error> {
     let started = Instant::now();
     let target = manager.target().to_string();
     let mut backoff = FIRST_BACKOFF;
     let mut jitter = Jitter::new();
     for attempt in 1.. {
         let ConnectError(message) = match manager.establish() {
-            Ok(_) => return Ok(()),
+            Ok(conn) => return Ok(conn),
             Err(error) => error,
         };
         let wait = jitter.apply(backoff);

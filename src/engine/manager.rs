@@ -239,22 +239,29 @@ impl Manager {
         })
     }
 
-    /// A connection for migrations: no application statement or idle-in-transaction timeout
-    /// on PostgreSQL, and a busy timeout on SQLite.
+    /// A connection for migrations; see [`Manager::prepare_for_migrations`].
     pub(crate) fn establish_for_migrations(&self) -> Result<Conn, ConnectError> {
         let mut conn = self.establish()?;
+        self.prepare_for_migrations(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Readies a fresh connection (never handed to the application) for migrations: on
+    /// PostgreSQL no statement or idle-in-transaction timeout, and the name
+    /// `<application_name> (migrations)` in `pg_stat_activity`; on SQLite a busy timeout.
+    pub(crate) fn prepare_for_migrations(&self, conn: &mut Conn) -> Result<(), ConnectError> {
         let sql = match self.backend {
-            Backend::Postgres => {
-                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;"
-                    .to_string()
-            }
+            Backend::Postgres => "SET statement_timeout = 0; \
+                 SET idle_in_transaction_session_timeout = 0; \
+                 SELECT set_config('application_name', \
+                     left(current_setting('application_name'), 50) || ' (migrations)', false);"
+                .to_string(),
             Backend::Sqlite => {
                 format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis())
             }
         };
         conn.batch_execute(&sql)
-            .map_err(|e| ConnectError(format!("setting up the migration session: {e}")))?;
-        Ok(conn)
+            .map_err(|e| ConnectError(format!("setting up the migration session: {e}")))
     }
 }
 
