@@ -35,6 +35,8 @@
 //! | `DATABASE_CONNECT_DEADLINE` | `30s` | At boot, how long to keep retrying (exponential backoff with jitter) a database that cannot be reached yet: refused, timed out, name not resolved, starting up, too many connections. Errors that cannot go away (authentication, missing database, bad URL, TLS) fail at once. `0` tries once. |
 //! | `DATABASE_TCP_USER_TIMEOUT` | `15s` | PostgreSQL `tcp_user_timeout`, with TCP keepalives on: a connection whose peer vanished without a FIN fails within about this time instead of hanging for minutes. `0` leaves the OS defaults. |
 //! | `DATABASE_POOL_LEAK_THRESHOLD` | `0` (off) | Log a warning, with its checkout site, for a connection held longer than this. |
+//! | `DATABASE_ECHO` | `false` | `true` logs every SQL statement the pool's connections run, with its duration, at info level on target `datalayer::sql` (SQLAlchemy's `echo=True`). Bind values are never logged. |
+//! | `DATABASE_SLOW_QUERY_THRESHOLD` | `0` (off) | Log statements slower than this at warn level, with their duration. |
 //! | `DATABASE_MIGRATION_LOCK_TIMEOUT` | `60s` | Longest wait for the migration lock (PostgreSQL advisory lock, or the SQLite file's sidecar lock) when several replicas migrate at once; more than 0. |
 //! | `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` | `5s` | PostgreSQL `lock_timeout` for each migration, so DDL never queues behind a long transaction while every query queues behind it; a migration that times out is retried with backoff. More than 0. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
@@ -103,6 +105,8 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_POOL_IDLE_TIMEOUT",
     "DATABASE_POOL_MAX_LIFETIME",
     "DATABASE_POOL_LEAK_THRESHOLD",
+    "DATABASE_ECHO",
+    "DATABASE_SLOW_QUERY_THRESHOLD",
     "DATABASE_CONNECT_DEADLINE",
     "DATABASE_TCP_USER_TIMEOUT",
     "DATABASE_STATEMENT_TIMEOUT",
@@ -346,6 +350,10 @@ pub struct PoolSettings {
     pub leak_threshold: Option<Duration>,
     /// `DATABASE_CONNECT_DEADLINE`: how long [`crate::Engine::connect`] retries at boot.
     pub connect_deadline: Duration,
+    /// `DATABASE_ECHO`: log every statement with its duration.
+    pub echo: bool,
+    /// `DATABASE_SLOW_QUERY_THRESHOLD`; `None` is off.
+    pub slow_query_threshold: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -358,6 +366,8 @@ impl Default for PoolSettings {
             max_lifetime: Some(Duration::from_secs(1800)),
             leak_threshold: None,
             connect_deadline: Duration::from_secs(30),
+            echo: false,
+            slow_query_threshold: None,
         }
     }
 }
@@ -504,6 +514,8 @@ struct Raw {
     pool_idle_timeout: Option<String>,
     pool_max_lifetime: Option<String>,
     pool_leak_threshold: Option<String>,
+    echo: Option<String>,
+    slow_query_threshold: Option<String>,
     connect_deadline: Option<String>,
     tcp_user_timeout: Option<String>,
     statement_timeout: Option<String>,
@@ -1102,6 +1114,18 @@ impl<'a> Loader<'a> {
             },
             |d| duration::format(*d),
         );
+        let echo = self.var(
+            "DATABASE_ECHO",
+            raw.echo.as_deref(),
+            defaults.echo,
+            parse_bool,
+            bool::to_string,
+        );
+        let slow_query_threshold = self.optional_duration(
+            "DATABASE_SLOW_QUERY_THRESHOLD",
+            raw.slow_query_threshold.as_deref(),
+            defaults.slow_query_threshold,
+        );
         PoolSettings {
             max_size,
             min_idle,
@@ -1110,6 +1134,8 @@ impl<'a> Loader<'a> {
             max_lifetime,
             leak_threshold,
             connect_deadline,
+            echo,
+            slow_query_threshold,
         }
     }
 }
@@ -1176,6 +1202,15 @@ impl Loader<'_> {
             allow_unknown,
             schema_check,
         }
+    }
+}
+
+/// `true`/`false` and the usual spellings.
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("is not a boolean; accepted: true, false (or 1, 0, yes, no, on, off)".into()),
     }
 }
 

@@ -36,6 +36,7 @@ mod checkouts;
 #[allow(missing_docs)]
 mod connection;
 mod manager;
+pub mod metrics;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -51,7 +52,7 @@ use self::affinity::Parking;
 use self::checkouts::Checkouts;
 pub use self::checkouts::Holder;
 pub use self::connection::{Conn, MultiBackend};
-use self::manager::{Manager, RememberErrors, Shared};
+use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
 pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
@@ -107,6 +108,7 @@ pub struct PooledConn {
     id: u64,
     checkouts: Arc<Checkouts>,
     parking: Arc<Parking>,
+    shared: Arc<Shared>,
     leak_threshold: Option<Duration>,
 }
 
@@ -145,6 +147,7 @@ impl Drop for PooledConn {
     /// returns it to the pool.
     fn drop(&mut self) {
         self.checkouts.release(self.id, self.leak_threshold);
+        self.shared.count_in_use(-1);
         if let Some(mut conn) = self.conn.take() {
             let healthy = !std::thread::panicking() && conn.reusable();
             if healthy {
@@ -227,6 +230,7 @@ impl Engine {
             .max_lifetime(pool_settings.max_lifetime)
             .test_on_check_out(true)
             .error_handler(Box::new(RememberErrors(Arc::clone(&shared))))
+            .event_handler(Box::new(PoolEvents(Arc::clone(&shared))))
             .build_unchecked(manager.clone());
         let connect_timeout = match &settings.target {
             Target::Postgres(pg) => pg.connect_timeout,
@@ -274,19 +278,30 @@ impl Engine {
             self.checkouts.warn_overdue(threshold);
         }
         let start = Instant::now();
-        match self.checkout(start) {
-            Some(conn) => Ok(PooledConn {
-                id: self.checkouts.register(site, conn.backend_pid),
-                conn: Some(conn),
-                checkouts: Arc::clone(&self.checkouts),
-                parking: Arc::clone(&self.parking),
-                leak_threshold,
-            }),
-            None => Err(Error::PoolTimeout {
-                waited: start.elapsed(),
-                state: self.state(),
-                last_error: self.shared.last_error().map(|(message, _)| message),
-                holders: self.holders_with_state(),
+        let checked_out = self.checkout(start);
+        let waited = start.elapsed();
+        ::metrics::histogram!(metrics::CHECKOUT_WAIT).record(waited.as_secs_f64());
+        match checked_out {
+            Some(conn) => {
+                ::metrics::counter!(metrics::CHECKOUTS).increment(1);
+                self.shared.count_in_use(1);
+                Ok(PooledConn {
+                    id: self.checkouts.register(site, conn.backend_pid),
+                    conn: Some(conn),
+                    checkouts: Arc::clone(&self.checkouts),
+                    parking: Arc::clone(&self.parking),
+                    shared: Arc::clone(&self.shared),
+                    leak_threshold,
+                })
+            }
+            None => Err({
+                ::metrics::counter!(metrics::CHECKOUT_TIMEOUTS).increment(1);
+                Error::PoolTimeout {
+                    waited,
+                    state: self.state(),
+                    last_error: self.shared.last_error().map(|(message, _)| message),
+                    holders: self.holders_with_state(),
+                }
             }),
         }
     }

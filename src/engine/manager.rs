@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
     last_dead: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
+    /// Connections the pool holds open, and how many are checked out (for the gauges).
+    pub(crate) open: std::sync::atomic::AtomicI64,
+    pub(crate) in_use: std::sync::atomic::AtomicI64,
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
@@ -88,6 +91,8 @@ impl Shared {
             epoch: Instant::now(),
             last_dead: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            open: Default::default(),
+            in_use: Default::default(),
             attempts: Mutex::new(Attempts::default()),
             attempts_done: Condvar::new(),
         })
@@ -135,6 +140,14 @@ impl Shared {
         }
     }
 
+    /// Records a checkout (+1) or a return (-1) in the gauges.
+    pub(crate) fn count_in_use(&self, delta: i64) {
+        let in_use = self.in_use.fetch_add(delta, Ordering::Relaxed) + delta;
+        let open = self.open.load(Ordering::Relaxed);
+        metrics::gauge!(super::metrics::IN_USE).set(in_use as f64);
+        metrics::gauge!(super::metrics::IDLE).set((open - in_use).max(0) as f64);
+    }
+
     /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos())
@@ -176,6 +189,8 @@ pub(crate) struct Manager {
     /// Run on every new pooled connection; empty when there is nothing to set.
     session_sql: String,
     shared: Arc<Shared>,
+    echo: bool,
+    slow: Option<Duration>,
 }
 
 /// `SET` statements for the PostgreSQL session limits that are enabled, or pragmas for SQLite.
@@ -208,6 +223,8 @@ impl Manager {
             url: settings.connection_url(),
             session_sql: session_sql(settings),
             shared,
+            echo: settings.pool.echo,
+            slow: settings.pool.slow_query_threshold,
         }
     }
 
@@ -285,25 +302,70 @@ fn backend_pid(conn: &mut PgConnection) -> Result<i32, ConnectError> {
 /// The start, not the end: a thread descheduled between reading a result and this hook could
 /// otherwise stamp a connection that died meanwhile as newer than the death another thread
 /// has already recorded.
+///
+/// It also echoes statements (`DATABASE_ECHO`) and reports slow ones
+/// (`DATABASE_SLOW_QUERY_THRESHOLD`) on the `datalayer::sql` target: the SQL text and the
+/// duration, never the bind values (they can hold secrets and personal data).
 struct DeathWatch {
     health: Arc<Health>,
     shared: Arc<Shared>,
     started: u64,
+    echo: bool,
+    slow: Option<Duration>,
+}
+
+/// Diesel shows a query as `<sql> -- binds: [...]`: keep only the SQL.
+fn sql_only(query: &dyn std::fmt::Display) -> String {
+    let text = query.to_string();
+    match text.rfind(" -- binds: ") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
+impl DeathWatch {
+    fn report(&self, query: &dyn std::fmt::Display, failed: bool) {
+        if !self.echo && self.slow.is_none() {
+            return;
+        }
+        let took = Duration::from_nanos(self.shared.now().saturating_sub(self.started));
+        let outcome = if failed { " (failed)" } else { "" };
+        if self.echo {
+            tracing::info!(target: "datalayer::sql", "{} [{took:.2?}]{outcome}", sql_only(query));
+        }
+        if let Some(slow) = self.slow
+            && took > slow
+        {
+            tracing::warn!(
+                target: "datalayer::sql",
+                "slow query, {took:.2?} (DATABASE_SLOW_QUERY_THRESHOLD {slow:?}): {}{outcome}",
+                sql_only(query)
+            );
+        }
+    }
 }
 
 impl Instrumentation for DeathWatch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
             InstrumentationEvent::StartQuery { .. } => self.started = self.shared.now(),
-            InstrumentationEvent::FinishQuery { error: None, .. } => {
+            InstrumentationEvent::FinishQuery {
+                query, error: None, ..
+            } => {
                 self.health.last_ok.store(self.started, Ordering::Release);
+                self.report(query, false);
             }
             InstrumentationEvent::FinishQuery {
-                error: Some(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)),
+                query,
+                error: Some(error),
                 ..
             } => {
-                self.health.dead.store(true, Ordering::Release);
-                self.shared.mark_dead();
+                if let DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) = error {
+                    self.health.dead.store(true, Ordering::Release);
+                    self.shared.mark_dead();
+                    metrics::counter!(super::metrics::BROKEN).increment(1);
+                }
+                self.report(query, true);
             }
             _ => {}
         }
@@ -330,6 +392,8 @@ impl ManageConnection for Manager {
             health: Arc::clone(&health),
             shared: Arc::clone(&self.shared),
             started: 0,
+            echo: self.echo,
+            slow: self.slow,
         });
         Ok(Slot {
             conn,
@@ -349,6 +413,7 @@ impl ManageConnection for Manager {
             return Ok(());
         }
         slot.conn.ping().map_err(|e| {
+            metrics::counter!(super::metrics::BROKEN).increment(1);
             slot.health.dead.store(true, Ordering::Release);
             self.shared.mark_dead();
             ConnectError(format!("validation failed: {e}"))
@@ -359,6 +424,21 @@ impl ManageConnection for Manager {
         std::thread::panicking()
             || slot.health.dead.load(Ordering::Acquire)
             || slot.conn.is_broken()
+    }
+}
+
+/// Counts connections opened and closed by the pool.
+#[derive(Debug)]
+pub(crate) struct PoolEvents(pub(crate) Arc<Shared>);
+
+impl diesel::r2d2::HandleEvent for PoolEvents {
+    fn handle_acquire(&self, _: diesel::r2d2::event::AcquireEvent) {
+        self.0.open.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(super::metrics::OPENED).increment(1);
+    }
+    fn handle_release(&self, _: diesel::r2d2::event::ReleaseEvent) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!(super::metrics::CLOSED).increment(1);
     }
 }
 

@@ -12,6 +12,7 @@ mod migration_safety;
 mod migrations;
 mod models;
 mod netns;
+mod observability;
 mod proxy;
 mod resilience;
 mod url_libpq;

@@ -1,0 +1,207 @@
+//! What the engine tells an operator: echoed SQL without bind values, slow statements, and
+//! pool metrics through the `metrics` facade.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datalayer::engine::metrics as names;
+use datalayer::models::users::{self, NewUser};
+use datalayer::{Engine, Error};
+use diesel::connection::SimpleConnection;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+use crate::common::{fresh_postgres, migrated_engines};
+
+/// Captures what the engine logs on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+fn logged(run: impl FnOnce()) -> String {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8")
+}
+
+fn with(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSettings)) -> Engine {
+    let mut settings = engine.settings().clone();
+    change(&mut settings.pool);
+    Engine::connect(&settings).expect("connect")
+}
+
+#[test]
+fn echo_logs_each_statement_with_its_duration_but_never_the_binds() {
+    for (engine, _place) in migrated_engines("dl_echo") {
+        let echoing = with(&engine, |pool| pool.echo = true);
+        let log = logged(|| {
+            let mut conn = echoing.get().expect("checkout");
+            users::create(
+                &mut conn,
+                &NewUser {
+                    email: "CNRYbind@example.com",
+                    display_name: "SecretName",
+                },
+            )
+            .expect("create");
+            users::find_by_email(&mut conn, "CNRYbind@example.com").expect("find");
+        });
+        let insert = log
+            .lines()
+            .find(|l| l.contains("INSERT INTO") && l.contains("users"))
+            .unwrap_or_else(|| panic!("the insert is echoed:\n{log}"));
+        assert!(
+            insert.contains("INFO") && insert.contains("datalayer::sql"),
+            "{insert}"
+        );
+        assert!(
+            insert.contains('[') && insert.ends_with(']'),
+            "with its duration: {insert}"
+        );
+        assert!(log.contains("SELECT"), "{log}");
+        assert!(
+            !log.contains("CNRYbind") && !log.contains("SecretName"),
+            "binds leaked:\n{log}"
+        );
+
+        let quiet = logged(|| {
+            users::count(&mut engine.get().expect("checkout")).expect("count");
+        });
+        assert!(
+            !quiet.contains("datalayer::sql"),
+            "echo is off by default:\n{quiet}"
+        );
+    }
+}
+
+#[test]
+fn slow_statements_are_reported_at_warn_level() {
+    let (engine, _db) = fresh_postgres("dl_slow", &[]);
+    let watched = with(&engine, |pool| {
+        pool.slow_query_threshold = Some(Duration::from_millis(30))
+    });
+    let log = logged(|| {
+        let mut conn = watched.get().expect("checkout");
+        conn.batch_execute("SELECT 1").expect("fast");
+        conn.batch_execute("SELECT pg_sleep(0.06)").expect("slow");
+    });
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "only the slow one:\n{log}");
+    assert!(
+        warnings[0].contains("slow query") && warnings[0].contains("SELECT pg_sleep(0.06)"),
+        "{log}"
+    );
+    assert!(
+        warnings[0].contains("DATABASE_SLOW_QUERY_THRESHOLD"),
+        "{log}"
+    );
+}
+
+/// A recorder that keeps every counter, gauge and histogram in memory.
+#[derive(Default)]
+struct Memory {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    histograms: Mutex<HashMap<String, Arc<Samples>>>,
+}
+
+#[derive(Default)]
+struct Samples(Mutex<Vec<f64>>);
+
+impl metrics::HistogramFn for Samples {
+    fn record(&self, value: f64) {
+        self.0.lock().expect("lock").push(value);
+    }
+}
+
+impl Recorder for Memory {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut map = self.counters.lock().expect("lock");
+        Counter::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let mut map = self.gauges.lock().expect("lock");
+        Gauge::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let mut map = self.histograms.lock().expect("lock");
+        Histogram::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+    }
+}
+
+impl Memory {
+    fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+    fn gauge(&self, name: &str) -> f64 {
+        self.gauges
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map_or(f64::NAN, |g| f64::from_bits(g.load(Ordering::Relaxed)))
+    }
+    fn samples(&self, name: &str) -> usize {
+        self.histograms
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map_or(0, |h| h.0.lock().expect("lock").len())
+    }
+}
+
+#[test]
+fn checkouts_waits_timeouts_and_gauges_reach_the_recorder() {
+    let (engine, _db) = fresh_postgres("dl_metrics", &[]);
+    let small = with(&engine, |pool| {
+        pool.max_size = 2;
+        pool.timeout = Duration::from_millis(200);
+    });
+    let memory = Memory::default();
+    metrics::with_local_recorder(&memory, || {
+        let first = small.get().expect("checkout");
+        let second = small.get().expect("checkout");
+        assert_eq!(memory.gauge(names::IN_USE), 2.0);
+        let third = small.get();
+        assert!(matches!(third, Err(Error::PoolTimeout { .. })));
+        drop((first, second));
+        assert_eq!(memory.gauge(names::IN_USE), 0.0);
+    });
+    assert_eq!(memory.counter(names::CHECKOUTS), 2);
+    assert_eq!(memory.counter(names::CHECKOUT_TIMEOUTS), 1);
+    assert_eq!(
+        memory.samples(names::CHECKOUT_WAIT),
+        3,
+        "every checkout's wait, the failed one too"
+    );
+    assert!(memory.gauge(names::IDLE) >= 0.0);
+    assert!(small.state().in_use == 0, "{:?}", small.state());
+}
