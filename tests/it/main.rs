@@ -15,4 +15,5 @@ mod netns;
 mod observability;
 mod proxy;
 mod resilience;
+mod server;
 mod url_libpq;

@@ -15,7 +15,7 @@ use crate::common::{Place, admin, fresh_postgres, postgres_settings};
 use crate::netns::Netns;
 use crate::proxy::FaultProxy;
 
-fn upstream() -> SocketAddr {
+pub fn upstream() -> SocketAddr {
     let settings = postgres_settings("postgres", &[]);
     let Target::Postgres(pg) = &settings.target else {
         unreachable!()

@@ -1,0 +1,462 @@
+//! A blocking HTTP server linking datalayer: what a real service does with it.
+//!
+//! Boot: settings (environment, then `./.env`), engine, migrations (lock, ledger, drift check).
+//! Then a fixed pool of worker threads serves JSON:
+//!
+//! - `GET /healthz`: ping and pool state; 503 when the database is unreachable
+//! - `POST /users` `{"email", "display_name"}`: 201 with the user; 409 for a taken email
+//! - `GET /users/{id}`; `GET /users/{id}/posts?after=CURSOR&limit=N` (keyset pagination)
+//! - `POST /users/{id}/posts` `{"title", "body"}`
+//! - `GET /metrics`: the pool's metrics in Prometheus text format
+//!
+//! Errors: 400 with a message for bad JSON or fields, 404, 409, 503 with `Retry-After` when the
+//! pool times out or the database is down, 500 otherwise (details only in the log). Listens on
+//! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080; stops on SIGINT or SIGTERM after
+//! the requests in flight, returning its connections.
+//!
+//! `cargo run --example blocking_server -- --listen 127.0.0.1:8080`
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use datalayer::config::Vars;
+use datalayer::models::posts::{self, Cursor, NewPost, Post};
+use datalayer::models::users::{self, NewUser, User};
+use datalayer::{Engine, Error, migrations};
+use serde_json::{Value, json};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+const WORKERS: usize = 8;
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// A JSON reply.
+struct Reply {
+    status: u16,
+    body: Value,
+    retry_after: bool,
+}
+
+fn reply(status: u16, body: Value) -> Reply {
+    Reply {
+        status,
+        body,
+        retry_after: false,
+    }
+}
+
+fn error(status: u16, message: &str) -> Reply {
+    reply(status, json!({ "error": message }))
+}
+
+/// Maps a datalayer error to what a client expects.
+fn failure(e: &Error) -> Reply {
+    match e {
+        Error::EmailTaken => error(409, "a user with this email address already exists"),
+        Error::PoolTimeout { .. } | Error::Connect { .. } => {
+            tracing::warn!("database unavailable: {e}");
+            Reply {
+                retry_after: true,
+                ..error(503, "the database is unavailable; retry shortly")
+            }
+        }
+        other => {
+            tracing::error!("request failed: {other}");
+            error(500, "internal error")
+        }
+    }
+}
+
+fn time(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn user_json(u: &User) -> Value {
+    json!({ "id": u.id, "email": u.email, "display_name": u.display_name,
+            "created_at": time(&u.created_at), "updated_at": time(&u.updated_at) })
+}
+
+fn post_json(p: &Post) -> Value {
+    json!({ "id": p.id, "author_id": p.author_id, "title": p.title, "body": p.body,
+            "published": p.published, "created_at": time(&p.created_at),
+            "published_at": p.published_at.as_ref().map(time) })
+}
+
+/// A cursor as `<created_at micros since the epoch>.<id>`.
+fn cursor_text(c: &Cursor) -> String {
+    format!("{}.{}", c.created_at.and_utc().timestamp_micros(), c.id)
+}
+
+fn parse_cursor(text: &str) -> Option<Cursor> {
+    let (micros, id) = text.split_once('.')?;
+    let created_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
+    Some(Cursor {
+        created_at,
+        id: id.parse().ok()?,
+    })
+}
+
+/// A required, non-empty string field of at most `max` characters.
+fn field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a str, Reply> {
+    match body.get(name).and_then(Value::as_str).map(str::trim) {
+        Some(v) if !v.is_empty() && v.chars().count() <= max => Ok(v),
+        _ => Err(error(
+            400,
+            &format!("`{name}` must be a non-empty string of at most {max} characters"),
+        )),
+    }
+}
+
+fn json_body(request: &mut Request) -> Result<Value, Reply> {
+    let mut text = String::new();
+    request
+        .as_reader()
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|_| error(400, "the body must be UTF-8 JSON"))?;
+    serde_json::from_str(&text).map_err(|e| error(400, &format!("invalid JSON: {e}")))
+}
+
+fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    let result = (|| -> Result<Reply, Reply> {
+        let id = |text: &str| text.parse::<i64>().map_err(|_| error(404, "not found"));
+        match (method, parts.as_slice()) {
+            (Method::Get, ["healthz"]) => Ok(match engine.ping() {
+                Ok(ping) => reply(
+                    200,
+                    json!({
+                        "status": "ok",
+                        "latency_ms": ping.latency.as_secs_f64() * 1e3,
+                        "server": ping.server_version,
+                        "pool": format!("{}", engine.state()),
+                    }),
+                ),
+                Err(e) => Reply {
+                    retry_after: true,
+                    ..reply(
+                        503,
+                        json!({ "status": "unavailable", "error": failure(&e).body["error"] }),
+                    )
+                },
+            }),
+            (Method::Get, ["metrics"]) => Ok(Reply {
+                status: 200,
+                body: Value::String(metrics.render()),
+                retry_after: false,
+            }),
+            (Method::Post, ["users"]) => {
+                let body = json_body(request)?;
+                let email = field(&body, "email", 254)?;
+                if !email.contains('@') {
+                    return Err(error(400, "`email` must be an email address"));
+                }
+                let display_name = field(&body, "display_name", 80)?;
+                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                let user = users::create(
+                    &mut conn,
+                    &NewUser {
+                        email,
+                        display_name,
+                    },
+                )
+                .map_err(|e| failure(&e))?;
+                Ok(reply(201, user_json(&user)))
+            }
+            (Method::Get, ["users", user]) => {
+                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                match users::find(&mut conn, id(user)?).map_err(|e| failure(&e))? {
+                    Some(user) => Ok(reply(200, user_json(&user))),
+                    None => Err(error(404, "no such user")),
+                }
+            }
+            (Method::Get, ["users", user, "posts"]) => {
+                let params: BTreeMap<&str, &str> =
+                    query.split('&').filter_map(|p| p.split_once('=')).collect();
+                let after = match params.get("after") {
+                    Some(text) => Some(parse_cursor(text).ok_or_else(|| {
+                        error(400, "`after` is not a cursor from a previous page")
+                    })?),
+                    None => None,
+                };
+                let limit = match params.get("limit") {
+                    Some(text) => text
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| error(400, "`limit` must be 1 to 100"))?,
+                    None => 20,
+                };
+                let author = id(user)?;
+                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                if users::find(&mut conn, author)
+                    .map_err(|e| failure(&e))?
+                    .is_none()
+                {
+                    return Err(error(404, "no such user"));
+                }
+                let page = posts::list_by_author(&mut conn, author, after, limit)
+                    .map_err(|e| failure(&e))?;
+                Ok(reply(
+                    200,
+                    json!({
+                        "posts": page.posts.iter().map(post_json).collect::<Vec<_>>(),
+                        "next": page.next.as_ref().map(cursor_text),
+                    }),
+                ))
+            }
+            (Method::Post, ["users", user, "posts"]) => {
+                let author = id(user)?;
+                let body = json_body(request)?;
+                let title = field(&body, "title", 200)?;
+                let text = body
+                    .get("body")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| error(400, "`body` must be a string"))?;
+                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                if users::find(&mut conn, author)
+                    .map_err(|e| failure(&e))?
+                    .is_none()
+                {
+                    return Err(error(404, "no such user"));
+                }
+                let post = posts::create(
+                    &mut conn,
+                    &NewPost {
+                        author_id: author,
+                        title,
+                        body: text,
+                    },
+                )
+                .map_err(|e| failure(&e))?;
+                Ok(reply(201, post_json(&post)))
+            }
+            _ => Err(error(404, "not found")),
+        }
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn respond(request: Request, reply: Reply) {
+    let (text, content_type) = match reply.body {
+        Value::String(text) if reply.status == 200 => (text, "text/plain; version=0.0.4"),
+        body => (body.to_string(), "application/json"),
+    };
+    let mut response = Response::from_string(text).with_status_code(reply.status);
+    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+        response.add_header(header);
+    }
+    if reply.retry_after
+        && let Ok(header) = Header::from_bytes("Retry-After", "1")
+    {
+        response.add_header(header);
+    }
+    let _ = request.respond(response);
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let args: Vec<String> = std::env::args().collect();
+    let listen = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var("SERVER_ADDR").ok())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let metrics = Prometheus::default();
+    if metrics::set_global_recorder(metrics.clone()).is_err() {
+        tracing::warn!("a metrics recorder was already installed");
+    }
+    let engine = match boot() {
+        Ok(engine) => Arc::new(engine),
+        Err(e) => {
+            tracing::error!("boot failed: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    let server = match Server::http(&listen) {
+        Ok(server) => Arc::new(server),
+        Err(e) => {
+            tracing::error!("cannot listen on {listen}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    tracing::info!(
+        "listening on http://{listen} ({} at {})",
+        engine.backend(),
+        engine.target()
+    );
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (server, engine, metrics) =
+                (Arc::clone(&server), Arc::clone(&engine), metrics.clone());
+            std::thread::spawn(move || {
+                while !STOP.load(Ordering::SeqCst) {
+                    if let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(100)) {
+                        let reply = route(&engine, &metrics, &mut request);
+                        respond(request, reply);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let state = engine.state();
+    drop(engine);
+    tracing::info!(
+        "stopped; {} connection(s) were still checked out",
+        state.in_use
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+fn boot() -> Result<Engine, Error> {
+    let settings = Vars::from_process_env()
+        .with_dotenv(std::path::Path::new(".env"))?
+        .load()?
+        .settings;
+    let engine = Engine::connect(&settings)?;
+    let report = migrations::boot(&engine)?;
+    tracing::info!("{} migration(s) applied", report.applied.len());
+    Ok(engine)
+}
+
+/// A minimal Prometheus recorder: counters, gauges, and histograms as sum and count. Clones
+/// share the values, so one is installed globally and another renders `/metrics`.
+#[derive(Default, Clone)]
+struct Prometheus {
+    values: Arc<Mutex<BTreeMap<String, Arc<Metric>>>>,
+}
+
+#[derive(Default)]
+struct Metric {
+    kind: Mutex<&'static str>,
+    value: AtomicU64,
+    count: AtomicU64,
+}
+
+impl metrics::CounterFn for Metric {
+    fn increment(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+    fn absolute(&self, n: u64) {
+        self.value.store(n, Ordering::Relaxed);
+    }
+}
+
+impl metrics::GaugeFn for Metric {
+    fn increment(&self, v: f64) {
+        self.set(f64::from_bits(self.value.load(Ordering::Relaxed)) + v);
+    }
+    fn decrement(&self, v: f64) {
+        self.increment(-v);
+    }
+    fn set(&self, v: f64) {
+        self.value.store(v.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl metrics::HistogramFn for Metric {
+    fn record(&self, v: f64) {
+        let mut sum = self.value.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(sum) + v).to_bits();
+            match self
+                .value
+                .compare_exchange_weak(sum, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => sum = actual,
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Prometheus {
+    fn metric(&self, key: &metrics::Key, kind: &'static str) -> Arc<Metric> {
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let metric = Arc::clone(values.entry(key.name().to_string()).or_default());
+        *metric.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+        metric
+    }
+
+    fn render(&self) -> String {
+        let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, metric) in values.iter() {
+            let kind = *metric.kind.lock().unwrap_or_else(|e| e.into_inner());
+            let raw = metric.value.load(Ordering::Relaxed);
+            match kind {
+                "counter" => out.push_str(&format!("# TYPE {name} counter\n{name} {raw}\n")),
+                "gauge" => out.push_str(&format!(
+                    "# TYPE {name} gauge\n{name} {}\n",
+                    f64::from_bits(raw)
+                )),
+                _ => out.push_str(&format!(
+                    "# TYPE {name} summary\n{name}_sum {}\n{name}_count {}\n",
+                    f64::from_bits(raw),
+                    metric.count.load(Ordering::Relaxed)
+                )),
+            }
+        }
+        out
+    }
+}
+
+impl metrics::Recorder for Prometheus {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.metric(key, "counter"))
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.metric(key, "gauge"))
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::from_arc(self.metric(key, "histogram"))
+    }
+}

@@ -1,0 +1,251 @@
+//! The example blocking server, built by `cargo test` like every example, driven over real
+//! HTTP against a fresh PostgreSQL database (through the fault proxy, to take the database
+//! away) and a SQLite file.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Place, fresh_postgres};
+use crate::proxy::FaultProxy;
+
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug");
+    let binary = debug.join("examples/blocking_server");
+    assert!(
+        binary.is_file(),
+        "{} is built by `cargo test`",
+        binary.display()
+    );
+    binary
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn start(env: &[(&str, String)], dir: &std::path::Path) -> Running {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut command = Command::new(server_binary());
+    command
+        .args(["--listen", &addr.to_string()])
+        .current_dir(dir)
+        .env_clear();
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = command.spawn().expect("start the server");
+    let running = Running { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running
+}
+
+fn stop(running: Running) -> String {
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGTERM) };
+    let output = running.child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+/// The API, as a client sees it.
+fn exercise(addr: SocketAddr) {
+    assert_eq!(http(addr, "GET", "/healthz", "").status, 200);
+    let created = http(
+        addr,
+        "POST",
+        "/users",
+        r#"{"email":"ada@example.com","display_name":"Ada"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_i64().expect("an id");
+    assert_eq!(created.json()["display_name"], "Ada");
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/users",
+            r#"{"email":"ada@example.com","display_name":"A"}"#
+        )
+        .status,
+        409
+    );
+    let bad = http(addr, "POST", "/users", "{not json");
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("invalid JSON")
+    );
+    let missing = http(addr, "POST", "/users", r#"{"email":"x@example.com"}"#);
+    assert_eq!(missing.status, 400);
+    assert!(missing.body.contains("display_name"), "{}", missing.body);
+    assert_eq!(
+        http(addr, "GET", &format!("/users/{id}"), "").json()["email"],
+        "ada@example.com"
+    );
+    assert_eq!(http(addr, "GET", "/users/999999", "").status, 404);
+    assert_eq!(http(addr, "GET", "/users/abc", "").status, 404);
+    for title in ["one", "two", "three"] {
+        let post = http(
+            addr,
+            "POST",
+            &format!("/users/{id}/posts"),
+            &format!(r#"{{"title":"{title}","body":"…"}}"#),
+        );
+        assert_eq!(post.status, 201, "{}", post.body);
+    }
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/users/999999/posts",
+            r#"{"title":"t","body":"b"}"#
+        )
+        .status,
+        404
+    );
+    let first = http(addr, "GET", &format!("/users/{id}/posts?limit=2"), "").json();
+    assert_eq!(first["posts"].as_array().map(Vec::len), Some(2), "{first}");
+    assert_eq!(first["posts"][0]["title"], "three", "newest first");
+    let next = first["next"].as_str().expect("a next cursor");
+    let second = http(
+        addr,
+        "GET",
+        &format!("/users/{id}/posts?limit=2&after={next}"),
+        "",
+    )
+    .json();
+    assert_eq!(
+        second["posts"].as_array().map(Vec::len),
+        Some(1),
+        "{second}"
+    );
+    assert_eq!(second["posts"][0]["title"], "one");
+    assert!(second["next"].is_null());
+    assert_eq!(
+        http(addr, "GET", &format!("/users/{id}/posts?after=garbage"), "").status,
+        400
+    );
+    let metrics = http(addr, "GET", "/metrics", "");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("datalayer_pool_checkouts_total "),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(http(addr, "GET", "/nowhere", "").status, 404);
+}
+
+#[test]
+fn the_example_server_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(&[], dir.path());
+    exercise(running.addr);
+    let stderr = stop(running);
+    assert!(
+        stderr.contains("stopped; 0 connection(s) were still checked out"),
+        "{stderr}"
+    );
+    assert!(dir.path().join("data/datalayer.sqlite3").is_file());
+}
+
+#[test]
+fn the_example_server_on_postgres_answers_503_when_the_database_goes_away() {
+    let (_engine, place) = fresh_postgres("dl_server", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let proxy = FaultProxy::start(crate::resilience::upstream());
+    let url = format!(
+        "postgres://postgres:CNRY7f3a@{}/{}?sslmode=disable",
+        proxy.addr, db.name
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(
+        &[
+            ("DATABASE_URL", url),
+            ("DATABASE_POOL_TIMEOUT", "1s".into()),
+        ],
+        dir.path(),
+    );
+    exercise(running.addr);
+
+    proxy.refuse();
+    proxy.reset_all();
+    let down = http(running.addr, "GET", "/healthz", "");
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down.headers.contains("Retry-After: 1"), "{}", down.headers);
+    let write = http(
+        running.addr,
+        "POST",
+        "/users",
+        r#"{"email":"b@example.com","display_name":"B"}"#,
+    );
+    assert_eq!(write.status, 503, "{}", write.body);
+    proxy.pass();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(running.addr, "GET", "/healthz", "").status != 200 {
+        assert!(Instant::now() < deadline, "the server never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = stop(running);
+    assert!(
+        !stderr.contains("CNRY7f3a"),
+        "the password never reaches the log:\n{stderr}"
+    );
+}
