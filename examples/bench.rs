@@ -94,6 +94,43 @@ where
     done.load(Ordering::Relaxed) as f64 / seconds
 }
 
+/// Point reads through the engine: checkout, `users::find`, return.
+fn engine_reads(seconds: f64, clients: usize, engine: &Engine, rows: i64) -> f64 {
+    throughput(seconds, clients, |i| {
+        let mut ids = Ids::new(i, rows);
+        move || {
+            let mut conn = engine.get().expect("checkout");
+            users::find(&mut conn, ids.next())
+                .expect("select")
+                .expect("row");
+        }
+    })
+}
+
+/// Point reads with plain Diesel on one connection per thread, made by `connect`.
+fn held_reads<C>(seconds: f64, clients: usize, rows: i64, connect: impl Fn() -> C + Sync) -> f64
+where
+    C: Connection,
+    diesel::dsl::Limit<
+        diesel::dsl::Select<
+            diesel::dsl::Find<users_table::table, i64>,
+            diesel::dsl::AsSelect<User, C::Backend>,
+        >,
+    >: diesel::query_dsl::LoadQuery<'static, C, User>,
+{
+    throughput(seconds, clients, |i| {
+        let mut conn = connect();
+        let mut ids = Ids::new(i, rows);
+        move || {
+            let _: User = users_table::table
+                .find(ids.next())
+                .select(User::as_select())
+                .first(&mut conn)
+                .expect("select");
+        }
+    })
+}
+
 fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
     let path = std::env::temp_dir().join(format!("datalayer-bench-{}.sql", std::process::id()));
     std::fs::write(&path, script)?;
@@ -196,28 +233,11 @@ fn main() -> Result<()> {
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     for &c in &config.clients {
         reference.push(pgbench(&config, &select_script, c)?);
-        held.push(throughput(config.seconds, c, |i| {
-            let mut conn = PgConnection::establish(&config.url).expect("connect");
-            let mut ids = Ids::new(i, rows);
-            move || {
-                let _: User = users_table::table
-                    .find(ids.next())
-                    .select(User::as_select())
-                    .first(&mut conn)
-                    .expect("select");
-            }
+        held.push(held_reads(config.seconds, c, rows, || {
+            PgConnection::establish(&config.url).expect("connect")
         }));
         let engine = Engine::connect(&settings)?;
-        engine_row.push(throughput(config.seconds, c, |i| {
-            let mut ids = Ids::new(i, rows);
-            let engine = &engine;
-            move || {
-                let mut conn = engine.get().expect("checkout");
-                users::find(&mut conn, ids.next())
-                    .expect("select")
-                    .expect("row");
-            }
-        }));
+        engine_row.push(engine_reads(config.seconds, c, &engine, rows));
         drop(engine);
         let pool = Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
         naive.push(throughput(config.seconds, c, |i| {
@@ -311,32 +331,16 @@ fn main() -> Result<()> {
     let (mut plain_lite, mut engine_lite) = (vec![], vec![]);
     let lite_url = path.to_string_lossy().into_owned();
     for &c in &lite_clients {
-        plain_lite.push(throughput(config.seconds, c, |i| {
+        plain_lite.push(held_reads(config.seconds, c, rows, || {
             let mut conn = SqliteConnection::establish(&lite_url).expect("open");
             // The same busy timeout as the engine's connections: fair, and needed when
             // several connections open a WAL database at once.
             conn.batch_execute("PRAGMA busy_timeout = 5000")
                 .expect("pragma");
-            let mut ids = Ids::new(i, rows);
-            move || {
-                let _: User = users_table::table
-                    .find(ids.next())
-                    .select(User::as_select())
-                    .first(&mut conn)
-                    .expect("select");
-            }
+            conn
         }));
         let engine = Engine::connect(&lite_settings)?;
-        engine_lite.push(throughput(config.seconds, c, |i| {
-            let mut ids = Ids::new(i, rows);
-            let engine = &engine;
-            move || {
-                let mut conn = engine.get().expect("checkout");
-                users::find(&mut conn, ids.next())
-                    .expect("select")
-                    .expect("row");
-            }
-        }));
+        engine_lite.push(engine_reads(config.seconds, c, &engine, rows));
     }
     let lite_ratio = ratio(&engine_lite, &plain_lite);
     print_table(

@@ -1175,13 +1175,7 @@ impl Loader<'_> {
             "DATABASE_ALLOW_UNKNOWN_MIGRATIONS",
             raw.allow_unknown_migrations.as_deref(),
             defaults.allow_unknown,
-            |text| match text.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(
-                    "is not a boolean; accepted: true, false (or 1, 0, yes, no, on, off)".into(),
-                ),
-            },
+            parse_bool,
             bool::to_string,
         );
         let schema_check = self.var(

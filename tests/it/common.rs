@@ -191,3 +191,34 @@ pub fn query_lines(conn: &mut datalayer::Conn, sql: &str) -> Vec<String> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.into_iter().map(|r| r.line).collect()
 }
+
+/// Captures what is logged on this thread while `run` runs (a thread-local tracing
+/// subscriber), as plain text.
+pub fn logged(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = captured.0.lock().expect("lock").clone();
+    String::from_utf8(bytes).expect("utf-8")
+}

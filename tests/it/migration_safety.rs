@@ -152,6 +152,21 @@ fn eight_replicas_as_processes_apply_each_migration_once() {
     }
 }
 
+/// With the lock held elsewhere, a run on an engine with a 1 s lock timeout fails after
+/// 1.0 to 1.5 s. Returns that engine and the error.
+fn times_out_on_the_lock(engine: &Engine) -> (Engine, Error) {
+    let impatient = Engine::connect(&with(engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
+        .expect("connect");
+    let started = Instant::now();
+    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    (impatient, error)
+}
+
 #[test]
 fn a_held_postgres_lock_times_out_naming_its_holder() {
     let (engine, place) = fresh_postgres("dl_lockheld", &[]);
@@ -186,15 +201,7 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
         "{holder}"
     );
 
-    let impatient = Engine::connect(&with(&engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
-        .expect("connect");
-    let started = Instant::now();
-    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1000) && elapsed <= Duration::from_millis(1500),
-        "{elapsed:?}"
-    );
+    let (impatient, error) = times_out_on_the_lock(&engine);
     let Error::MigrationLockTimeout { holder, .. } = &error else {
         panic!("expected a lock timeout, got {error}");
     };
@@ -225,15 +232,7 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
     file.lock().expect("lock");
     std::fs::write(&lock_path, "pid 4242 since the test began").expect("describe holder");
 
-    let impatient = Engine::connect(&with(&engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
-        .expect("connect");
-    let started = Instant::now();
-    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1500),
-        "{elapsed:?}"
-    );
+    let (impatient, error) = times_out_on_the_lock(&engine);
     assert!(
         error
             .to_string()

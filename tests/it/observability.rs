@@ -12,39 +12,7 @@ use datalayer::{Engine, Error};
 use diesel::connection::SimpleConnection;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 
-use crate::common::{fresh_postgres, migrated_engines};
-
-/// Captures what the engine logs on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-fn logged(run: impl FnOnce()) -> String {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(subscriber, run);
-    String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8")
-}
+use crate::common::{fresh_postgres, logged, migrated_engines};
 
 fn with(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSettings)) -> Engine {
     let mut settings = engine.settings().clone();

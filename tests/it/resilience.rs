@@ -370,40 +370,14 @@ fn a_blackholed_query_fails_within_the_tcp_user_timeout_and_the_pool_recovers() 
     );
 }
 
-/// Captures what datalayer logs on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[test]
 fn a_connection_held_past_the_leak_threshold_is_reported_with_its_site() {
     let (engine, _dir) = crate::common::fresh_sqlite(&[]);
     let mut settings = engine.settings().clone();
     settings.pool.leak_threshold = Some(Duration::from_millis(50));
     let engine = Engine::connect(&settings).expect("open");
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
     let held_line = line!() + 2;
-    tracing::subscriber::with_default(subscriber, || {
+    let log = crate::common::logged(|| {
         let held = engine.get().expect("checkout");
         let quick = engine.get().expect("checkout");
         drop(quick);
@@ -414,7 +388,6 @@ fn a_connection_held_past_the_leak_threshold_is_reported_with_its_site() {
         drop(engine.get().expect("checkout"));
         drop(held);
     });
-    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
     let site = format!("{}:{held_line}:", file!());
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(
