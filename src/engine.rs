@@ -82,6 +82,10 @@ pub struct Engine {
     /// The connection made by `connect`, kept for the first migration run (boot) if that
     /// comes within [`SPARE_FOR`]: it saves opening one more.
     spare: std::sync::Mutex<Option<(Conn, Instant)>>,
+    /// Whether `spare` may still hold a connection, and when it was made (read on every
+    /// checkout, so no lock until it is stale).
+    spare_held: std::sync::atomic::AtomicBool,
+    spare_made: Instant,
     settings: Settings,
     backend: Backend,
     target: String,
@@ -252,6 +256,8 @@ impl Engine {
             checkouts: Arc::default(),
             parking: Parking::new(),
             spare: std::sync::Mutex::new(Some((first, Instant::now()))),
+            spare_held: std::sync::atomic::AtomicBool::new(true),
+            spare_made: Instant::now(),
             settings: settings.clone(),
             backend: settings.backend(),
             target,
@@ -282,6 +288,11 @@ impl Engine {
     #[track_caller]
     pub fn get(&self) -> Result<PooledConn, Error> {
         let site = std::panic::Location::caller();
+        if self.spare_held.load(std::sync::atomic::Ordering::Relaxed)
+            && self.spare_made.elapsed() >= SPARE_FOR
+        {
+            self.close_stale_spare();
+        }
         let leak_threshold = self.settings.pool.leak_threshold;
         if let Some(threshold) = leak_threshold {
             self.checkouts.warn_overdue(threshold);
@@ -345,6 +356,22 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Closes the connection kept from `connect` once it is too old to serve a migration run,
+    /// so an application that never migrates does not hold it for good.
+    fn close_stale_spare(&self) {
+        let Ok(mut spare) = self.spare.lock() else {
+            return;
+        };
+        if spare
+            .as_ref()
+            .is_none_or(|(_, made)| made.elapsed() >= SPARE_FOR)
+        {
+            *spare = None;
+            self.spare_held
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The connections checked out right now, longest held first.
@@ -441,6 +468,8 @@ impl Engine {
     /// migrations.
     pub(crate) fn migration_connection(&self) -> Result<Conn, Error> {
         let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
+        self.spare_held
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some((mut conn, made)) = spare
             && made.elapsed() < SPARE_FOR
             && self.manager.prepare_for_migrations(&mut conn).is_ok()
