@@ -12,7 +12,8 @@
 //!   `journal_mode = WAL`, `synchronous = NORMAL`; the file's folder is created when missing.
 //!
 //! A checkout does not pay a round trip for a connection that was just used; see
-//! [`VALIDATION_WINDOW`] for the validation rules.
+//! [`VALIDATION_WINDOW`] for the validation rules. A checkout that times out is an
+//! [`Error::PoolTimeout`] that says how long it waited and what the pool looked like.
 //!
 //! # Connection affinity
 //!
@@ -21,8 +22,7 @@
 //! find the pool empty take parked connections before they wait. On few cores this keeps
 //! client threads and their PostgreSQL backends paired: one shared pool served 12 % less than
 //! one pool per thread at 8 threads on 2 cores, and with affinity the engine matches held
-//! connections there. [`Engine::state`] counts parked connections as idle. A checkout that times out is an
-//! [`Error::PoolTimeout`] that says how long it waited and what the pool looked like.
+//! connections there. [`Engine::state`] counts parked connections as idle.
 //!
 //! ```
 //! use datalayer::{Engine, Settings};
@@ -80,15 +80,13 @@ pub struct Engine {
     checkouts: Arc<Checkouts>,
     parking: Arc<Parking>,
     /// The connection made by `connect`, kept for the first migration run (boot) if that
-    /// comes within [`SPARE_FOR`]: it saves opening one more.
-    spare: std::sync::Mutex<Option<(Conn, Instant)>>,
+    /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more.
+    spare: std::sync::Mutex<Option<Conn>>,
     /// Whether `spare` may still hold a connection, and when it was made (read on every
     /// checkout, so no lock until it is stale).
     spare_held: std::sync::atomic::AtomicBool,
     spare_made: Instant,
     settings: Settings,
-    backend: Backend,
-    target: String,
     /// How long dropping the engine waits for connection attempts under way.
     close_limit: Duration,
 }
@@ -105,8 +103,8 @@ impl Drop for Engine {
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
-            .field("backend", &self.backend)
-            .field("target", &self.target)
+            .field("backend", &self.backend())
+            .field("target", &self.target())
             .field("state", &self.state())
             .finish()
     }
@@ -255,12 +253,10 @@ impl Engine {
             shared,
             checkouts: Arc::default(),
             parking: Parking::new(),
-            spare: std::sync::Mutex::new(Some((first, Instant::now()))),
+            spare: std::sync::Mutex::new(Some(first)),
             spare_held: std::sync::atomic::AtomicBool::new(true),
             spare_made: Instant::now(),
             settings: settings.clone(),
-            backend: settings.backend(),
-            target,
             close_limit: connect_timeout + Duration::from_secs(1),
         })
     }
@@ -272,12 +268,12 @@ impl Engine {
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.settings.backend()
     }
 
     /// The connection URL, redacted.
     pub fn target(&self) -> &str {
-        &self.target
+        self.manager.target()
     }
 
     /// Checks a connection out of the pool, waiting at most `DATABASE_POOL_TIMEOUT`.
@@ -358,20 +354,15 @@ impl Engine {
         })
     }
 
-    /// Closes the connection kept from `connect` once it is too old to serve a migration run,
-    /// so an application that never migrates does not hold it for good.
+    /// Closes the connection kept from `connect` (called once it is too old to serve a
+    /// migration run), so an application that never migrates does not hold it for good.
     fn close_stale_spare(&self) {
         let Ok(mut spare) = self.spare.lock() else {
             return;
         };
-        if spare
-            .as_ref()
-            .is_none_or(|(_, made)| made.elapsed() >= SPARE_FOR)
-        {
-            *spare = None;
-            self.spare_held
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-        }
+        *spare = None;
+        self.spare_held
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The connections checked out right now, longest held first.
@@ -392,7 +383,7 @@ impl Engine {
             .iter()
             .filter_map(|h| h.backend_pid.map(|p| p.to_string()))
             .collect();
-        if self.backend != Backend::Postgres || pids.is_empty() || failing {
+        if self.backend() != Backend::Postgres || pids.is_empty() || failing {
             return holders;
         }
         #[derive(diesel::QueryableByName)]
@@ -445,7 +436,7 @@ impl Engine {
         let start = Instant::now();
         conn.batch_execute("SELECT 1")?;
         let latency = start.elapsed();
-        let sql = match self.backend {
+        let sql = match self.backend() {
             Backend::Postgres => {
                 "SELECT version() AS version, current_user::text AS user, \
                  current_database()::text AS database"
@@ -470,8 +461,8 @@ impl Engine {
         let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
         self.spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        if let Some((mut conn, made)) = spare
-            && made.elapsed() < SPARE_FOR
+        if let Some(mut conn) = spare
+            && self.spare_made.elapsed() < SPARE_FOR
             && self.manager.prepare_for_migrations(&mut conn).is_ok()
         {
             return Ok(conn);
@@ -479,7 +470,7 @@ impl Engine {
         self.manager
             .establish_for_migrations()
             .map_err(|e| Error::Connect {
-                target: self.target.clone(),
+                target: self.target().to_string(),
                 reason: e.0,
             })
     }

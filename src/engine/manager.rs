@@ -21,7 +21,7 @@
 //! through Diesel's instrumentation hook, since `PgConnection::is_broken` only reports a broken
 //! transaction) or when a validation ping fails. A dead connection is never put back in the pool.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,8 @@ use secrecy::ExposeSecret;
 use super::Conn;
 use crate::config::{Backend, ConnectionUrl, Settings, Target};
 
-/// A connection returned this recently, in working order, is handed out without a ping.
+/// A connection whose last successful query started this recently is handed out without a
+/// ping, unless a connection of the pool was found dead since.
 pub const VALIDATION_WINDOW: Duration = Duration::from_millis(500);
 
 /// How long SQLite waits on a locked database before failing with `SQLITE_BUSY`.
@@ -72,8 +73,8 @@ pub(crate) struct Shared {
     last_dead: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
     /// Connections the pool holds open, and how many are checked out (for the gauges).
-    pub(crate) open: std::sync::atomic::AtomicI64,
-    pub(crate) in_use: std::sync::atomic::AtomicI64,
+    pub(crate) open: AtomicI64,
+    pub(crate) in_use: AtomicI64,
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
