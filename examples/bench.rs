@@ -13,7 +13,8 @@
 //! Environment: `BENCH_SECONDS` per case (default 5), `BENCH_CLIENTS` (default
 //! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
-//! between runs) and `BENCH_DROP` (set: drop that database at the end, for smoke runs).
+//! between runs), `BENCH_DROP` (set: drop that database at the end, for smoke runs) and
+//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`; default all).
 //! Everything runs with `sslmode=disable`,
 //! pgbench included, so TLS costs nobody.
 
@@ -39,6 +40,13 @@ struct Config {
     server: String,
     url: String,
     dbname: String,
+    cases: Vec<String>,
+}
+
+impl Config {
+    fn runs(&self, case: &str) -> bool {
+        self.cases.iter().any(|c| c == case)
+    }
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -220,9 +228,44 @@ fn main() -> Result<()> {
         url: format!("{server}/{dbname}?sslmode=disable"),
         server,
         dbname,
+        cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot")
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect(),
     };
     setup(&config)?;
     let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
+    let cases: [(&str, Case); 5] = [
+        ("reads", reads),
+        ("writes", writes),
+        ("sqlite", sqlite),
+        ("checkout", checkout),
+        ("boot", boot),
+    ];
+    for (name, case) in cases {
+        if config.runs(name) {
+            case(&config, &settings)?;
+        }
+    }
+    if std::env::var_os("BENCH_DROP").is_some() {
+        let mut admin =
+            PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
+        admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            config.dbname
+        ))?;
+    }
+    Ok(())
+}
+
+type Case = fn(&Config, &Settings) -> Result<()>;
+
+/// Element-wise `a / b`.
+fn ratio(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
+}
+
+fn reads(config: &Config, settings: &Settings) -> Result<()> {
     let rows = config.rows;
     let select_script = format!(
         "\\set id random(1, {rows})\nSELECT id, email, display_name, created_at, updated_at FROM users WHERE id = :id;\n"
@@ -256,7 +299,6 @@ fn main() -> Result<()> {
         let _ = std::io::stderr().flush();
     }
     eprintln!();
-    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>();
     let (eh, er, en) = (
         ratio(&engine_row, &held),
         ratio(&engine_row, &reference),
@@ -271,6 +313,12 @@ fn main() -> Result<()> {
     table.push(("engine/naive", en));
     print_table(&config.clients, &table);
 
+    Ok(())
+}
+
+fn writes(config: &Config, settings: &Settings) -> Result<()> {
+    let rows = config.rows;
+    let run = std::process::id();
     println!("\n## Writes: one user inserted per transaction, operations per second\n");
     let write_clients: Vec<usize> = [1, 8]
         .into_iter()
@@ -279,7 +327,6 @@ fn main() -> Result<()> {
     // The same statement the engine sends: users::create returns the inserted row.
     let insert_script = "INSERT INTO users (email, display_name) VALUES (md5(random()::text || clock_timestamp()::text) || '@bench', 'Bench') RETURNING id, email, display_name, created_at, updated_at;\n";
     let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
-    let run = std::process::id();
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
         pg_writes.push(pgbench(&config, insert_script, c)?);
@@ -314,6 +361,12 @@ fn main() -> Result<()> {
     PgConnection::establish(&config.url)?
         .batch_execute(&format!("DELETE FROM users WHERE id > {rows}"))?;
 
+    Ok(())
+}
+
+fn sqlite(config: &Config, _: &Settings) -> Result<()> {
+    let rows = config.rows;
+    let run = std::process::id();
     println!("\n## SQLite point reads, operations per second\n");
     let dir = std::env::temp_dir().join(format!("datalayer-bench-{run}"));
     std::fs::create_dir_all(&dir)?;
@@ -353,6 +406,10 @@ fn main() -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
 
+    Ok(())
+}
+
+fn checkout(config: &Config, settings: &Settings) -> Result<()> {
     println!("\n## Checkout + return of an idle connection, no query (pool of 4)\n");
     let mut small = settings.clone();
     small.pool.max_size = 4;
@@ -369,16 +426,12 @@ fn main() -> Result<()> {
     }
     drop(engine);
 
+    Ok(())
+}
+
+fn boot(_: &Config, settings: &Settings) -> Result<()> {
     println!("\n## Boot with nothing pending (PostgreSQL, after connecting)\n");
-    boot_cost(&settings)?;
-    if std::env::var_os("BENCH_DROP").is_some() {
-        let mut admin =
-            PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
-        admin.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            config.dbname
-        ))?;
-    }
+    boot_cost(settings)?;
     Ok(())
 }
 

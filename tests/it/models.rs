@@ -6,7 +6,7 @@ use datalayer::models::posts::{self, Cursor, NewPost};
 use datalayer::models::users::{self, NewUser, UserChanges};
 use diesel::connection::SimpleConnection;
 
-use crate::common::migrated_engines;
+use crate::common::{migrated_engines, query_lines};
 
 fn new_user<'a>(email: &'a str) -> NewUser<'a> {
     NewUser {
@@ -248,4 +248,38 @@ fn keyset_pages_cover_every_post_once_newest_first() {
         let empty = posts::list_by_author(conn, ada.id + 1000, None, 2).expect("page");
         assert!(empty.posts.is_empty() && empty.next.is_none());
     }
+}
+
+/// Every model query is a cached prepared statement on PostgreSQL: after several calls, the
+/// connection holds exactly one server-side statement per query, and none went through the
+/// unnamed statement (which the server parses and plans again on each call).
+#[test]
+fn model_queries_are_prepared_once_per_connection() {
+    let engines = migrated_engines("dl_prepared");
+    let (engine, _place) = &engines[0];
+    let conn = &mut engine.get().expect("checkout");
+    for n in 0..3 {
+        let user = users::create(conn, &new_user(&format!("u{n}@example.com"))).expect("create");
+        users::find(conn, user.id).expect("find");
+        let post = NewPost {
+            author_id: user.id,
+            title: "t",
+            body: "b",
+        };
+        posts::create(conn, &post).expect("post");
+    }
+    let statements = query_lines(
+        conn,
+        "SELECT left(statement, 22) || ' x' || count(*) AS line FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT %' OR statement LIKE 'SELECT \"users\".%' \
+         GROUP BY statement ORDER BY 1",
+    );
+    assert_eq!(
+        statements,
+        [
+            "INSERT INTO \"posts\" (\" x1",
+            "INSERT INTO \"users\" (\" x1",
+            "SELECT \"users\".\"id\", \" x1",
+        ]
+    );
 }
