@@ -275,11 +275,11 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     for &c in &config.clients {
-        reference.push(pgbench(&config, &select_script, c)?);
+        reference.push(pgbench(config, &select_script, c)?);
         held.push(held_reads(config.seconds, c, rows, || {
             PgConnection::establish(&config.url).expect("connect")
         }));
-        let engine = Engine::connect(&settings)?;
+        let engine = Engine::connect(settings)?;
         engine_row.push(engine_reads(config.seconds, c, &engine, rows));
         drop(engine);
         let pool = Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
@@ -329,8 +329,8 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
     let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
-        pg_writes.push(pgbench(&config, insert_script, c)?);
-        let engine = Engine::connect(&settings)?;
+        pg_writes.push(pgbench(config, insert_script, c)?);
+        let engine = Engine::connect(settings)?;
         engine_writes.push(throughput(config.seconds, c, |i| {
             let (engine, counter) = (&engine, &counter);
             move || {
@@ -429,9 +429,9 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-fn boot(_: &Config, settings: &Settings) -> Result<()> {
+fn boot(config: &Config, settings: &Settings) -> Result<()> {
     println!("\n## Boot with nothing pending (PostgreSQL, after connecting)\n");
-    boot_cost(settings)?;
+    boot_cost(settings, &config.url)?;
     Ok(())
 }
 
@@ -448,32 +448,69 @@ fn counting() -> Option<Box<dyn Instrumentation>> {
 /// The boot sequence a server runs, timed after `Engine::connect` returns:
 /// `migrations::boot` (lock, ledger checks, pending set, drift check) and a ping. The pool
 /// does not fill in the background (min idle 0) and one pooled connection exists before
-/// timing, so the figure is datalayer's own work. Statements are counted through Diesel's
-/// instrumentation on the migration connection (each is at least one round trip; the pooled
-/// connection's instrumentation is datalayer's own, so the ping's 2 are not counted).
-fn boot_cost(settings: &Settings) -> Result<()> {
+/// timing, so the figure is datalayer's own work. Beside it, in the same rounds: the same with
+/// `DATABASE_SCHEMA_CHECK=off` (what the drift check costs), and plain diesel_migrations
+/// `run_pending_migrations` on a just-established `PgConnection` (the floor). Statements are
+/// counted through Diesel's instrumentation on the migration connection (each is at least one
+/// round trip; the pooled connection's instrumentation is datalayer's own, so the ping's 2 are
+/// not counted).
+fn boot_cost(settings: &Settings, url: &str) -> Result<()> {
+    use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+    const PLAIN: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+    const ROUNDS: usize = 30;
+
     diesel::connection::set_default_instrumentation(counting)?;
     let mut settings = settings.clone();
     settings.pool.min_idle = Some(0);
-    let mut times = Vec::new();
-    let mut statements = 0;
-    for _ in 0..30 {
-        let engine = Engine::connect(&settings)?;
+    let mut unchecked = settings.clone();
+    unchecked.migrations.schema_check = datalayer::config::SchemaCheck::Off;
+    let timed = |settings: &Settings| -> Result<(Duration, usize)> {
+        let engine = Engine::connect(settings)?;
         drop(engine.get()?);
         let before = STATEMENTS.load(Ordering::Relaxed);
         let started = Instant::now();
         let report = migrations::boot(&engine)?;
         engine.ping()?;
-        times.push(started.elapsed());
+        let took = started.elapsed();
         assert!(report.applied.is_empty() && report.drift.is_empty());
-        statements = STATEMENTS.load(Ordering::Relaxed) - before;
+        Ok((took, STATEMENTS.load(Ordering::Relaxed) - before))
+    };
+    let (mut full, mut off, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut full_n, mut off_n, mut plain_n) = (0, 0, 0);
+    for _ in 0..ROUNDS {
+        let (took, n) = timed(&settings)?;
+        full.push(took);
+        full_n = n;
+        let (took, n) = timed(&unchecked)?;
+        off.push(took);
+        off_n = n;
+        let mut conn = PgConnection::establish(url)?;
+        let before = STATEMENTS.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let applied = conn
+            .run_pending_migrations(PLAIN)
+            .map_err(|e| e.to_string())?
+            .len();
+        plain.push(started.elapsed());
+        assert_eq!(applied, 0);
+        plain_n = STATEMENTS.load(Ordering::Relaxed) - before;
     }
-    times.sort();
+    let median = |mut samples: Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2]
+    };
+    let (full, off, plain) = (median(full), median(off), median(plain));
+    println!("| case | median of {ROUNDS} | statements | / plain |\n| --- | ---: | ---: | ---: |");
+    let ratio = |d: Duration| d.as_secs_f64() / plain.as_secs_f64();
     println!(
-        "- migrations::boot + ping after Engine::connect: {:.2?} median of 30; {statements} \
-         statements on the migration connection, plus ping's 2 on a pooled one",
-        times[times.len() / 2]
+        "| migrations::boot + ping | {full:.2?} | {full_n} + ping | {:.1} |",
+        ratio(full)
     );
+    println!(
+        "| the same, DATABASE_SCHEMA_CHECK=off | {off:.2?} | {off_n} + ping | {:.1} |",
+        ratio(off)
+    );
+    println!("| plain run_pending_migrations | {plain:.2?} | {plain_n} | 1.0 |");
     Ok(())
 }
 

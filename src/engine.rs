@@ -61,6 +61,7 @@ use self::affinity::Parking;
 use self::checkouts::Checkouts;
 pub use self::checkouts::Holder;
 pub use self::connection::{Conn, MultiBackend};
+pub(crate) use self::manager::MigrationConn;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
 pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
 use crate::config::{Backend, Settings, Target};
@@ -457,15 +458,15 @@ impl Engine {
 
     /// A connection outside the pool, without the application's session limits, for
     /// migrations.
-    pub(crate) fn migration_connection(&self) -> Result<Conn, Error> {
+    pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
         let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
         self.spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        if let Some(mut conn) = spare
+        if let Some(conn) = spare
             && self.spare_made.elapsed() < SPARE_FOR
-            && self.manager.prepare_for_migrations(&mut conn).is_ok()
+            && let Ok(ready) = self.manager.prepare_for_migrations(conn)
         {
-            return Ok(conn);
+            return Ok(ready);
         }
         self.manager
             .establish_for_migrations()

@@ -136,15 +136,15 @@ pub fn status(engine: &Engine) -> Result<Status, Error> {
 
 /// [`status`] with another set of migrations.
 pub fn status_with(engine: &Engine, set: &MigrationSet) -> Result<Status, Error> {
-    let mut conn = engine.migration_connection()?;
-    let applied = applied_versions(&mut conn)?;
+    let mut migration = engine.migration_connection()?;
+    let applied = applied_versions(&mut migration.conn)?;
     Ok(classify(set, &applied))
 }
 
 /// Who holds the migration lock right now, if anyone.
 pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
-    let mut conn = engine.migration_connection()?;
-    lock::holder(&mut conn, engine.settings())
+    let mut migration = engine.migration_connection()?;
+    lock::holder(&mut migration, engine.settings())
 }
 
 /// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
@@ -159,7 +159,8 @@ pub fn accept_checksum(engine: &Engine, version: &str) -> Result<(), Error> {
             .into(),
     })?;
     let mut session = Session::open(engine, &set)?;
-    let result = ledger::accept(&mut session.conn, version, &script.checksum);
+    let result = ledger::ensure(&mut session.conn)
+        .and_then(|()| ledger::accept(&mut session.conn, version, &script.checksum));
     session.close();
     if result? {
         tracing::warn!(
@@ -239,20 +240,28 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn open(engine: &'a Engine, set: &'a MigrationSet) -> Result<Session<'a>, Error> {
-        let mut conn = engine.migration_connection()?;
+        let mut migration = engine.migration_connection()?;
         let settings = engine.settings();
-        let guard = lock::acquire(&mut conn, settings, settings.migrations.lock_timeout)?;
-        let mut session = Session {
-            conn,
+        let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
+        Ok(Session {
+            conn: migration.conn,
             guard: Some(guard),
             set,
             engine,
-        };
-        if let Err(error) = ledger::ensure(&mut session.conn) {
-            session.close();
-            return Err(error);
+        })
+    }
+
+    /// Every applied version with its ledger row. Reads first and creates the ledger
+    /// tables only when that fails (a fresh database), so a boot with nothing to do spends one
+    /// statement here.
+    fn applied(&mut self) -> Result<Vec<(String, Option<ledger::Entry>)>, Error> {
+        match ledger::applied(&mut self.conn) {
+            Ok(rows) => Ok(rows),
+            Err(_) => {
+                ledger::ensure(&mut self.conn)?;
+                ledger::applied(&mut self.conn).map_err(|e| reading_error(&e))
+            }
         }
-        Ok(session)
     }
 
     fn close(mut self) {
@@ -264,7 +273,8 @@ impl<'a> Session<'a> {
     /// Checks the ledger and the applied versions, backfilling rows the ledger lacks. Returns
     /// the applied versions and the unknown ones (allowed).
     fn check(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
-        let applied = applied_versions(&mut self.conn)?;
+        let rows = self.applied()?;
+        let applied: Vec<String> = rows.iter().map(|(version, _)| version.clone()).collect();
         let status = classify(self.set, &applied);
         if !status.unknown.is_empty() {
             if !self.engine.settings().migrations.allow_unknown {
@@ -278,12 +288,11 @@ impl<'a> Session<'a> {
                 status.unknown.join(", ")
             );
         }
-        let recorded = ledger::entries(&mut self.conn)?;
-        for version in &applied {
+        for (version, entry) in &rows {
             let Some(script) = self.set.script(version) else {
                 continue;
             };
-            match recorded.iter().find(|e| &e.version == version) {
+            match entry {
                 None => ledger::record(&mut self.conn, script, None, ledger::BACKFILL)?,
                 Some(entry) if entry.checksum != script.checksum => {
                     return Err(Error::ChecksumMismatch {
@@ -430,7 +439,9 @@ impl<'a> Session<'a> {
         let Some(expected) = self.set.fingerprint.filter(|_| mode != SchemaCheck::Off) else {
             return Ok(Vec::new());
         };
-        let live = drift::fingerprint(&mut self.conn, self.engine.backend())?;
+        // Only the expected tables: the others are not compared.
+        let tables = drift::tables(expected);
+        let live = drift::fingerprint_of(&mut self.conn, self.engine.backend(), Some(&tables))?;
         let differences = drift::differences(expected, &live, unknown_present);
         if differences.is_empty() {
             return Ok(differences);

@@ -258,29 +258,64 @@ impl Manager {
     }
 
     /// A connection for migrations; see [`Manager::prepare_for_migrations`].
-    pub(crate) fn establish_for_migrations(&self) -> Result<Conn, ConnectError> {
-        let mut conn = self.establish()?;
-        self.prepare_for_migrations(&mut conn)?;
-        Ok(conn)
+    pub(crate) fn establish_for_migrations(&self) -> Result<MigrationConn, ConnectError> {
+        let conn = self.establish()?;
+        self.prepare_for_migrations(conn)
     }
 
     /// Readies a fresh connection (never handed to the application) for migrations: on
     /// PostgreSQL no statement or idle-in-transaction timeout, and the name
-    /// `<application_name> (migrations)` in `pg_stat_activity`; on SQLite a busy timeout.
-    pub(crate) fn prepare_for_migrations(&self, conn: &mut Conn) -> Result<(), ConnectError> {
-        let sql = match self.backend {
-            Backend::Postgres => "SET statement_timeout = 0; \
-                 SET idle_in_transaction_session_timeout = 0; \
-                 SELECT set_config('application_name', \
-                     left(current_setting('application_name'), 50) || ' (migrations)', false);"
-                .to_string(),
+    /// `<application_name> (migrations)` in `pg_stat_activity`, in the same round trip as
+    /// reading the database and schema the migrations go to; on SQLite a busy timeout.
+    pub(crate) fn prepare_for_migrations(
+        &self,
+        mut conn: Conn,
+    ) -> Result<MigrationConn, ConnectError> {
+        let failed = |e: diesel::result::Error| {
+            ConnectError(format!("setting up the migration session: {e}"))
+        };
+        let schema = match self.backend {
+            Backend::Postgres => {
+                use diesel::RunQueryDsl;
+                let row: SchemaRow = diesel::sql_query(
+                    "SELECT set_config('statement_timeout', '0', false) AS statement_timeout, \
+                        set_config('idle_in_transaction_session_timeout', '0', false) AS idle, \
+                        set_config('application_name', \
+                            left(current_setting('application_name'), 50) || ' (migrations)', \
+                            false) AS application_name, \
+                        current_database()::text AS database, \
+                        coalesce(current_schema(), 'public')::text AS schema",
+                )
+                .get_result(&mut conn)
+                .map_err(failed)?;
+                Some((row.database, row.schema))
+            }
             Backend::Sqlite => {
-                format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis())
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {};",
+                    SQLITE_BUSY_TIMEOUT.as_millis()
+                ))
+                .map_err(failed)?;
+                None
             }
         };
-        conn.batch_execute(&sql)
-            .map_err(|e| ConnectError(format!("setting up the migration session: {e}")))
+        Ok(MigrationConn { conn, schema })
     }
+}
+
+/// A connection readied for migrations.
+pub(crate) struct MigrationConn {
+    pub(crate) conn: Conn,
+    /// PostgreSQL: the database and the schema (`current_schema()`) the migrations go to.
+    pub(crate) schema: Option<(String, String)>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct SchemaRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    database: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    schema: String,
 }
 
 #[derive(diesel::QueryableByName)]

@@ -12,7 +12,8 @@ use super::set::Script;
 use crate::engine::Conn;
 use crate::error::Error;
 
-// The ledger table. Not in `src/schema.rs`: `diesel.toml` filters it out of print-schema.
+// The ledger table, and Diesel's (as diesel_migrations declares it) to read both in one
+// statement. Not in `src/schema.rs`: `diesel.toml` filters them out of print-schema.
 #[allow(missing_docs)]
 mod table {
     diesel::table! {
@@ -25,8 +26,15 @@ mod table {
             applied_by -> Text,
         }
     }
+    diesel::table! {
+        __diesel_schema_migrations (version) {
+            version -> VarChar,
+            run_on -> Timestamp,
+        }
+    }
+    diesel::allow_tables_to_appear_in_same_query!(__diesel_schema_migrations, datalayer_migrations);
 }
-use table::datalayer_migrations;
+use table::{__diesel_schema_migrations as diesel_versions, datalayer_migrations};
 
 /// What `applied_by` says for rows recorded for migrations applied before the ledger existed.
 pub const BACKFILL: &str = "backfill";
@@ -48,10 +56,15 @@ pub struct Entry {
     pub applied_by: String,
 }
 
-/// Creates the ledger table when it is missing (the same SQL serves both backends).
+/// Creates the ledger table and Diesel's when they are missing (the same SQL serves both
+/// backends; Diesel's is what diesel_migrations creates).
 pub(crate) fn ensure(conn: &mut Conn) -> Result<(), Error> {
     conn.batch_execute(
-        "CREATE TABLE IF NOT EXISTS datalayer_migrations (
+        "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
+            version VARCHAR(50) PRIMARY KEY NOT NULL,
+            run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        );
+        CREATE TABLE IF NOT EXISTS datalayer_migrations (
             version VARCHAR(50) PRIMARY KEY NOT NULL,
             name TEXT NOT NULL,
             checksum TEXT NOT NULL,
@@ -63,11 +76,20 @@ pub(crate) fn ensure(conn: &mut Conn) -> Result<(), Error> {
     Ok(())
 }
 
-/// Every ledger row, by version.
-pub(crate) fn entries(conn: &mut Conn) -> Result<Vec<Entry>, Error> {
-    Ok(datalayer_migrations::table
-        .order(datalayer_migrations::version)
-        .load(conn)?)
+/// Every version Diesel has applied, in order, with its ledger row if it has one: one
+/// statement. Fails when either table is missing (see [`ensure`]).
+pub(crate) fn applied(conn: &mut Conn) -> QueryResult<Vec<(String, Option<Entry>)>> {
+    diesel_versions::table
+        .left_join(
+            datalayer_migrations::table
+                .on(datalayer_migrations::version.eq(diesel_versions::version)),
+        )
+        .select((
+            diesel_versions::version,
+            datalayer_migrations::all_columns.nullable(),
+        ))
+        .order(diesel_versions::version)
+        .load(conn)
 }
 
 /// Records that `script` was applied, taking `took` (`None` when backfilling).

@@ -19,7 +19,7 @@ use diesel::connection::SimpleConnection;
 use diesel::sql_types::{Bool, Double, Integer, Text};
 
 use crate::config::{Settings, Target};
-use crate::engine::Conn;
+use crate::engine::{Conn, MigrationConn};
 use crate::error::Error;
 
 /// The first half of the PostgreSQL advisory lock key: "dlmg" in ASCII.
@@ -103,14 +103,6 @@ impl Guard {
 }
 
 #[derive(diesel::QueryableByName)]
-struct Names {
-    #[diesel(sql_type = Text)]
-    database: String,
-    #[diesel(sql_type = Text)]
-    schema: String,
-}
-
-#[derive(diesel::QueryableByName)]
 struct Locked {
     #[diesel(sql_type = Bool)]
     locked: bool,
@@ -128,12 +120,16 @@ struct HolderRow {
     seconds: f64,
 }
 
-fn postgres_key(conn: &mut Conn) -> Result<(i32, i32), Error> {
-    let names: Names = diesel::sql_query(
-        "SELECT current_database()::text AS database, coalesce(current_schema(), 'public')::text AS schema",
-    )
-    .get_result(conn)?;
-    Ok(lock_key(&names.database, &names.schema))
+/// The lock key of a PostgreSQL migration connection.
+fn postgres_key(migration: &MigrationConn) -> Result<(i32, i32), Error> {
+    match &migration.schema {
+        Some((database, schema)) => Ok(lock_key(database, schema)),
+        None => Err(Error::Migration {
+            migration: "(lock)".into(),
+            file: "(none)".into(),
+            reason: "the migration connection does not know its schema".into(),
+        }),
+    }
 }
 
 fn postgres_holder(conn: &mut Conn, key: (i32, i32)) -> Result<Option<LockHolder>, Error> {
@@ -183,7 +179,7 @@ fn sqlite_holder(path: &Path) -> LockHolder {
 
 /// Takes the migration lock, waiting at most `timeout`.
 pub(crate) fn acquire(
-    conn: &mut Conn,
+    migration: &mut MigrationConn,
     settings: &Settings,
     timeout: Duration,
 ) -> Result<Guard, Error> {
@@ -191,7 +187,8 @@ pub(crate) fn acquire(
     let mut reported = started;
     match sqlite_lock_path(settings) {
         None => {
-            let key = postgres_key(conn)?;
+            let key = postgres_key(migration)?;
+            let conn = &mut migration.conn;
             let sql = format!(
                 "SELECT pg_try_advisory_lock({}, {}) AS locked",
                 key.0, key.1
@@ -284,11 +281,14 @@ fn waited(
 }
 
 /// Who holds the lock right now, if anyone (for `datalayer status`).
-pub(crate) fn holder(conn: &mut Conn, settings: &Settings) -> Result<Option<LockHolder>, Error> {
+pub(crate) fn holder(
+    migration: &mut MigrationConn,
+    settings: &Settings,
+) -> Result<Option<LockHolder>, Error> {
     match sqlite_lock_path(settings) {
         None => {
-            let key = postgres_key(conn)?;
-            postgres_holder(conn, key)
+            let key = postgres_key(migration)?;
+            postgres_holder(&mut migration.conn, key)
         }
         Some(path) => {
             let Ok(file) = File::open(&path) else {
