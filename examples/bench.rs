@@ -10,11 +10,13 @@
 //! - sqlite: point reads through the engine vs a plain `SqliteConnection`;
 //! - checkout + return of an idle connection (ns/op) and a boot with nothing pending.
 //!
-//! Environment: `BENCH_SECONDS` per case (default 5), `BENCH_CLIENTS` (default
+//! Environment: `BENCH_SECONDS` per case and round (default 3), `BENCH_CLIENTS` (default
 //! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
 //! between runs), `BENCH_DROP` (set: drop that database at the end, for smoke runs) and
-//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`; default all).
+//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`; default all)
+//! and `BENCH_ROUNDS` (default 3: the cases of one row run one after another that many times
+//! over, and each figure is the median of its rounds).
 //! Everything runs with `sslmode=disable`,
 //! pgbench included, so TLS costs nobody.
 
@@ -41,6 +43,7 @@ struct Config {
     url: String,
     dbname: String,
     cases: Vec<String>,
+    rounds: usize,
 }
 
 impl Config {
@@ -219,7 +222,7 @@ fn main() -> Result<()> {
         .unwrap_or(admin.clone());
     let dbname = env_or("BENCH_DB", "datalayer_bench");
     let config = Config {
-        seconds: env_or("BENCH_SECONDS", "5").parse()?,
+        seconds: env_or("BENCH_SECONDS", "3").parse()?,
         clients: env_or("BENCH_CLIENTS", "1,2,4,8,16,32")
             .split(',')
             .map(|c| c.trim().parse())
@@ -228,6 +231,7 @@ fn main() -> Result<()> {
         url: format!("{server}/{dbname}?sslmode=disable"),
         server,
         dbname,
+        rounds: env_or("BENCH_ROUNDS", "3").parse()?,
         cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot")
             .split(',')
             .map(|c| c.trim().to_string())
@@ -260,6 +264,25 @@ fn main() -> Result<()> {
 
 type Case = fn(&Config, &Settings) -> Result<()>;
 
+/// Runs cases `0..N` one after another, `rounds` times over, and returns each case's median:
+/// interleaving spreads the machine's drifts (other load, CPU frequency) over every case
+/// instead of charging them to whichever ran at the wrong moment.
+fn interleaved<const N: usize>(
+    rounds: usize,
+    mut run: impl FnMut(usize) -> Result<f64>,
+) -> Result<[f64; N]> {
+    let mut samples: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    for _ in 0..rounds.max(1) {
+        for (case, samples) in samples.iter_mut().enumerate() {
+            samples.push(run(case)?);
+        }
+    }
+    Ok(samples.map(|mut s| {
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    }))
+}
+
 /// Element-wise `a / b`.
 fn ratio(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
@@ -275,26 +298,35 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     for &c in &config.clients {
-        reference.push(pgbench(config, &select_script, c)?);
-        held.push(held_reads(config.seconds, c, rows, || {
-            PgConnection::establish(&config.url).expect("connect")
-        }));
-        let engine = Engine::connect(settings)?;
-        engine_row.push(engine_reads(config.seconds, c, &engine, rows));
-        drop(engine);
-        let pool = Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
-        naive.push(throughput(config.seconds, c, |i| {
-            let mut ids = Ids::new(i, rows);
-            let pool = &pool;
-            move || {
-                let mut conn = pool.get().expect("checkout");
-                let _: User = users_table::table
-                    .find(ids.next())
-                    .select(User::as_select())
-                    .first(&mut *conn)
-                    .expect("select");
-            }
-        }));
+        let [r, h, e, n] = interleaved(config.rounds, |case| {
+            Ok(match case {
+                0 => pgbench(config, &select_script, c)?,
+                1 => held_reads(config.seconds, c, rows, || {
+                    PgConnection::establish(&config.url).expect("connect")
+                }),
+                2 => engine_reads(config.seconds, c, &Engine::connect(settings)?, rows),
+                _ => {
+                    let pool =
+                        Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
+                    throughput(config.seconds, c, |i| {
+                        let mut ids = Ids::new(i, rows);
+                        let pool = &pool;
+                        move || {
+                            let mut conn = pool.get().expect("checkout");
+                            let _: User = users_table::table
+                                .find(ids.next())
+                                .select(User::as_select())
+                                .first(&mut *conn)
+                                .expect("select");
+                        }
+                    })
+                }
+            })
+        })?;
+        reference.push(r);
+        held.push(h);
+        engine_row.push(e);
+        naive.push(n);
         eprint!(".");
         let _ = std::io::stderr().flush();
     }
@@ -329,24 +361,30 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
     let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
-        pg_writes.push(pgbench(config, insert_script, c)?);
-        let engine = Engine::connect(settings)?;
-        engine_writes.push(throughput(config.seconds, c, |i| {
-            let (engine, counter) = (&engine, &counter);
-            move || {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let email = format!("w{run}-{i}-{n}@bench");
-                let mut conn = engine.get().expect("checkout");
-                users::create(
-                    &mut conn,
-                    &NewUser {
-                        email: &email,
-                        display_name: "Bench",
-                    },
-                )
-                .expect("insert");
+        let [p, e] = interleaved(config.rounds, |case| {
+            if case == 0 {
+                return pgbench(config, insert_script, c);
             }
-        }));
+            let engine = Engine::connect(settings)?;
+            Ok(throughput(config.seconds, c, |i| {
+                let (engine, counter) = (&engine, &counter);
+                move || {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let email = format!("w{run}-{i}-{n}@bench");
+                    let mut conn = engine.get().expect("checkout");
+                    users::create(
+                        &mut conn,
+                        &NewUser {
+                            email: &email,
+                            display_name: "Bench",
+                        },
+                    )
+                    .expect("insert");
+                }
+            }))
+        })?;
+        pg_writes.push(p);
+        engine_writes.push(e);
     }
     let engine_vs = ratio(&engine_writes, &pg_writes);
     print_table(
@@ -384,16 +422,22 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     let (mut plain_lite, mut engine_lite) = (vec![], vec![]);
     let lite_url = path.to_string_lossy().into_owned();
     for &c in &lite_clients {
-        plain_lite.push(held_reads(config.seconds, c, rows, || {
-            let mut conn = SqliteConnection::establish(&lite_url).expect("open");
-            // The same busy timeout as the engine's connections: fair, and needed when
-            // several connections open a WAL database at once.
-            conn.batch_execute("PRAGMA busy_timeout = 5000")
-                .expect("pragma");
-            conn
-        }));
-        let engine = Engine::connect(&lite_settings)?;
-        engine_lite.push(engine_reads(config.seconds, c, &engine, rows));
+        let [p, e] = interleaved(config.rounds, |case| {
+            if case == 1 {
+                let engine = Engine::connect(&lite_settings)?;
+                return Ok(engine_reads(config.seconds, c, &engine, rows));
+            }
+            Ok(held_reads(config.seconds, c, rows, || {
+                let mut conn = SqliteConnection::establish(&lite_url).expect("open");
+                // The same busy timeout as the engine's connections: fair, and needed when
+                // several connections open a WAL database at once.
+                conn.batch_execute("PRAGMA busy_timeout = 5000")
+                    .expect("pragma");
+                conn
+            }))
+        })?;
+        plain_lite.push(p);
+        engine_lite.push(e);
     }
     let lite_ratio = ratio(&engine_lite, &plain_lite);
     print_table(
