@@ -306,8 +306,8 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
                 }),
                 2 => engine_reads(config.seconds, c, &Engine::connect(settings)?, rows),
                 _ => {
-                    let pool =
-                        Pool::builder().build(ConnectionManager::<PgConnection>::new(&config.url))?;
+                    let pool = Pool::builder()
+                        .build(ConnectionManager::<PgConnection>::new(&config.url))?;
                     throughput(config.seconds, c, |i| {
                         let mut ids = Ids::new(i, rows);
                         let pool = &pool;
