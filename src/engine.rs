@@ -81,8 +81,9 @@ pub struct Engine {
     checkouts: Arc<Checkouts>,
     parking: Arc<Parking>,
     /// The connection made by `connect`, kept for the first migration run (boot) if that
-    /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more.
-    spare: std::sync::Mutex<Option<Conn>>,
+    /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more. Read-only
+    /// migration calls (`status`) give it back.
+    spare: std::sync::Mutex<Option<Spare>>,
     /// Whether `spare` may still hold a connection, and when it was made (read on every
     /// checkout, so no lock until it is stale).
     spare_held: std::sync::atomic::AtomicBool,
@@ -254,7 +255,7 @@ impl Engine {
             shared,
             checkouts: Arc::default(),
             parking: Parking::new(),
-            spare: std::sync::Mutex::new(Some(first)),
+            spare: std::sync::Mutex::new(Some(Spare::Fresh(first))),
             spare_held: std::sync::atomic::AtomicBool::new(true),
             spare_made: Instant::now(),
             settings: settings.clone(),
@@ -462,11 +463,15 @@ impl Engine {
         let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
         self.spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        if let Some(conn) = spare
-            && self.spare_made.elapsed() < SPARE_FOR
-            && let Ok(ready) = self.manager.prepare_for_migrations(conn)
-        {
-            return Ok(ready);
+        match spare {
+            Some(_) if self.spare_made.elapsed() >= SPARE_FOR => {}
+            Some(Spare::Ready(ready)) => return Ok(ready),
+            Some(Spare::Fresh(conn)) => {
+                if let Ok(ready) = self.manager.prepare_for_migrations(conn) {
+                    return Ok(ready);
+                }
+            }
+            None => {}
         }
         self.manager
             .establish_for_migrations()
@@ -475,4 +480,26 @@ impl Engine {
                 reason: e.0,
             })
     }
+
+    /// Gives back a migration connection that only read (no lock, no transaction left open),
+    /// so that the boot after a `status` still finds the spare; closed if the spare's window
+    /// has passed or another is there.
+    pub(crate) fn give_back_migration_connection(&self, conn: MigrationConn) {
+        if self.spare_made.elapsed() >= SPARE_FOR {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock()
+            && spare.is_none()
+        {
+            *spare = Some(Spare::Ready(conn));
+            self.spare_held
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The connection kept from `connect`: as made, or already readied for migrations.
+enum Spare {
+    Fresh(Conn),
+    Ready(MigrationConn),
 }

@@ -144,7 +144,7 @@ fn run(command: Option<Command>) -> Result<(), Failure> {
         }
         Command::Status { json } => {
             let status = migrations::status(&engine)?;
-            let lock = migrations::lock_holder(&engine)?.map(|holder| holder.to_string());
+            let lock = status.lock.as_ref().map(ToString::to_string);
             if json {
                 let value = serde_json::json!({
                     "applied": status.applied,

@@ -38,7 +38,7 @@ use diesel_migrations::MigrationHarness;
 pub use self::lock::LockHolder;
 pub use self::set::{MigrationSet, Script};
 use crate::config::{Backend, SchemaCheck};
-use crate::engine::{Conn, Engine, MultiBackend};
+use crate::engine::{Conn, Engine, MigrationConn, MultiBackend};
 use crate::error::Error;
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
@@ -58,6 +58,8 @@ pub struct Status {
     pub pending: Vec<String>,
     /// Versions the database has but this binary does not know (a newer release applied them).
     pub unknown: Vec<String>,
+    /// Who holds the migration lock right now, if anyone.
+    pub lock: Option<LockHolder>,
 }
 
 /// How far [`revert`] goes back.
@@ -129,22 +131,40 @@ pub fn revert_with(
     result
 }
 
-/// Which migrations are applied, pending and unknown. Takes no lock.
+/// Which migrations are applied, pending and unknown, and who holds the migration lock.
+/// Takes no lock.
 pub fn status(engine: &Engine) -> Result<Status, Error> {
     status_with(engine, &MigrationSet::builtin(engine.backend()))
 }
 
 /// [`status`] with another set of migrations.
 pub fn status_with(engine: &Engine, set: &MigrationSet) -> Result<Status, Error> {
-    let mut migration = engine.migration_connection()?;
-    let applied = applied_versions(&mut migration.conn)?;
-    Ok(classify(set, &applied))
+    read_only(engine, |migration| {
+        let applied = applied_versions(&mut migration.conn)?;
+        let lock = lock::holder(migration, engine.settings())?;
+        Ok(classify(set, &applied, lock))
+    })
 }
 
 /// Who holds the migration lock right now, if anyone.
 pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
+    read_only(engine, |migration| {
+        lock::holder(migration, engine.settings())
+    })
+}
+
+/// Runs `read` on a migration connection, then gives the connection back to the engine (a
+/// boot right after still finds the one `Engine::connect` kept).
+fn read_only<T>(
+    engine: &Engine,
+    read: impl FnOnce(&mut MigrationConn) -> Result<T, Error>,
+) -> Result<T, Error> {
     let mut migration = engine.migration_connection()?;
-    lock::holder(&mut migration, engine.settings())
+    let result = read(&mut migration);
+    if result.is_ok() {
+        engine.give_back_migration_connection(migration);
+    }
+    result
 }
 
 /// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
@@ -190,7 +210,7 @@ fn reading_error(e: &dyn std::fmt::Display) -> Error {
     }
 }
 
-fn classify(set: &MigrationSet, applied: &[String]) -> Status {
+fn classify(set: &MigrationSet, applied: &[String], lock: Option<LockHolder>) -> Status {
     let known: BTreeSet<&str> = set.scripts.iter().map(|s| s.version.as_str()).collect();
     Status {
         applied: set
@@ -210,6 +230,7 @@ fn classify(set: &MigrationSet, applied: &[String]) -> Status {
             .filter(|v| !known.contains(v.as_str()))
             .cloned()
             .collect(),
+        lock,
     }
 }
 
@@ -275,7 +296,7 @@ impl<'a> Session<'a> {
     fn check(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
         let rows = self.applied()?;
         let applied: Vec<String> = rows.iter().map(|(version, _)| version.clone()).collect();
-        let status = classify(self.set, &applied);
+        let status = classify(self.set, &applied, None);
         if !status.unknown.is_empty() {
             if !self.engine.settings().migrations.allow_unknown {
                 return Err(Error::UnknownMigrations {

@@ -44,7 +44,7 @@ pub fn lock_key(database: &str, schema: &str) -> (i32, i32) {
 }
 
 /// Who holds the migration lock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockHolder {
     /// A PostgreSQL session.
     Postgres {

@@ -64,6 +64,7 @@ fn up_down_up_on_both_backends() {
                 applied: ALL.map(String::from).to_vec(),
                 pending: vec![],
                 unknown: vec![],
+                lock: None,
             }
         );
 
@@ -92,6 +93,7 @@ fn up_down_up_on_both_backends() {
                 applied: vec![],
                 pending: ALL.map(String::from).to_vec(),
                 unknown: vec![],
+                lock: None,
             }
         );
         assert_eq!(migrations::run_pending(&engine).expect("up again"), ALL);
@@ -186,4 +188,50 @@ fn both_backends_have_the_same_tables_and_columns() {
     assert!(postgres.contains(&"posts.published_at timestamp nullable=YES".to_string()));
     assert!(postgres.contains(&"users.id bigint nullable=NO".to_string()));
     assert_eq!(postgres, sqlite);
+}
+
+/// Connections established so far whose URL names `ESTABLISH_FILTER`'s database.
+static ESTABLISHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ESTABLISH_FILTER: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn count_establishes() -> Option<Box<dyn diesel::connection::Instrumentation>> {
+    Some(Box::new(
+        |event: diesel::connection::InstrumentationEvent<'_>| {
+            if let diesel::connection::InstrumentationEvent::StartEstablishConnection {
+                url, ..
+            } = event
+            {
+                let filter = ESTABLISH_FILTER.lock().expect("filter").clone();
+                if !filter.is_empty() && url.contains(&filter) {
+                    ESTABLISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        },
+    ))
+}
+
+/// `status` and `lock_holder` borrow the connection `Engine::connect` keeps for the first
+/// migration run and give it back: a server that checks status before booting opens no extra
+/// connection for either.
+#[test]
+fn read_only_calls_give_the_boot_connection_back() {
+    let (engine, place) = fresh_postgres("dl_spare", &[("DATABASE_POOL_MIN_IDLE", "0")]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    *ESTABLISH_FILTER.lock().expect("filter") = format!("/{}", db.name);
+    diesel::connection::set_default_instrumentation(count_establishes).expect("instrument");
+
+    let status = migrations::status(&engine).expect("status");
+    assert_eq!(status.pending, ALL);
+    assert_eq!(migrations::lock_holder(&engine).expect("lock"), None);
+    assert_eq!(migrations::boot(&engine).expect("boot").applied, ALL);
+    assert_eq!(
+        ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "status, lock_holder and boot all ran on the connection made by Engine::connect"
+    );
+    // Once the migrations ran, the next migration call opens its own connection.
+    migrations::status(&engine).expect("status");
+    assert_eq!(ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
