@@ -6,6 +6,8 @@
 //! - engine: checkout, select by id into `User`, return, through datalayer's engine with its
 //!   default settings (the web-handler pattern);
 //! - naive: the same through a plain r2d2 pool with r2d2's defaults (`test_on_check_out`);
+//! - seed: the same through SQLAlchemy 2's ORM + psycopg 3 (default QueuePool), the Python
+//!   module datalayer ports, when scripts/bench could set up its venv (`BENCH_SEED_PYTHON`);
 //! - writes: one user inserted per transaction, engine vs a pgbench insert script;
 //! - sqlite: point reads through the engine vs a plain `SqliteConnection`;
 //! - checkout + return of an idle connection (ns/op) and a boot with nothing pending.
@@ -44,6 +46,8 @@ struct Config {
     dbname: String,
     cases: Vec<String>,
     rounds: usize,
+    /// The venv's python for the seed case (`BENCH_SEED_PYTHON`, set by scripts/bench).
+    seed_python: Option<String>,
 }
 
 impl Config {
@@ -176,6 +180,29 @@ fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
         })
 }
 
+/// The seed case: `scripts/bench_seed.py` (SQLAlchemy 2 ORM + psycopg 3, default QueuePool)
+/// run by `python`; returns its operations per second.
+fn seed(python: &str, config: &Config, clients: usize) -> Result<f64> {
+    let output = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench_seed.py"
+        ))
+        .arg(&config.url)
+        .arg(config.seconds.to_string())
+        .arg(clients.to_string())
+        .arg(config.rows.to_string())
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim().parse().map_err(|_| {
+        format!(
+            "the seed case failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()
+    })
+}
+
 fn setup(config: &Config) -> Result<()> {
     let mut admin =
         PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
@@ -232,6 +259,9 @@ fn main() -> Result<()> {
         server,
         dbname,
         rounds: env_or("BENCH_ROUNDS", "3").parse()?,
+        seed_python: std::env::var("BENCH_SEED_PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty()),
         cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot")
             .split(',')
             .map(|c| c.trim().to_string())
@@ -297,15 +327,16 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     println!("## Point reads: operations per second (C = client threads)\n");
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
+    let mut seed_row = vec![];
     for &c in &config.clients {
-        let [r, h, e, n] = interleaved(config.rounds, |case| {
+        let [r, h, e, n, p] = interleaved(config.rounds, |case| {
             Ok(match case {
                 0 => pgbench(config, &select_script, c)?,
                 1 => held_reads(config.seconds, c, rows, || {
                     PgConnection::establish(&config.url).expect("connect")
                 }),
                 2 => engine_reads(config.seconds, c, &Engine::connect(settings)?, rows),
-                _ => {
+                3 => {
                     let pool = Pool::builder()
                         .build(ConnectionManager::<PgConnection>::new(&config.url))?;
                     throughput(config.seconds, c, |i| {
@@ -321,12 +352,17 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
                         }
                     })
                 }
+                _ => match &config.seed_python {
+                    Some(python) => seed(python, config, c)?,
+                    None => f64::NAN,
+                },
             })
         })?;
         reference.push(r);
         held.push(h);
         engine_row.push(e);
         naive.push(n);
+        seed_row.push(p);
         eprint!(".");
         let _ = std::io::stderr().flush();
     }
@@ -343,6 +379,11 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     table.push(("engine/held", eh));
     table.push(("engine/reference", er));
     table.push(("engine/naive", en));
+    if config.seed_python.is_some() {
+        let es = ratio(&table[2].1, &seed_row);
+        table.insert(4, ("seed (SQLAlchemy + psycopg)", seed_row));
+        table.push(("engine/seed", es));
+    }
     print_table(&config.clients, &table);
 
     Ok(())
