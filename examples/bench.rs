@@ -111,6 +111,7 @@ where
 
 /// Point reads through the engine: checkout, `users::find`, return.
 fn engine_reads(seconds: f64, clients: usize, engine: &Engine, rows: i64) -> f64 {
+    warmed_up(engine);
     throughput(seconds, clients, |i| {
         let mut ids = Ids::new(i, rows);
         move || {
@@ -120,6 +121,42 @@ fn engine_reads(seconds: f64, clients: usize, engine: &Engine, rows: i64) -> f64
                 .expect("row");
         }
     })
+}
+
+/// Waits until the engine's pool holds its minimum of idle connections: r2d2 opens them on
+/// background threads after `Engine::connect` returns, and a running server has them open
+/// (a plain r2d2 `Pool::build`, the naive case, waits for them too).
+fn warmed_up(engine: &Engine) {
+    let settings = &engine.settings().pool;
+    let wanted = settings.min_idle.unwrap_or(settings.max_size);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.state().connections < wanted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until no other session is connected to the benchmark database, so that one case
+/// does not pay for the backends the previous case is still tearing down.
+fn settle(config: &Config) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut admin =
+        PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let others: Count = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{}'",
+            config.dbname
+        ))
+        .get_result(&mut admin)?;
+        if others.n == 0 || Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Point reads with plain Diesel on one connection per thread, made by `connect`.
@@ -330,6 +367,7 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     let mut seed_row = vec![];
     for &c in &config.clients {
         let [r, h, e, n, p] = interleaved(config.rounds, |case| {
+            settle(config)?;
             Ok(match case {
                 0 => pgbench(config, &select_script, c)?,
                 1 => held_reads(config.seconds, c, rows, || {
@@ -403,10 +441,12 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
         let [p, e] = interleaved(config.rounds, |case| {
+            settle(config)?;
             if case == 0 {
                 return pgbench(config, insert_script, c);
             }
             let engine = Engine::connect(settings)?;
+            warmed_up(&engine);
             Ok(throughput(config.seconds, c, |i| {
                 let (engine, counter) = (&engine, &counter);
                 move || {
