@@ -535,22 +535,49 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
 }
 
 fn checkout(config: &Config, settings: &Settings) -> Result<()> {
-    println!("\n## Checkout + return of an idle connection, no query (pool of 4)\n");
+    println!("\n## Checkout + return of an idle connection, no query (pool of 4), ns/op\n");
     let mut small = settings.clone();
     small.pool.max_size = 4;
     let engine = Engine::connect(&small)?;
-    for threads in [1usize, 8] {
-        let ops = throughput(config.seconds.min(2.0), threads, |_| {
-            let engine = &engine;
-            move || drop(engine.get().expect("checkout"))
-        });
-        println!(
-            "- {threads} thread(s): {:.0} ns/op",
-            1e9 / ops * threads as f64
-        );
+    warmed_up(&engine);
+    // Bare r2d2: no validation on checkout, the floor for any r2d2-based pool.
+    let bare = Pool::builder()
+        .max_size(4)
+        .test_on_check_out(false)
+        .build(ConnectionManager::<PgConnection>::new(&config.url))?;
+    let threads = [1usize, 8];
+    let (mut ours, mut floor) = (vec![], vec![]);
+    for &n in &threads {
+        let ns = |ops: f64| 1e9 / ops * n as f64;
+        let [e, b] = interleaved(config.rounds, |case| {
+            let seconds = config.seconds.min(2.0);
+            Ok(ns(if case == 0 {
+                throughput(seconds, n, |_| {
+                    let engine = &engine;
+                    move || drop(engine.get().expect("checkout"))
+                })
+            } else {
+                throughput(seconds, n, |_| {
+                    let bare = &bare;
+                    move || drop(bare.get().expect("checkout"))
+                })
+            }))
+        })?;
+        ours.push(e);
+        floor.push(b);
     }
-    drop(engine);
-
+    let header: Vec<String> = threads.iter().map(|n| format!("{n} thread(s)")).collect();
+    println!("| case | {} |", header.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(threads.len()));
+    let cells = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!("| engine | {} |", cells(&ours, 0));
+    println!("| bare r2d2 | {} |", cells(&floor, 0));
+    println!("| engine/bare | {} |", cells(&ratio(&ours, &floor), 2));
     Ok(())
 }
 
