@@ -77,9 +77,7 @@ pub struct Engine {
     pool: Pool<Manager>,
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager,
-    shared: Arc<Shared>,
-    checkouts: Arc<Checkouts>,
-    parking: Arc<Parking>,
+    books: Arc<Books>,
     /// The connection made by `connect`, kept for the first migration run (boot) if that
     /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more. Read-only
     /// migration calls (`status`) give it back.
@@ -97,8 +95,8 @@ impl Drop for Engine {
     /// Stops new connection attempts and waits (at most the connect timeout, plus a second)
     /// for those under way, so that the process can exit safely right after.
     fn drop(&mut self) {
-        drop(self.parking.drain());
-        self.shared.close(self.close_limit);
+        drop(self.books.parking.drain());
+        self.books.shared.close(self.close_limit);
     }
 }
 
@@ -112,6 +110,13 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// What checkouts and returns update: one `Arc`, so a checkout clones one pointer.
+struct Books {
+    checkouts: Checkouts,
+    parking: Arc<Parking>,
+    shared: Arc<Shared>,
+}
+
 /// A connection checked out of the pool; it goes back when dropped.
 ///
 /// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
@@ -119,9 +124,7 @@ pub struct PooledConn {
     /// Always `Some` until dropped.
     conn: Option<PooledConnection<Manager>>,
     id: u64,
-    checkouts: Arc<Checkouts>,
-    parking: Arc<Parking>,
-    shared: Arc<Shared>,
+    books: Arc<Books>,
     leak_threshold: Option<Duration>,
 }
 
@@ -142,14 +145,14 @@ impl PooledConn {
 impl Deref for PooledConn {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        &self.pooled().conn
+        &*self.pooled().conn
     }
 }
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut Conn {
         match &mut self.conn {
-            Some(conn) => &mut conn.conn,
+            Some(conn) => &mut *conn.conn,
             None => unreachable!("a PooledConn holds its connection until dropped"),
         }
     }
@@ -159,12 +162,12 @@ impl Drop for PooledConn {
     /// Parks a healthy connection for this thread's next checkout (see "Connection affinity"
     /// in the module docs), or returns it to the pool.
     fn drop(&mut self) {
-        self.checkouts.release(self.id, self.leak_threshold);
-        self.shared.count_in_use(-1);
+        self.books.checkouts.release(self.id, self.leak_threshold);
+        self.books.shared.count_in_use(-1);
         if let Some(mut conn) = self.conn.take() {
             let healthy = !std::thread::panicking() && conn.reusable();
             if healthy {
-                drop(self.parking.park(conn));
+                drop(self.books.parking.park(conn));
             } else {
                 drop(conn);
             }
@@ -252,9 +255,11 @@ impl Engine {
         Ok(Engine {
             pool,
             manager,
-            shared,
-            checkouts: Arc::default(),
-            parking: Parking::new(),
+            books: Arc::new(Books {
+                checkouts: Checkouts::default(),
+                parking: Parking::new(),
+                shared,
+            }),
             spare: std::sync::Mutex::new(Some(Spare::Fresh(first))),
             spare_held: std::sync::atomic::AtomicBool::new(true),
             spare_made: Instant::now(),
@@ -286,38 +291,35 @@ impl Engine {
     #[track_caller]
     pub fn get(&self) -> Result<PooledConn, Error> {
         let site = std::panic::Location::caller();
+        let start = Instant::now();
         if self.spare_held.load(std::sync::atomic::Ordering::Relaxed)
-            && self.spare_made.elapsed() >= SPARE_FOR
+            && start.saturating_duration_since(self.spare_made) >= SPARE_FOR
         {
             self.close_stale_spare();
         }
         let leak_threshold = self.settings.pool.leak_threshold;
         if let Some(threshold) = leak_threshold {
-            self.checkouts.warn_overdue(threshold);
+            self.books.checkouts.warn_overdue(threshold);
         }
-        let start = Instant::now();
-        let checked_out = self.checkout(start);
-        let waited = start.elapsed();
-        ::metrics::histogram!(metrics::CHECKOUT_WAIT).record(waited.as_secs_f64());
+        let (checked_out, waited) = self.checkout(start);
+        metrics::checkout_wait().record(waited.as_secs_f64());
         match checked_out {
             Some(conn) => {
-                ::metrics::counter!(metrics::CHECKOUTS).increment(1);
-                self.shared.count_in_use(1);
+                metrics::checkouts().increment(1);
+                self.books.shared.count_in_use(1);
                 Ok(PooledConn {
-                    id: self.checkouts.register(site, conn.backend_pid),
+                    id: self.books.checkouts.register(site, conn.backend_pid, start),
                     conn: Some(conn),
-                    checkouts: Arc::clone(&self.checkouts),
-                    parking: Arc::clone(&self.parking),
-                    shared: Arc::clone(&self.shared),
+                    books: Arc::clone(&self.books),
                     leak_threshold,
                 })
             }
             None => Err({
-                ::metrics::counter!(metrics::CHECKOUT_TIMEOUTS).increment(1);
+                metrics::checkout_timeouts().increment(1);
                 Error::PoolTimeout {
                     waited,
                     state: self.state(),
-                    last_error: self.shared.last_error().map(|(message, _)| message),
+                    last_error: self.books.shared.last_error().map(|(message, _)| message),
                     holders: self.holders_with_state(),
                 }
             }),
@@ -327,22 +329,29 @@ impl Engine {
     /// This thread's parked connection, else an idle one, else a parked one stolen from
     /// another thread, else a wait for one (in short slices, stealing between them) until
     /// the pool timeout. Parked and stolen connections pass the same validation as the
-    /// pool's own.
-    fn checkout(&self, start: Instant) -> Option<PooledConnection<Manager>> {
+    /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
+    /// this thread's own parked connection (validated against `start`).
+    fn checkout(&self, start: Instant) -> (Option<PooledConnection<Manager>>, Duration) {
         use diesel::r2d2::ManageConnection;
+        let own = self.books.parking.take_own().and_then(|mut conn| {
+            self.manager
+                .is_valid_at(&mut conn, start)
+                .is_ok()
+                .then_some(conn)
+        });
+        if own.is_some() {
+            return (own, Duration::ZERO);
+        }
         let valid = |mut conn: PooledConnection<Manager>| {
             self.manager.is_valid(&mut conn).is_ok().then_some(conn)
         };
-        if let Some(conn) = self.parking.take_own().and_then(valid) {
-            return Some(conn);
-        }
         if let Some(conn) = self.pool.try_get() {
-            return Some(conn);
+            return (Some(conn), start.elapsed());
         }
         let deadline = start + self.settings.pool.timeout;
-        self.parking.waiting(|| {
+        let conn = self.books.parking.waiting(|| {
             loop {
-                if let Some(conn) = self.parking.steal().and_then(valid) {
+                if let Some(conn) = self.books.parking.steal().and_then(valid) {
                     return Some(conn);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -353,7 +362,8 @@ impl Engine {
                     return Some(conn);
                 }
             }
-        })
+        });
+        (conn, start.elapsed())
     }
 
     /// Closes the connection kept from `connect` (called once it is too old to serve a
@@ -369,15 +379,16 @@ impl Engine {
 
     /// The connections checked out right now, longest held first.
     pub fn holders(&self) -> Vec<Holder> {
-        self.checkouts.holders()
+        self.books.checkouts.holders()
     }
 
     /// [`Engine::holders`] with each holder's `pg_stat_activity` state, read on a separate
     /// short-lived connection. Skipped when connections have been failing lately, so that a
     /// pool timeout during an outage is not delayed by one more doomed connection attempt.
     fn holders_with_state(&self) -> Vec<Holder> {
-        let mut holders = self.checkouts.holders();
+        let mut holders = self.books.checkouts.holders();
         let failing = self
+            .books
             .shared
             .last_error()
             .is_some_and(|(_, at)| at.elapsed() < self.settings.pool.timeout * 2);
@@ -421,7 +432,7 @@ impl Engine {
     /// that last used them count as idle.
     pub fn state(&self) -> PoolState {
         let state = self.pool.state();
-        let parked = self.parking.parked();
+        let parked = self.books.parking.parked();
         let idle = (state.idle_connections + parked).min(state.connections);
         PoolState {
             max_size: self.pool.max_size(),

@@ -1,7 +1,6 @@
 //! Who holds the pool's connections: the checkout site (`#[track_caller]`), since when, and the
 //! PostgreSQL backend pid, for pool-timeout errors and leak warnings.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::Location;
 use std::sync::Mutex;
@@ -50,10 +49,11 @@ const SHARDS: usize = 16;
 #[repr(align(128))]
 struct Shard(Mutex<ShardState>);
 
+/// A shard's checkouts: a few at most per thread, so a plain list (no hashing).
 #[derive(Default)]
 struct ShardState {
     next: u64,
-    live: HashMap<u64, Checkout>,
+    live: Vec<(u64, Checkout)>,
 }
 
 /// The live checkouts of one engine, sharded by thread.
@@ -93,11 +93,12 @@ impl fmt::Debug for Checkouts {
 }
 
 impl Checkouts {
-    /// Records a checkout; the id says which shard holds it.
+    /// Records a checkout that began at `since`; the id says which shard holds it.
     pub(crate) fn register(
         &self,
         site: &'static Location<'static>,
         backend_pid: Option<i32>,
+        since: Instant,
     ) -> u64 {
         let shard = MY_SHARD.try_with(|shard| *shard).unwrap_or(0);
         let Ok(mut state) = self.shards[shard].0.lock() else {
@@ -105,15 +106,15 @@ impl Checkouts {
         };
         let id = state.next * SHARDS as u64 + shard as u64;
         state.next += 1;
-        state.live.insert(
+        state.live.push((
             id,
             Checkout {
                 site,
-                since: Instant::now(),
+                since,
                 backend_pid,
                 warned: false,
             },
-        );
+        ));
         id
     }
 
@@ -123,19 +124,15 @@ impl Checkouts {
 
     /// Forgets a returned checkout, warning if it was held past `threshold` unnoticed.
     pub(crate) fn release(&self, id: u64, threshold: Option<Duration>) {
-        let removed = self
-            .shard_of(id)
-            .lock()
-            .ok()
-            .and_then(|mut s| s.live.remove(&id));
-        let Some(checkout) = removed else {
+        let removed = self.shard_of(id).lock().ok().and_then(|mut s| {
+            let at = s.live.iter().position(|(live, _)| *live == id)?;
+            Some(s.live.swap_remove(at).1)
+        });
+        let (Some(checkout), Some(threshold)) = (removed, threshold) else {
             return;
         };
         let held = checkout.since.elapsed();
-        if let Some(threshold) = threshold
-            && held > threshold
-            && !checkout.warned
-        {
+        if held > threshold && !checkout.warned {
             tracing::warn!(
                 "a database connection checked out at {} was held for {:.1}s \
                  (DATABASE_POOL_LEAK_THRESHOLD {:.1}s)",
@@ -166,7 +163,7 @@ impl Checkouts {
             let Ok(mut state) = shard.0.lock() else {
                 continue;
             };
-            for checkout in state.live.values_mut() {
+            for (_, checkout) in &mut state.live {
                 let held = checkout.since.elapsed();
                 if held > threshold && !checkout.warned {
                     checkout.warned = true;
@@ -189,7 +186,7 @@ impl Checkouts {
             let Ok(state) = shard.0.lock() else {
                 continue;
             };
-            holders.extend(state.live.values().map(|c| Holder {
+            holders.extend(state.live.iter().map(|(_, c)| Holder {
                 site: c.site.to_string(),
                 held_for: c.since.elapsed(),
                 backend_pid: c.backend_pid,
