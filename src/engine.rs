@@ -145,14 +145,14 @@ impl PooledConn {
 impl Deref for PooledConn {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        &*self.pooled().conn
+        &self.pooled().conn
     }
 }
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut Conn {
         match &mut self.conn {
-            Some(conn) => &mut *conn.conn,
+            Some(conn) => &mut conn.conn,
             None => unreachable!("a PooledConn holds its connection until dropped"),
         }
     }
