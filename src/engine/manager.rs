@@ -450,6 +450,10 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<Slot, ConnectError> {
         let mut conn = self.establish()?;
+        // Known good as of *before* its last round trips, like a query's start: a thread
+        // descheduled after them could otherwise stamp a connection dropped meanwhile as newer
+        // than a death already recorded.
+        let answered = self.shared.now();
         if !self.session_sql.is_empty() {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
@@ -459,7 +463,7 @@ impl ManageConnection for Manager {
             Conn::Sqlite(_) => None,
         };
         let health = Arc::new(Health::default());
-        health.last_ok.store(self.shared.now(), Ordering::Release);
+        health.last_ok.store(answered, Ordering::Release);
         conn.set_instrumentation(DeathWatch {
             health: Arc::clone(&health),
             shared: Arc::clone(&self.shared),
