@@ -110,11 +110,19 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// What checkouts and returns update: one `Arc`, so a checkout clones one pointer.
-struct Books {
+/// What checkouts and returns update.
+pub(crate) struct Books {
     checkouts: Checkouts,
     parking: Arc<Parking>,
     shared: Arc<Shared>,
+}
+
+/// A connection out of r2d2's hands (checked out or parked), with its own handle on the
+/// engine's books. The handle travels with the connection into the parking slot and back, so
+/// the fast path never touches the `Arc`'s count, which every thread would otherwise write.
+pub(crate) struct Held {
+    conn: PooledConnection<Manager>,
+    books: Arc<Books>,
 }
 
 /// A connection checked out of the pool; it goes back when dropped.
@@ -122,18 +130,21 @@ struct Books {
 /// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
 pub struct PooledConn {
     /// Always `Some` until dropped.
-    conn: Option<PooledConnection<Manager>>,
+    held: Option<Held>,
     id: u64,
-    books: Arc<Books>,
     leak_threshold: Option<Duration>,
 }
 
 impl PooledConn {
-    fn pooled(&self) -> &PooledConnection<Manager> {
-        match &self.conn {
-            Some(conn) => conn,
+    fn held(&self) -> &Held {
+        match &self.held {
+            Some(held) => held,
             None => unreachable!("a PooledConn holds its connection until dropped"),
         }
+    }
+
+    fn pooled(&self) -> &PooledConnection<Manager> {
+        &self.held().conn
     }
 
     /// The PostgreSQL backend pid of this connection (`None` on SQLite).
@@ -151,8 +162,8 @@ impl Deref for PooledConn {
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut Conn {
-        match &mut self.conn {
-            Some(conn) => &mut conn.conn,
+        match &mut self.held {
+            Some(held) => &mut held.conn.conn,
             None => unreachable!("a PooledConn holds its connection until dropped"),
         }
     }
@@ -162,15 +173,14 @@ impl Drop for PooledConn {
     /// Parks a healthy connection for this thread's next checkout (see "Connection affinity"
     /// in the module docs), or returns it to the pool.
     fn drop(&mut self) {
-        self.books.checkouts.release(self.id, self.leak_threshold);
-        self.books.shared.count_in_use(-1);
-        if let Some(mut conn) = self.conn.take() {
-            let healthy = !std::thread::panicking() && conn.reusable();
-            if healthy {
-                drop(self.books.parking.park(conn));
-            } else {
-                drop(conn);
-            }
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        held.books.checkouts.release(self.id, self.leak_threshold);
+        held.books.shared.count_in_use(-1);
+        let healthy = !std::thread::panicking() && held.conn.reusable();
+        if healthy {
+            drop(Parking::park(held));
         }
     }
 }
@@ -304,13 +314,15 @@ impl Engine {
         let (checked_out, waited) = self.checkout(start);
         metrics::checkout_wait().record(waited.as_secs_f64());
         match checked_out {
-            Some(conn) => {
+            Some(held) => {
                 metrics::checkouts().increment(1);
                 self.books.shared.count_in_use(1);
                 Ok(PooledConn {
-                    id: self.books.checkouts.register(site, conn.backend_pid, start),
-                    conn: Some(conn),
-                    books: Arc::clone(&self.books),
+                    id: self
+                        .books
+                        .checkouts
+                        .register(site, held.conn.backend_pid, start),
+                    held: Some(held),
                     leak_threshold,
                 })
             }
@@ -331,22 +343,29 @@ impl Engine {
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
     /// this thread's own parked connection (validated against `start`).
-    fn checkout(&self, start: Instant) -> (Option<PooledConnection<Manager>>, Duration) {
+    fn checkout(&self, start: Instant) -> (Option<Held>, Duration) {
         use diesel::r2d2::ManageConnection;
-        let own = self.books.parking.take_own().and_then(|mut conn| {
+        let own = self.books.parking.take_own().and_then(|mut held| {
             self.manager
-                .is_valid_at(&mut conn, start)
+                .is_valid_at(&mut held.conn, start)
                 .is_ok()
-                .then_some(conn)
+                .then_some(held)
         });
         if own.is_some() {
             return (own, Duration::ZERO);
         }
-        let valid = |mut conn: PooledConnection<Manager>| {
-            self.manager.is_valid(&mut conn).is_ok().then_some(conn)
+        let valid = |mut held: Held| {
+            self.manager
+                .is_valid(&mut held.conn)
+                .is_ok()
+                .then_some(held)
+        };
+        let hold = |conn| Held {
+            conn,
+            books: Arc::clone(&self.books),
         };
         if let Some(conn) = self.pool.try_get() {
-            return (Some(conn), start.elapsed());
+            return (Some(hold(conn)), start.elapsed());
         }
         let deadline = start + self.settings.pool.timeout;
         let conn = self.books.parking.waiting(|| {
@@ -359,7 +378,7 @@ impl Engine {
                     return None;
                 }
                 if let Ok(conn) = self.pool.get_timeout(left.min(Duration::from_millis(20))) {
-                    return Some(conn);
+                    return Some(hold(conn));
                 }
             }
         });

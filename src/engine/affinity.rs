@@ -19,11 +19,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use diesel::r2d2::PooledConnection;
-
-use super::manager::Manager;
-
-type Pooled = PooledConnection<Manager>;
+use super::Held as Pooled;
 
 /// One thread's parked connection for one engine.
 #[derive(Default)]
@@ -113,13 +109,15 @@ impl Parking {
         self.empty(&slot)
     }
 
-    /// Parks `conn` for this thread, or hands it back (to be returned to the pool) when a
-    /// thread is waiting for the pool or this thread already has one parked.
-    pub(crate) fn park(self: &Arc<Self>, conn: Pooled) -> Option<Pooled> {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+    /// Parks `conn` for this thread in its engine's parking, or hands it back (to be returned
+    /// to the pool) when a thread is waiting for the pool or this thread already has one
+    /// parked.
+    pub(crate) fn park(conn: Pooled) -> Option<Pooled> {
+        let parking = &conn.books.parking;
+        if parking.waiting.load(Ordering::Acquire) > 0 {
             return Some(conn);
         }
-        let Some(slot) = self.my_slot() else {
+        let Some(slot) = parking.my_slot() else {
             return Some(conn);
         };
         let Ok(mut parked) = slot.0.lock() else {
