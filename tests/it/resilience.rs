@@ -42,6 +42,23 @@ fn through(proxy: &FaultProxy, db: &str, extra: &[(&str, &str)]) -> Settings {
     settings
 }
 
+/// A fresh database, a fault proxy in front of the server, and an engine through it with a pool
+/// of `max_size` and a 3 s pool timeout. Drops in the right order: engine, proxy, database.
+fn proxied(prefix: &str, max_size: &str) -> (Place, FaultProxy, Engine) {
+    let (_, place) = fresh_postgres(prefix, &[]);
+    let proxy = FaultProxy::start(upstream());
+    let settings = through(
+        &proxy,
+        &db_name(&place),
+        &[
+            ("DATABASE_POOL_MAX_SIZE", max_size),
+            ("DATABASE_POOL_TIMEOUT", "3s"),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    (place, proxy, engine)
+}
+
 fn db_name(place: &Place) -> String {
     match place {
         Place::Postgres(db) => db.name.clone(),
@@ -248,17 +265,7 @@ fn eight_threads_survive(engine: Engine, pool_timeout: Duration, fault: impl FnO
 /// dead, so it is not parked again, and the next request gets a working connection.
 #[test]
 fn a_connection_dropped_while_idle_fails_one_request_then_is_replaced() {
-    let (_engine, place) = fresh_postgres("dl_idle_reset", &[]);
-    let proxy = FaultProxy::start(upstream());
-    let settings = through(
-        &proxy,
-        &db_name(&place),
-        &[
-            ("DATABASE_POOL_MAX_SIZE", "1"),
-            ("DATABASE_POOL_TIMEOUT", "3s"),
-        ],
-    );
-    let engine = Engine::connect(&settings).expect("connect");
+    let (_place, proxy, engine) = proxied("dl_idle_reset", "1");
     for round in 0..5 {
         handle(&engine).expect("served before the reset");
         proxy.reset_all();
@@ -275,17 +282,7 @@ fn a_connection_dropped_while_idle_fails_one_request_then_is_replaced() {
 
 #[test]
 fn a_reset_of_every_connection_under_load_costs_at_most_the_requests_in_flight() {
-    let (_engine, place) = fresh_postgres("dl_reset", &[]);
-    let proxy = FaultProxy::start(upstream());
-    let settings = through(
-        &proxy,
-        &db_name(&place),
-        &[
-            ("DATABASE_POOL_MAX_SIZE", "8"),
-            ("DATABASE_POOL_TIMEOUT", "3s"),
-        ],
-    );
-    let engine = Engine::connect(&settings).expect("connect");
+    let (_place, proxy, engine) = proxied("dl_reset", "8");
     let recovery = eight_threads_survive(engine, Duration::from_secs(3), || proxy.reset_all());
     assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
 }
