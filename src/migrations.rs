@@ -424,10 +424,11 @@ impl<'a> Session<'a> {
             {
                 break;
             }
-            let applied = applied_versions(&mut self.conn)?;
+            let applied = self.applied()?;
             let Some(last) = applied
                 .iter()
                 .rev()
+                .map(|(version, _)| version)
                 .find(|v| self.set.script(v).is_some())
                 .cloned()
             else {
