@@ -59,13 +59,13 @@ use diesel::sql_types::Text;
 
 use self::affinity::Parking;
 use self::checkouts::Checkouts;
-pub use self::checkouts::Holder;
 pub use self::connection::{Conn, MultiBackend};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
 pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
+pub use crate::pool_state::{Holder, PoolState};
 
 /// How long the connection made by [`Engine::connect`] is kept for the first migration run.
 const SPARE_FOR: Duration = Duration::from_secs(10);
@@ -182,29 +182,6 @@ impl Drop for PooledConn {
         if healthy {
             drop(Parking::park(held));
         }
-    }
-}
-
-/// A snapshot of the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolState {
-    /// The most connections the pool will hold.
-    pub max_size: u32,
-    /// Connections open now, idle or in use.
-    pub connections: u32,
-    /// Open connections waiting in the pool.
-    pub idle: u32,
-    /// Connections checked out now.
-    pub in_use: u32,
-}
-
-impl fmt::Display for PoolState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pool size {}, {} open: {} in use, {} idle",
-            self.max_size, self.connections, self.in_use, self.idle
-        )
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{Holder, PoolState};
+use crate::pool_state::{Holder, PoolState};
 
 /// Everything that can go wrong in datalayer.
 ///
@@ -63,73 +63,9 @@ pub enum Error {
         holders: Vec<Holder>,
     },
 
-    /// A migration failed. The database stays at the last migration that succeeded (each runs
-    /// in its own transaction).
-    #[error("migration {migration} ({file}) failed: {reason}")]
-    Migration {
-        /// The migration's folder name, e.g. `2026-11-25-000001_create_users`.
-        migration: String,
-        /// The file at fault, e.g. `migrations/postgres/2026-11-25-000001_create_users/up.sql`.
-        file: String,
-        /// The database's message.
-        reason: String,
-    },
-
-    /// Another run held the migration lock for longer than `DATABASE_MIGRATION_LOCK_TIMEOUT`.
-    #[error(
-        "gave up waiting for the migration lock after {waited:.1?}; it is held by {}; raise \
-         DATABASE_MIGRATION_LOCK_TIMEOUT or end that session",
-        holder.as_deref().unwrap_or("a session that could not be identified")
-    )]
-    MigrationLockTimeout {
-        /// How long the run waited.
-        waited: Duration,
-        /// Who held the lock at the end of the wait (pid, application name, state, for how long).
-        holder: Option<String>,
-    },
-
-    /// An applied migration's `up.sql` no longer matches the checksum recorded when it ran.
-    #[error(
-        "migration {migration} was edited after it was applied: its up.sql hashes to \
-         {embedded}, the ledger recorded {recorded}; restore the file, or run `datalayer \
-         migrate --accept-checksum {version}` if the edit is deliberate"
-    )]
-    ChecksumMismatch {
-        /// The migration's folder name.
-        migration: String,
-        /// Its version, as `--accept-checksum` takes it.
-        version: String,
-        /// The SHA-256 the ledger holds.
-        recorded: String,
-        /// The SHA-256 of the `up.sql` this binary carries.
-        embedded: String,
-    },
-
-    /// The database has migrations this binary does not know: a newer release migrated it.
-    #[error(
-        "the database has migrations this binary does not know: {}; a newer release applied \
-         them. Deploy that release, or set DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true if its \
-         migrations are backward compatible",
-        versions.join(", ")
-    )]
-    UnknownMigrations {
-        /// The unknown versions.
-        versions: Vec<String>,
-    },
-
-    /// The live schema differs from what the migrations produce (`DATABASE_SCHEMA_CHECK=strict`).
-    #[error(
-        "the schema differs from what the migrations produce (DATABASE_SCHEMA_CHECK=strict):\n{}",
-        differences.join("\n")
-    )]
-    SchemaDrift {
-        /// One line per difference, e.g. `users.display_name: missing`.
-        differences: Vec<String>,
-    },
-
-    /// Creating or updating a user would give two users the same email address.
-    #[error("a user with this email address already exists")]
-    EmailTaken,
+    /// A migration run could not finish: see [`MigrationError`] for the cases.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
 
     /// Any other error from the database or the driver.
     #[error("database error: {0}")]
@@ -177,5 +113,179 @@ pub struct ConfigProblem {
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+/// Why a migration run (migrate, boot, revert, status, accept-checksum) could not finish.
+///
+/// `#[non_exhaustive]`: match with a `_` arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrationError {
+    /// A migration's files are malformed (a folder name without a version, two migrations with
+    /// one version, a bad `metadata.toml`, an unreadable file).
+    #[error("{file}: {reason}")]
+    Invalid {
+        /// The folder or file at fault.
+        file: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+
+    /// A migration's SQL failed. A migration run in a transaction left nothing behind; one
+    /// with `run_in_transaction = false` may have run some statements: `progress` says which.
+    #[error("migration {migration} ({file}) failed: {source}{}", progress.as_deref().map(|p| format!("; {p}")).unwrap_or_default())]
+    Apply {
+        /// The migration's folder name, e.g. `2026-11-25-000001_create_users`.
+        migration: String,
+        /// The file at fault, e.g. `migrations/postgres/2026-11-25-000001_create_users/up.sql`.
+        file: String,
+        /// What ran before the failure, for a migration outside a transaction.
+        progress: Option<String>,
+        /// The database's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// Another run held the migration lock for longer than `DATABASE_MIGRATION_LOCK_TIMEOUT`.
+    #[error(
+        "gave up waiting for the migration lock after {waited:.1?}; it is held by {}; raise \
+         DATABASE_MIGRATION_LOCK_TIMEOUT or end that session",
+        holder.as_deref().unwrap_or("a session that could not be identified")
+    )]
+    LockTimeout {
+        /// How long the run waited.
+        waited: Duration,
+        /// Who held the lock at the end of the wait (pid, application name, state, for how long).
+        holder: Option<String>,
+    },
+
+    /// A file of the migration machinery could not be used: the SQLite migration lock
+    /// file, or the fingerprint being written.
+    #[error("{action} {file}: {source}")]
+    File {
+        /// What was being done, e.g. `cannot open the migration lock file`.
+        action: &'static str,
+        /// The file.
+        file: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An applied migration's `up.sql` no longer matches the checksum recorded when it ran.
+    #[error(
+        "migration {migration} was edited after it was applied: its up.sql hashes to \
+         {embedded}, the ledger recorded {recorded}; restore the file, or run `migrate \
+         --accept-checksum {version}` if the edit is deliberate"
+    )]
+    ChecksumMismatch {
+        /// The migration's folder name.
+        migration: String,
+        /// Its version, as `--accept-checksum` takes it.
+        version: String,
+        /// The SHA-256 the ledger holds.
+        recorded: String,
+        /// The SHA-256 of the `up.sql` this binary carries.
+        embedded: String,
+    },
+
+    /// The database has migrations of this set that this binary does not know: a newer
+    /// release migrated it.
+    #[error(
+        "the database has migrations of {set:?} this binary does not know: {}; a newer release \
+         applied them. Deploy that release, or set DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true if its \
+         migrations are backward compatible",
+        versions.join(", ")
+    )]
+    UnknownMigrations {
+        /// The migration set's name.
+        set: String,
+        /// The unknown versions.
+        versions: Vec<String>,
+    },
+
+    /// A migration of this set has the version of one another set already applied (Diesel's
+    /// `__diesel_schema_migrations` holds one row per version, whatever the set).
+    #[error(
+        "migration {migration} of {set:?} has version {version}, which {other_set:?} already \
+         applied in this database; versions are unique per database: rename the folder with a \
+         new timestamp"
+    )]
+    VersionClash {
+        /// The set being run.
+        set: String,
+        /// Its migration with the clashing version.
+        migration: String,
+        /// The version.
+        version: String,
+        /// The set that applied it.
+        other_set: String,
+    },
+
+    /// No migration of this set has the version given (to `--accept-checksum`).
+    #[error(
+        "{set:?} has no migration with version {version}; give it as `status` shows it, \
+         without dashes (e.g. 20261125000001)"
+    )]
+    NoSuchVersion {
+        /// The set.
+        set: String,
+        /// The version asked for.
+        version: String,
+    },
+
+    /// The application has no migrations for the configured backend.
+    #[error(
+        "{set:?} has no {backend} migrations; point DATABASE_URL at a database of a backend it \
+         supports ({supported})"
+    )]
+    UnsupportedBackend {
+        /// The set.
+        set: String,
+        /// The configured backend.
+        backend: String,
+        /// The backends it has migrations for.
+        supported: String,
+    },
+
+    /// A migration has no `down.sql`, so it cannot be reverted.
+    #[error("migration {migration} has no down.sql ({file}), so it cannot be reverted")]
+    Irreversible {
+        /// The migration.
+        migration: String,
+        /// The file that is missing.
+        file: String,
+    },
+
+    /// The live schema differs from what the migrations produce (`DATABASE_SCHEMA_CHECK=strict`).
+    #[error(
+        "the schema differs from what the migrations produce (DATABASE_SCHEMA_CHECK=strict):\n{}",
+        differences.join("\n")
+    )]
+    SchemaDrift {
+        /// One line per difference, e.g. `users.display_name: missing`.
+        differences: Vec<String>,
+    },
+
+    /// A statement of the migration machinery failed: reading or writing the ledger
+    /// (`__diesel_schema_migrations`, `datalayer_migrations`), the lock, or the catalog.
+    #[error("{action}: {source}")]
+    Database {
+        /// What was being done.
+        action: &'static str,
+        /// The database's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+/// A failed `BEGIN`, `COMMIT` or `ROLLBACK` around a migration.
+impl From<diesel::result::Error> for MigrationError {
+    fn from(source: diesel::result::Error) -> Self {
+        MigrationError::Database {
+            action: "running the migration's transaction",
+            source,
+        }
     }
 }

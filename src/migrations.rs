@@ -1,23 +1,31 @@
 //! Migrations that are safe when many replicas boot at once: the schema half of the seed's
 //! `metadata`.
 //!
-//! The SQL lives in `migrations/postgres/` and `migrations/sqlite/` (same tables and columns;
-//! a test compares them) and is compiled into the binary. Every run (migrate, revert, boot):
+//! An application embeds its migration folders (Diesel's layout) with
+//! [`embed_migrations!`](crate::embed_migrations), which gives a [`Migrator`]: a value the
+//! application holds and runs on boot. Every run (migrate, revert, boot):
 //!
 //! 1. opens a connection of its own, outside the pool, without the application's statement
 //!    timeout, named `<application_name> (migrations)`;
 //! 2. takes the migration lock ([`lock`]), waiting at most `DATABASE_MIGRATION_LOCK_TIMEOUT`
 //!    and saying who holds it;
 //! 3. checks the ledger ([`ledger`]): every applied migration's `up.sql` must still hash to
-//!    what was recorded, and the database must not have versions this binary does not know
-//!    (unless `DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true`); migrations applied before the ledger
-//!    existed are backfilled;
+//!    what was recorded, and the database must not have versions of this set that the
+//!    migrator does not know (unless `DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true`); migrations
+//!    applied before the ledger existed are backfilled;
 //! 4. reads the pending set (so replicas that waited for the lock find nothing to do) and
 //!    applies each migration in its own transaction, together with its ledger row. On
 //!    PostgreSQL each runs with `SET LOCAL lock_timeout` (`DATABASE_MIGRATION_DDL_LOCK_TIMEOUT`)
 //!    and is retried with backoff when it times out, so DDL never waits in the lock queue
-//!    behind a long transaction while every other query queues behind it;
+//!    behind a long transaction while every other query queues behind it. A migration whose
+//!    `metadata.toml` says `run_in_transaction = false` (for `CREATE INDEX CONCURRENTLY`) runs
+//!    one statement at a time under the session's `lock_timeout`, its ledger rows written
+//!    after its last statement succeeds; it is never retried, since part of it may have run;
 //! 5. at boot, compares the live schema with the committed fingerprint ([`drift`]).
+//!
+//! Several sets may share one database (a library's tables beside the application's): the
+//! ledger records each migration under its set's name, and a set ignores the others' rows.
+//! Versions stay unique per database, as Diesel's own table requires.
 //!
 //! A failure names the migration and its file and leaves the database at the last migration
 //! that succeeded.
@@ -26,43 +34,70 @@ pub mod drift;
 pub mod ledger;
 pub mod lock;
 mod set;
+mod statements;
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use diesel::Connection;
 use diesel::connection::SimpleConnection;
-use diesel::migration::{Migration, MigrationSource};
-use diesel_migrations::MigrationHarness;
 
 pub use self::lock::LockHolder;
 pub use self::set::{MigrationSet, Script};
 use crate::config::{Backend, SchemaCheck};
-use crate::engine::{Conn, Engine, MigrationConn, MultiBackend};
+use crate::engine::{Conn, Engine, MigrationConn};
+pub use crate::error::MigrationError;
 use crate::error::Error;
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
-pub const DDL_ATTEMPTS: u32 = 6;
+const DDL_ATTEMPTS: u32 = 6;
 /// The wait before the second try; it doubles for each further try.
-pub const DDL_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const DDL_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// What `applied_by` records for migrations this build applies.
 const APPLIED_BY: &str = concat!("datalayer ", env!("CARGO_PKG_VERSION"));
 
-/// Applied and pending migrations, oldest first, by name (`<version>_<name>`).
+/// What [`embed_migrations!`](crate::embed_migrations) expands to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use crate::config::Backend;
+
+    /// One embedded migration folder.
+    pub struct EmbeddedMigration {
+        pub name: &'static str,
+        pub up: &'static str,
+        pub down: Option<&'static str>,
+        pub metadata: Option<&'static str>,
+    }
+
+    /// One embedded migrations folder, for one backend or (`None`) every backend.
+    pub struct Embedded {
+        pub backend: Option<Backend>,
+        pub origin: &'static str,
+        pub migrations: &'static [EmbeddedMigration],
+        pub fingerprint: Option<&'static str>,
+        pub fingerprint_path: &'static str,
+    }
+}
+
+/// Applied, pending and unknown migrations of one set, oldest first, by name
+/// (`<version>_<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// Migrations recorded in the database.
     pub applied: Vec<String>,
     /// Known migrations not applied yet.
     pub pending: Vec<String>,
-    /// Versions the database has but this binary does not know (a newer release applied them).
+    /// Versions of this set the database has but this migrator does not know (a newer
+    /// release applied them).
     pub unknown: Vec<String>,
+    /// Applied migrations whose `up.sql` no longer hashes to what the ledger recorded.
+    pub edited: Vec<String>,
     /// Who holds the migration lock right now, if anyone.
     pub lock: Option<LockHolder>,
 }
 
-/// How far [`revert`] goes back.
+/// How far [`Migrator::revert`] goes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revert {
     /// The last `n` applied migrations.
@@ -76,80 +111,179 @@ pub enum Revert {
 pub struct BootReport {
     /// Migrations applied, in order.
     pub applied: Vec<String>,
-    /// Versions in the database this binary does not know (allowed by
+    /// Versions in the database this migrator does not know (allowed by
     /// `DATABASE_ALLOW_UNKNOWN_MIGRATIONS`).
     pub unknown: Vec<String>,
     /// Differences between the live schema and the fingerprint (`DATABASE_SCHEMA_CHECK=warn`).
     pub drift: Vec<String>,
 }
 
-/// Applies datalayer's pending migrations (see the module doc) and returns their names.
-pub fn run_pending(engine: &Engine) -> Result<Vec<String>, Error> {
-    run_pending_with(engine, &MigrationSet::builtin(engine.backend()))
+/// An application's migrations, per backend, under one set name: what
+/// [`embed_migrations!`](crate::embed_migrations) gives. Every method runs the whole safe
+/// sequence of the module doc on the set for the engine's backend.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db").as_os_str())])?;
+/// let migrator = datalayer::models::migrator(); // an application: datalayer::embed_migrations!("migrations")
+/// let engine = datalayer::Engine::connect(&settings)?;
+/// let report = migrator.boot(&engine)?;
+/// assert_eq!(report.applied.len(), 2);
+/// assert!(migrator.status(&engine)?.pending.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Migrator {
+    name: Cow<'static, str>,
+    /// Per backend (`None`: every backend), or why the embedded files are unusable.
+    sets: Result<Vec<(Option<Backend>, MigrationSet)>, (String, String)>,
 }
 
-/// [`run_pending`] with another set of migrations.
-pub fn run_pending_with(engine: &Engine, set: &MigrationSet) -> Result<Vec<String>, Error> {
-    let mut session = Session::open(engine, set)?;
-    let applied = session.apply();
-    session.close();
-    Ok(applied?.0)
-}
+impl Migrator {
+    /// Expansion of [`embed_migrations!`](crate::embed_migrations).
+    #[doc(hidden)]
+    pub fn __embedded(name: &'static str, sets: &'static [__private::Embedded]) -> Migrator {
+        let sets = sets
+            .iter()
+            .map(|set| MigrationSet::embedded(set).map(|s| (set.backend, s)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match e {
+                MigrationError::Invalid { file, reason } => (file, reason),
+                other => (String::new(), other.to_string()),
+            });
+        Migrator {
+            name: Cow::Borrowed(name),
+            sets,
+        }
+    }
 
-/// The boot sequence's migration step: [`run_pending`], then the drift check that
-/// `DATABASE_SCHEMA_CHECK` asks for (`strict` turns differences into
-/// [`Error::SchemaDrift`]; `warn` logs them and reports them here).
-pub fn boot(engine: &Engine) -> Result<BootReport, Error> {
-    let set = MigrationSet::builtin(engine.backend());
-    let mut session = Session::open(engine, &set)?;
-    let result = session.apply().and_then(|(applied, unknown)| {
-        let drift = session.drift(!unknown.is_empty())?;
-        Ok(BootReport {
-            applied,
-            unknown,
-            drift,
+    /// A migrator named `name` running `set` on whichever backend the engine has.
+    pub fn new(name: impl Into<String>, set: MigrationSet) -> Migrator {
+        Migrator {
+            name: Cow::Owned(name.into()),
+            sets: Ok(vec![(None, set)]),
+        }
+    }
+
+    /// The migrations in `dir`, read now (see [`MigrationSet::from_dir`]), as a migrator
+    /// named `name`.
+    pub fn from_dir(name: impl Into<String>, dir: impl AsRef<std::path::Path>) -> Result<Migrator, Error> {
+        Ok(Migrator::new(name, MigrationSet::from_dir(dir)?))
+    }
+
+    /// The set's name, as the ledger records it (the crate's name unless the macro was given
+    /// `name = "..."`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The migrations for `backend`.
+    pub fn set(&self, backend: Backend) -> Result<&MigrationSet, MigrationError> {
+        let sets = self.sets.as_ref().map_err(|(file, reason)| MigrationError::Invalid {
+            file: file.clone(),
+            reason: reason.clone(),
+        })?;
+        sets.iter()
+            .find(|(b, _)| *b == Some(backend))
+            .or_else(|| sets.iter().find(|(b, _)| b.is_none()))
+            .map(|(_, set)| set)
+            .ok_or_else(|| MigrationError::UnsupportedBackend {
+                set: self.name.to_string(),
+                backend: backend.to_string(),
+                supported: sets
+                    .iter()
+                    .filter_map(|(b, _)| b.map(|b| b.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn session<'a>(&'a self, engine: &'a Engine) -> Result<Session<'a>, Error> {
+        let set = self.set(engine.backend())?;
+        Session::open(engine, &self.name, set)
+    }
+
+    /// Applies the pending migrations (see the module doc) and returns their names.
+    pub fn run_pending(&self, engine: &Engine) -> Result<Vec<String>, Error> {
+        let mut session = self.session(engine)?;
+        let applied = session.apply();
+        session.close();
+        Ok(applied?.0)
+    }
+
+    /// The boot sequence's migration step: [`Migrator::run_pending`], then the drift check
+    /// that `DATABASE_SCHEMA_CHECK` asks for (`strict` turns differences into
+    /// [`MigrationError::SchemaDrift`]; `warn` logs them and reports them here).
+    pub fn boot(&self, engine: &Engine) -> Result<BootReport, Error> {
+        let mut session = self.session(engine)?;
+        let result = session.apply().and_then(|(applied, unknown)| {
+            let drift = session.drift(!unknown.is_empty())?;
+            Ok(BootReport {
+                applied,
+                unknown,
+                drift,
+            })
+        });
+        session.close();
+        result
+    }
+
+    /// Reverts applied migrations of this set, newest first, and returns their names.
+    pub fn revert(&self, engine: &Engine, how_far: Revert) -> Result<Vec<String>, Error> {
+        let mut session = self.session(engine)?;
+        let result = session.revert(how_far);
+        session.close();
+        result
+    }
+
+    /// Which migrations are applied, pending, unknown and edited, and who holds the migration
+    /// lock. Takes no lock and writes nothing: a database never migrated shows every
+    /// migration pending.
+    pub fn status(&self, engine: &Engine) -> Result<Status, Error> {
+        let set = self.set(engine.backend())?;
+        read_only(engine, |migration| {
+            let rows = ledger::applied_read_only(&mut migration.conn);
+            let lock = lock::holder(migration, engine.settings())?;
+            let ledger = Ledger::read(&self.name, set, &rows);
+            Ok(Status {
+                applied: ledger.applied.iter().map(|s| s.name.clone()).collect(),
+                pending: ledger.pending.iter().map(|s| s.name.clone()).collect(),
+                unknown: ledger.unknown,
+                edited: ledger.edited.iter().map(|(s, _)| s.name.clone()).collect(),
+                lock,
+            })
         })
-    });
-    session.close();
-    result
-}
+    }
 
-/// Reverts applied migrations, newest first, and returns their names.
-pub fn revert(engine: &Engine, how_far: Revert) -> Result<Vec<String>, Error> {
-    revert_with(engine, &MigrationSet::builtin(engine.backend()), how_far)
-}
-
-/// [`revert`] with another set of migrations.
-pub fn revert_with(
-    engine: &Engine,
-    set: &MigrationSet,
-    how_far: Revert,
-) -> Result<Vec<String>, Error> {
-    let mut session = Session::open(engine, set)?;
-    let result = session.revert(how_far);
-    session.close();
-    result
-}
-
-/// Which migrations are applied, pending and unknown, and who holds the migration lock.
-/// Takes no lock.
-pub fn status(engine: &Engine) -> Result<Status, Error> {
-    status_with(engine, &MigrationSet::builtin(engine.backend()))
-}
-
-/// [`status`] with another set of migrations.
-pub fn status_with(engine: &Engine, set: &MigrationSet) -> Result<Status, Error> {
-    read_only(engine, |migration| {
-        let applied = applied_versions(&mut migration.conn)?;
-        let lock = lock::holder(migration, engine.settings())?;
-        Ok(classify(set, &applied, lock))
-    })
+    /// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
+    /// deliberate edit of an applied migration. Logs what it did.
+    pub fn accept_checksum(&self, engine: &Engine, version: &str) -> Result<(), Error> {
+        let set = self.set(engine.backend())?;
+        let script = set
+            .script(version)
+            .ok_or_else(|| MigrationError::NoSuchVersion {
+                set: self.name.to_string(),
+                version: version.to_string(),
+            })?;
+        let mut session = Session::open(engine, &self.name, set)?;
+        let result = ledger::ensure(&mut session.conn)
+            .and_then(|()| ledger::accept(&mut session.conn, version, &script.checksum));
+        session.close();
+        if result? {
+            tracing::warn!(
+                "accepted the edited up.sql of migration {} (checksum {})",
+                script.name,
+                script.checksum
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Who holds the migration lock right now, if anyone.
 pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
     read_only(engine, |migration| {
-        lock::holder(migration, engine.settings())
+        Ok(lock::holder(migration, engine.settings())?)
     })
 }
 
@@ -167,120 +301,105 @@ fn read_only<T>(
     result
 }
 
-/// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
-/// deliberate edit of an applied migration. Logs what it did.
-pub fn accept_checksum(engine: &Engine, version: &str) -> Result<(), Error> {
-    let set = MigrationSet::builtin(engine.backend());
-    let script = set.script(version).ok_or_else(|| Error::Migration {
-        migration: version.to_string(),
-        file: set.origin.clone(),
-        reason: "no migration with this version; give the version as `datalayer status` shows \
-                 it, without dashes (e.g. 20261125000001)"
-            .into(),
-    })?;
-    let mut session = Session::open(engine, &set)?;
-    let result = ledger::ensure(&mut session.conn)
-        .and_then(|()| ledger::accept(&mut session.conn, version, &script.checksum));
-    session.close();
-    if result? {
-        tracing::warn!(
-            "accepted the edited up.sql of migration {} (checksum {})",
-            script.name,
-            script.checksum
-        );
-    }
-    Ok(())
+/// One set's view of the ledger: its rows, told apart from other sets' rows.
+struct Ledger<'s> {
+    /// Applied migrations this set knows, oldest first.
+    applied: Vec<&'s Script>,
+    /// Known migrations not applied.
+    pending: Vec<&'s Script>,
+    /// Versions of this set (or of no recorded set) that it does not know.
+    unknown: Vec<String>,
+    /// Applied migrations without a ledger row (applied before the ledger existed).
+    backfill: Vec<&'s Script>,
+    /// Applied migrations whose checksum differs, with the recorded one.
+    edited: Vec<(&'s Script, String)>,
+    /// A migration of this set whose version another set applied, with that set's name.
+    clash: Option<(&'s Script, String)>,
 }
 
-fn applied_versions(conn: &mut Conn) -> Result<Vec<String>, Error> {
-    let mut versions: Vec<String> = MigrationHarness::<MultiBackend>::applied_migrations(conn)
-        .map_err(|e| reading_error(&e))?
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    versions.sort();
-    Ok(versions)
-}
-
-fn reading_error(e: &dyn std::fmt::Display) -> Error {
-    Error::Migration {
-        migration: "(none)".into(),
-        file: "__diesel_schema_migrations".into(),
-        reason: format!("cannot read the applied versions: {e}"),
-    }
-}
-
-fn classify(set: &MigrationSet, applied: &[String], lock: Option<LockHolder>) -> Status {
-    let known: BTreeSet<&str> = set.scripts.iter().map(|s| s.version.as_str()).collect();
-    Status {
-        applied: set
+impl<'s> Ledger<'s> {
+    fn read(name: &str, set: &'s MigrationSet, rows: &[(String, Option<ledger::Entry>)]) -> Ledger<'s> {
+        let mut view = Ledger {
+            applied: Vec::new(),
+            pending: Vec::new(),
+            unknown: Vec::new(),
+            backfill: Vec::new(),
+            edited: Vec::new(),
+            clash: None,
+        };
+        for (version, entry) in rows {
+            let script = set.script(version);
+            match (entry, script) {
+                (Some(entry), Some(script)) if entry.migration_set != name => {
+                    view.clash.get_or_insert((script, entry.migration_set.clone()));
+                }
+                (Some(entry), _) if entry.migration_set != name => {}
+                (_, None) => view.unknown.push(version.clone()),
+                (None, Some(script)) => {
+                    view.applied.push(script);
+                    view.backfill.push(script);
+                }
+                (Some(entry), Some(script)) => {
+                    view.applied.push(script);
+                    if entry.checksum != script.checksum {
+                        view.edited.push((script, entry.checksum.clone()));
+                    }
+                }
+            }
+        }
+        view.applied.sort_by(|a, b| a.version.cmp(&b.version));
+        view.pending = set
             .scripts
             .iter()
-            .filter(|s| applied.contains(&s.version))
-            .map(|s| s.name.clone())
-            .collect(),
-        pending: set
-            .scripts
-            .iter()
-            .filter(|s| !applied.contains(&s.version))
-            .map(|s| s.name.clone())
-            .collect(),
-        unknown: applied
-            .iter()
-            .filter(|v| !known.contains(v.as_str()))
-            .cloned()
-            .collect(),
-        lock,
+            .filter(|s| !view.applied.iter().any(|a| a.version == s.version))
+            .filter(|s| !view.clash.as_ref().is_some_and(|(c, _)| c.version == s.version))
+            .collect();
+        view
     }
-}
-
-/// The reason of a failed migration, without diesel's "Failed to run <version> with: "
-/// wrapper (its type is private to diesel_migrations, so the prefix is cut from the text).
-fn reason_of(error: &dyn std::fmt::Display) -> String {
-    let message = error.to_string();
-    message
-        .strip_prefix("Failed to run ")
-        .and_then(|rest| rest.split_once(" with: "))
-        .map_or(message.clone(), |(_, reason)| reason.to_string())
 }
 
 /// PostgreSQL's message for SQLSTATE 55P03 caused by `lock_timeout`. Diesel does not expose
 /// SQLSTATEs, so the (English) message is matched; under a translated `lc_messages` the
 /// migration fails on its first timeout instead of retrying, which is still safe.
-fn is_lock_timeout(reason: &str) -> bool {
-    reason.contains("lock timeout")
+fn is_lock_timeout(error: &diesel::result::Error) -> bool {
+    error.to_string().contains("lock timeout")
 }
 
 /// One migration run: its connection, the lock, and the checks done under it.
 struct Session<'a> {
     conn: Conn,
     guard: Option<lock::Guard>,
+    name: &'a str,
     set: &'a MigrationSet,
     engine: &'a Engine,
 }
 
 impl<'a> Session<'a> {
-    fn open(engine: &'a Engine, set: &'a MigrationSet) -> Result<Session<'a>, Error> {
+    fn open(engine: &'a Engine, name: &'a str, set: &'a MigrationSet) -> Result<Session<'a>, Error> {
         let mut migration = engine.migration_connection()?;
         let settings = engine.settings();
         let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
         Ok(Session {
             conn: migration.conn,
             guard: Some(guard),
+            name,
             set,
             engine,
         })
     }
 
-    /// Every applied version with its ledger row. Reads first and creates the ledger
-    /// tables only when that fails (a fresh database), so a boot with nothing to do spends one
-    /// statement here.
-    fn applied(&mut self) -> Result<Vec<(String, Option<ledger::Entry>)>, Error> {
+    /// Every applied version with its ledger row. Reads first and creates (or upgrades) the
+    /// ledger tables only when that fails (a fresh database, or a ledger of an earlier
+    /// release), so a boot with nothing to do spends one statement here.
+    fn rows(&mut self) -> Result<Vec<(String, Option<ledger::Entry>)>, MigrationError> {
         match ledger::applied(&mut self.conn) {
             Ok(rows) => Ok(rows),
             Err(_) => {
                 ledger::ensure(&mut self.conn)?;
-                ledger::applied(&mut self.conn).map_err(|e| reading_error(&e))
+                ledger::applied(&mut self.conn).map_err(|source| MigrationError::Database {
+                    action: "reading the applied migrations",
+                    source,
+                })
             }
         }
     }
@@ -291,174 +410,211 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Checks the ledger and the applied versions, backfilling rows the ledger lacks. Returns
-    /// the applied versions and the unknown ones (allowed).
-    fn check(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
-        let rows = self.applied()?;
-        let applied: Vec<String> = rows.iter().map(|(version, _)| version.clone()).collect();
-        let status = classify(self.set, &applied, None);
-        if !status.unknown.is_empty() {
+    /// Checks the ledger, backfilling rows it lacks. Returns the applied versions of this set
+    /// and the unknown ones (allowed), and the pending migrations.
+    fn check(&mut self) -> Result<(Vec<String>, Vec<&'a Script>, Vec<String>), Error> {
+        let rows = self.rows()?;
+        let ledger = Ledger::read(self.name, self.set, &rows);
+        if let Some((script, other_set)) = ledger.clash {
+            return Err(MigrationError::VersionClash {
+                set: self.name.to_string(),
+                migration: script.name.clone(),
+                version: script.version.clone(),
+                other_set,
+            }
+            .into());
+        }
+        if !ledger.unknown.is_empty() {
             if !self.engine.settings().migrations.allow_unknown {
-                return Err(Error::UnknownMigrations {
-                    versions: status.unknown,
-                });
+                return Err(MigrationError::UnknownMigrations {
+                    set: self.name.to_string(),
+                    versions: ledger.unknown,
+                }
+                .into());
             }
             tracing::warn!(
-                "the database has migrations this binary does not know ({}); going on because \
-                 DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true",
-                status.unknown.join(", ")
+                "the database has migrations of {:?} this binary does not know ({}); going on \
+                 because DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true",
+                self.name,
+                ledger.unknown.join(", ")
             );
         }
-        for (version, entry) in &rows {
-            let Some(script) = self.set.script(version) else {
-                continue;
-            };
-            match entry {
-                None => ledger::record(&mut self.conn, script, None, ledger::BACKFILL)?,
-                Some(entry) if entry.checksum != script.checksum => {
-                    return Err(Error::ChecksumMismatch {
-                        migration: script.name.clone(),
-                        version: version.clone(),
-                        recorded: entry.checksum.clone(),
-                        embedded: script.checksum.clone(),
-                    });
-                }
-                Some(_) => {}
+        if let Some((script, recorded)) = ledger.edited.first() {
+            return Err(MigrationError::ChecksumMismatch {
+                migration: script.name.clone(),
+                version: script.version.clone(),
+                recorded: recorded.clone(),
+                embedded: script.checksum.clone(),
             }
+            .into());
         }
-        Ok((applied, status.unknown))
+        for script in &ledger.backfill {
+            ledger::record(&mut self.conn, self.name, script, None, ledger::BACKFILL)?;
+        }
+        let applied = ledger.applied.iter().map(|s| s.version.clone()).collect();
+        Ok((applied, ledger.pending, ledger.unknown))
     }
 
     /// Applies every pending migration; returns their names and the allowed unknown versions.
     fn apply(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
-        let (applied_versions, unknown) = self.check()?;
-        // The pending set from the versions read under the lock (the harness's own
-        // `pending_migrations` would read them again).
-        let mut pending: Vec<_> = MigrationSource::<MultiBackend>::migrations(&self.set)
-            .map_err(|e| reading_error(&e))?
-            .into_iter()
-            .filter(|m| !applied_versions.contains(&m.name().version().to_string()))
-            .collect();
-        // A folder lists its migrations in directory order.
-        pending.sort_by(|a, b| a.name().version().cmp(&b.name().version()));
+        let (_, pending, unknown) = self.check()?;
         let mut applied = Vec::with_capacity(pending.len());
-        for migration in pending {
-            let name = migration.name().to_string();
-            self.apply_one(migration.as_ref(), &name)?;
-            applied.push(name);
+        for script in pending {
+            if script.run_in_transaction {
+                self.apply_in_transaction(script)?;
+            } else {
+                self.apply_outside_transaction(script)?;
+            }
+            applied.push(script.name.clone());
         }
         Ok((applied, unknown))
     }
 
-    fn apply_one(
-        &mut self,
-        migration: &dyn Migration<MultiBackend>,
-        name: &str,
-    ) -> Result<(), Error> {
-        let script = self
-            .set
-            .scripts
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or_else(|| Error::Migration {
-                migration: name.to_string(),
-                file: self.set.file_of(name),
-                reason: "it has no up.sql".into(),
-            })?;
-        let postgres = self.engine.backend() == Backend::Postgres;
-        let ddl_timeout = self
-            .engine
-            .settings()
-            .migrations
-            .ddl_lock_timeout
-            .as_millis();
+    fn postgres(&self) -> bool {
+        self.engine.backend() == Backend::Postgres
+    }
+
+    fn ddl_lock_timeout_ms(&self) -> u128 {
+        self.engine.settings().migrations.ddl_lock_timeout.as_millis()
+    }
+
+    fn apply_error(&self, script: &Script, file: &str, progress: Option<String>, source: diesel::result::Error) -> MigrationError {
+        MigrationError::Apply {
+            migration: script.name.clone(),
+            file: self.set.file_of(&script.name, file),
+            progress,
+            source,
+        }
+    }
+
+    /// The migration and its ledger rows in one transaction, retried with backoff when
+    /// PostgreSQL's `lock_timeout` cut it short (nothing of it stayed).
+    fn apply_in_transaction(&mut self, script: &Script) -> Result<(), Error> {
+        let postgres = self.postgres();
+        let ddl_timeout = self.ddl_lock_timeout_ms();
         let mut backoff = DDL_FIRST_BACKOFF;
         for attempt in 1..=DDL_ATTEMPTS {
             let started = Instant::now();
-            let run = |conn: &mut Conn| -> Result<(), Error> {
-                if postgres {
-                    conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
-                }
-                MigrationHarness::<MultiBackend>::run_migration(conn, migration).map_err(|e| {
-                    Error::Migration {
-                        migration: name.to_string(),
-                        file: self.set.file_of(name),
-                        reason: reason_of(&e),
+            let (name, set) = (self.name, self.set);
+            let result = self.conn.transaction(|conn| -> Result<(), MigrationError> {
+                let run = |conn: &mut Conn| -> diesel::QueryResult<()> {
+                    if postgres {
+                        conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
                     }
+                    conn.batch_execute(&script.up)
+                };
+                run(conn).map_err(|source| MigrationError::Apply {
+                    migration: script.name.clone(),
+                    file: set.file_of(&script.name, "up.sql"),
+                    progress: None,
+                    source,
                 })?;
-                ledger::record(conn, &script, Some(started.elapsed()), APPLIED_BY)
-            };
-            let result = if migration.metadata().run_in_transaction() {
-                self.conn.transaction(run)
-            } else {
-                // Outside a transaction SET LOCAL has no effect: use the session setting.
-                self.conn
-                    .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
-                    .map_err(Error::from)
-                    .and_then(|()| run(&mut self.conn))
-            };
+                ledger::record_version(conn, &script.version)?;
+                ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
+            });
             match result {
-                Err(Error::Migration { reason, .. })
-                    if postgres && attempt < DDL_ATTEMPTS && is_lock_timeout(&reason) =>
+                Err(MigrationError::Apply { source, .. })
+                    if postgres && attempt < DDL_ATTEMPTS && is_lock_timeout(&source) =>
                 {
                     tracing::warn!(
-                        "migration {name} gave up waiting for a lock after {ddl_timeout} ms \
-                         (attempt {attempt} of {DDL_ATTEMPTS}); retrying in {backoff:?}"
+                        "migration {} gave up waiting for a lock after {ddl_timeout} ms \
+                         (attempt {attempt} of {DDL_ATTEMPTS}); retrying in {backoff:?}",
+                        script.name
                     );
                     std::thread::sleep(backoff);
                     backoff *= 2;
                 }
-                other => return other,
+                other => return Ok(other?),
             }
         }
         unreachable!("the last attempt returns")
     }
 
+    /// A `run_in_transaction = false` migration: on PostgreSQL one statement at a time under
+    /// the session's `lock_timeout`, never retried; the ledger rows are written after the last
+    /// statement succeeded. A failure says which statements ran.
+    fn apply_outside_transaction(&mut self, script: &Script) -> Result<(), Error> {
+        let started = Instant::now();
+        if self.postgres() {
+            let ddl_timeout = self.ddl_lock_timeout_ms();
+            self.conn
+                .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
+                .map_err(|e| self.apply_error(script, "up.sql", None, e))?;
+            let statements = statements::split(&script.up);
+            let total = statements.len();
+            let mut outcome = Ok(());
+            for (i, statement) in statements.iter().enumerate() {
+                if let Err(source) = self.conn.batch_execute(statement) {
+                    let progress = format!(
+                        "it runs outside a transaction (run_in_transaction = false): statement \
+                         {} of {total} failed and {} before it stayed applied; nothing was \
+                         recorded, so the next run starts it from the first statement again: \
+                         undo what ran (an interrupted CREATE INDEX CONCURRENTLY leaves an \
+                         invalid index: DROP INDEX CONCURRENTLY IF EXISTS it) or make the \
+                         statements idempotent (IF NOT EXISTS)",
+                        i + 1,
+                        i
+                    );
+                    outcome = Err(self.apply_error(script, "up.sql", Some(progress), source));
+                    break;
+                }
+            }
+            let _ = self.conn.batch_execute("RESET lock_timeout");
+            outcome?;
+        } else {
+            self.conn
+                .batch_execute(&script.up)
+                .map_err(|e| self.apply_error(script, "up.sql", Some("it runs outside a transaction (run_in_transaction = false): statements before the failing one stayed applied".into()), e))?;
+        }
+        let name = self.name;
+        self.conn.transaction(|conn| -> Result<(), MigrationError> {
+            ledger::record_version(conn, &script.version)?;
+            ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
+        })?;
+        Ok(())
+    }
+
     fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
-        self.check()?;
+        let (mut applied, _, _) = self.check()?;
         let mut reverted = Vec::new();
-        loop {
+        while let Some(version) = applied.pop() {
             if let Revert::Steps(n) = how_far
                 && reverted.len() >= n
             {
                 break;
             }
-            let applied = self.applied()?;
-            let Some(last) = applied
-                .iter()
-                .rev()
-                .map(|(version, _)| version)
-                .find(|v| self.set.script(v).is_some())
-                .cloned()
-            else {
-                break;
+            let Some(script) = self.set.script(&version) else {
+                continue;
             };
-            let name = self
-                .set
-                .script(&last)
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
-            let file = self.set.file_of(&name).replace("up.sql", "down.sql");
-            let set = self.set;
-            self.conn.transaction(|conn| -> Result<(), Error> {
-                MigrationHarness::<MultiBackend>::revert_last_migration(conn, set).map_err(
-                    |e| Error::Migration {
-                        migration: name.clone(),
-                        file: file.clone(),
-                        reason: reason_of(&e),
-                    },
-                )?;
-                ledger::forget(conn, &last)
-            })?;
-            reverted.push(name);
+            let Some(down) = &script.down else {
+                return Err(MigrationError::Irreversible {
+                    migration: script.name.clone(),
+                    file: self.set.file_of(&script.name, "down.sql"),
+                }
+                .into());
+            };
+            let undo = |conn: &mut Conn| -> Result<(), MigrationError> {
+                conn.batch_execute(down).map_err(|source| MigrationError::Apply {
+                    migration: script.name.clone(),
+                    file: self.set.file_of(&script.name, "down.sql"),
+                    progress: None,
+                    source,
+                })?;
+                ledger::forget(conn, &script.version)
+            };
+            if script.run_in_transaction {
+                self.conn.transaction(undo)?;
+            } else {
+                undo(&mut self.conn)?;
+            }
+            reverted.push(script.name.clone());
         }
         Ok(reverted)
     }
 
     fn drift(&mut self, unknown_present: bool) -> Result<Vec<String>, Error> {
         let mode = self.engine.settings().migrations.schema_check;
-        let Some(expected) = self.set.fingerprint.filter(|_| mode != SchemaCheck::Off) else {
+        let Some(expected) = self.set.fingerprint().filter(|_| mode != SchemaCheck::Off) else {
             return Ok(Vec::new());
         };
         // Only the expected tables: the others are not compared.
@@ -469,7 +625,7 @@ impl<'a> Session<'a> {
             return Ok(differences);
         }
         if mode == SchemaCheck::Strict {
-            return Err(Error::SchemaDrift { differences });
+            return Err(MigrationError::SchemaDrift { differences }.into());
         }
         for difference in &differences {
             tracing::warn!("schema drift: {difference}");

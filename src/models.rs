@@ -22,6 +22,14 @@
 pub mod posts;
 pub mod users;
 
+use crate::migrations::Migrator;
+
+/// The reference application's migrations (`migrations/postgres`, `migrations/sqlite`), as
+/// any application embeds its own. The ledger records them as the `datalayer` set.
+pub fn migrator() -> Migrator {
+    crate::embed_migrations!(postgres = "migrations/postgres", sqlite = "migrations/sqlite")
+}
+
 use chrono::{NaiveDateTime, Timelike, Utc};
 
 /// The application's UTC clock at the databases' microsecond precision.
@@ -32,6 +40,18 @@ pub(crate) fn utc_now() -> NaiveDateTime {
     let now = Utc::now().naive_utc();
     now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
         .unwrap_or(now)
+}
+
+/// What a model's query function can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// Creating or updating a user would give two users the same email address.
+    #[error("a user with this email address already exists")]
+    EmailTaken,
+    /// Any other error from the database or the driver.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
 }
 
 pub use self::posts::{NewPost, Post};

@@ -2,35 +2,12 @@
 //! PostgreSQL backend pid, for pool-timeout errors and leak warnings.
 
 use std::fmt;
+
+use crate::pool_state::Holder;
 use std::panic::Location;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A connection checked out of the pool right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// Where it was checked out: `src/handlers.rs:42`.
-    pub site: String,
-    /// For how long.
-    pub held_for: Duration,
-    /// Its PostgreSQL backend pid.
-    pub backend_pid: Option<i32>,
-    /// Its state in `pg_stat_activity` (`idle in transaction`, `active: SELECT ...`), when
-    /// PostgreSQL could be asked.
-    pub state: Option<String>,
-}
-
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} for {:.1}s", self.site, self.held_for.as_secs_f64())?;
-        match (&self.state, self.backend_pid) {
-            (Some(state), Some(pid)) => write!(f, " (pid {pid}, {state})"),
-            (None, Some(pid)) => write!(f, " (pid {pid})"),
-            _ => Ok(()),
-        }
-    }
-}
 
 struct Checkout {
     site: &'static Location<'static>,

@@ -1,6 +1,7 @@
 //! datalayer's ledger of applied migrations, beside Diesel's `__diesel_schema_migrations`
-//! (which stays, so the diesel CLI keeps working): per version, the SHA-256 of its `up.sql`,
-//! when it ran, how long it took, and which datalayer applied it.
+//! (which stays, so the diesel CLI keeps working): per version, the migration set it belongs
+//! to, the SHA-256 of its `up.sql`, when it ran, how long it took, and which datalayer applied
+//! it. Several sets share one database and one ledger; each reads its own rows.
 
 use std::time::Duration;
 
@@ -10,7 +11,11 @@ use diesel::prelude::*;
 
 use super::set::Script;
 use crate::engine::Conn;
-use crate::error::Error;
+use crate::error::MigrationError;
+
+/// The set that rows recorded before the ledger had a `migration_set` column belong to: the
+/// reference application's, which was the only one.
+pub const LEGACY_SET: &str = "datalayer";
 
 // The ledger table, and Diesel's (as diesel_migrations declares it) to read both in one
 // statement. Not in `src/schema.rs`: `diesel.toml` filters them out of print-schema.
@@ -24,6 +29,7 @@ mod table {
             applied_at -> Timestamp,
             duration_ms -> Nullable<BigInt>,
             applied_by -> Text,
+            migration_set -> Text,
         }
     }
     diesel::table! {
@@ -54,11 +60,18 @@ pub struct Entry {
     pub duration_ms: Option<i64>,
     /// `datalayer <version>`, or `backfill`.
     pub applied_by: String,
+    /// The migration set it belongs to.
+    pub migration_set: String,
+}
+
+fn failed(action: &'static str) -> impl FnOnce(diesel::result::Error) -> MigrationError {
+    move |source| MigrationError::Database { action, source }
 }
 
 /// Creates the ledger table and Diesel's when they are missing (the same SQL serves both
-/// backends; Diesel's is what diesel_migrations creates).
-pub(crate) fn ensure(conn: &mut Conn) -> Result<(), Error> {
+/// backends; Diesel's is what diesel_migrations creates), and gives a ledger made by an
+/// earlier release its `migration_set` column (its rows belong to [`LEGACY_SET`]).
+pub(crate) fn ensure(conn: &mut Conn) -> Result<(), MigrationError> {
     conn.batch_execute(
         "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
             version VARCHAR(50) PRIMARY KEY NOT NULL,
@@ -70,10 +83,32 @@ pub(crate) fn ensure(conn: &mut Conn) -> Result<(), Error> {
             checksum TEXT NOT NULL,
             applied_at TIMESTAMP NOT NULL,
             duration_ms BIGINT,
-            applied_by TEXT NOT NULL
+            applied_by TEXT NOT NULL,
+            migration_set TEXT NOT NULL
         )",
-    )?;
-    Ok(())
+    )
+    .map_err(failed("creating the ledger tables"))?;
+    let add_column = format!(
+        "ALTER TABLE datalayer_migrations ADD COLUMN migration_set TEXT NOT NULL DEFAULT '{LEGACY_SET}'"
+    );
+    match conn {
+        Conn::Postgres(pg) => pg.batch_execute(&add_column.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
+        Conn::Sqlite(sqlite) => {
+            #[derive(QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let has: Count = diesel::sql_query(
+                "SELECT count(*) AS n FROM pragma_table_info('datalayer_migrations') \
+                 WHERE name = 'migration_set'",
+            )
+            .get_result(sqlite)
+            .map_err(failed("reading the ledger's columns"))?;
+            if has.n == 0 { sqlite.batch_execute(&add_column) } else { Ok(()) }
+        }
+    }
+    .map_err(failed("adding the ledger's migration_set column"))
 }
 
 /// Every version Diesel has applied, in order, with its ledger row if it has one: one
@@ -95,34 +130,97 @@ pub(crate) fn applied(conn: &mut Conn) -> QueryResult<Vec<(String, Option<Entry>
 /// Records that `script` was applied, taking `took` (`None` when backfilling).
 pub(crate) fn record(
     conn: &mut Conn,
+    set: &str,
     script: &Script,
     took: Option<Duration>,
     applied_by: &str,
-) -> Result<(), Error> {
+) -> Result<(), MigrationError> {
     let duration_ms = took.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     diesel::insert_into(datalayer_migrations::table)
         .values((
             datalayer_migrations::version.eq(&script.version),
             datalayer_migrations::name.eq(&script.name),
             datalayer_migrations::checksum.eq(&script.checksum),
-            datalayer_migrations::applied_at.eq(crate::models::utc_now()),
+            datalayer_migrations::applied_at.eq(chrono::Utc::now().naive_utc()),
             datalayer_migrations::duration_ms.eq(duration_ms),
             datalayer_migrations::applied_by.eq(applied_by),
+            datalayer_migrations::migration_set.eq(set),
         ))
-        .execute(conn)?;
+        .execute(conn)
+        .map_err(failed("recording the migration in the ledger"))?;
     Ok(())
 }
 
-/// Forgets a reverted migration.
-pub(crate) fn forget(conn: &mut Conn, version: &str) -> Result<(), Error> {
-    diesel::delete(datalayer_migrations::table.find(version)).execute(conn)?;
+/// Records `script` in Diesel's table too (what `diesel migration run` would write), so
+/// the diesel CLI agrees on what is applied.
+pub(crate) fn record_version(conn: &mut Conn, version: &str) -> Result<(), MigrationError> {
+    diesel::insert_into(diesel_versions::table)
+        .values(diesel_versions::version.eq(version))
+        .execute(conn)
+        .map_err(failed("recording the version in __diesel_schema_migrations"))?;
+    Ok(())
+}
+
+/// Forgets a reverted migration, in both tables.
+pub(crate) fn forget(conn: &mut Conn, version: &str) -> Result<(), MigrationError> {
+    diesel::delete(datalayer_migrations::table.find(version))
+        .execute(conn)
+        .and_then(|_| diesel::delete(diesel_versions::table.find(version)).execute(conn))
+        .map_err(failed("removing the reverted migration from the ledger"))?;
     Ok(())
 }
 
 /// Records `checksum` as the accepted one for `version`; returns whether a row changed.
-pub(crate) fn accept(conn: &mut Conn, version: &str, checksum: &str) -> Result<bool, Error> {
+pub(crate) fn accept(
+    conn: &mut Conn,
+    version: &str,
+    checksum: &str,
+) -> Result<bool, MigrationError> {
     Ok(diesel::update(datalayer_migrations::table.find(version))
         .set(datalayer_migrations::checksum.eq(checksum))
-        .execute(conn)?
+        .execute(conn)
+        .map_err(failed("recording the accepted checksum"))?
         > 0)
+}
+
+/// Every applied version, oldest first, read without writing anything: for `status` on a
+/// database that may have no ledger yet, or one from an earlier release (whose rows belong to
+/// [`LEGACY_SET`]). A database never migrated has none.
+pub(crate) fn applied_read_only(conn: &mut Conn) -> Vec<(String, Option<Entry>)> {
+    if let Ok(rows) = applied(conn) {
+        return rows;
+    }
+    let Ok(versions) = diesel_versions::table
+        .select(diesel_versions::version)
+        .order(diesel_versions::version)
+        .load::<String>(conn)
+    else {
+        return Vec::new();
+    };
+    #[derive(QueryableByName)]
+    struct Legacy {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        checksum: String,
+    }
+    let legacy: Vec<Legacy> =
+        diesel::sql_query("SELECT version, checksum FROM datalayer_migrations")
+            .load(conn)
+            .unwrap_or_default();
+    versions
+        .into_iter()
+        .map(|version| {
+            let entry = legacy.iter().find(|l| l.version == version).map(|l| Entry {
+                version: version.clone(),
+                name: String::new(),
+                checksum: l.checksum.clone(),
+                applied_at: NaiveDateTime::default(),
+                duration_ms: None,
+                applied_by: String::new(),
+                migration_set: LEGACY_SET.to_string(),
+            });
+            (version, entry)
+        })
+        .collect()
 }

@@ -20,7 +20,7 @@ use diesel::sql_types::{Bool, Double, Integer, Text};
 
 use crate::config::{Settings, Target};
 use crate::engine::{Conn, MigrationConn};
-use crate::error::Error;
+use crate::error::MigrationError;
 
 /// The first half of the PostgreSQL advisory lock key: "dlmg" in ASCII.
 pub const LOCK_NAMESPACE: i32 = 0x646c_6d67;
@@ -120,19 +120,20 @@ struct HolderRow {
     seconds: f64,
 }
 
-/// The lock key of a PostgreSQL migration connection.
-fn postgres_key(migration: &MigrationConn) -> Result<(i32, i32), Error> {
-    match &migration.schema {
-        Some((database, schema)) => Ok(lock_key(database, schema)),
-        None => Err(Error::Migration {
-            migration: "(lock)".into(),
-            file: "(none)".into(),
-            reason: "the migration connection does not know its schema".into(),
-        }),
-    }
+/// The lock key of a PostgreSQL migration connection (made from its database and schema).
+fn postgres_key(migration: &MigrationConn) -> (i32, i32) {
+    let (database, schema) = migration
+        .schema
+        .as_ref()
+        .map_or(("", ""), |(d, s)| (d.as_str(), s.as_str()));
+    lock_key(database, schema)
 }
 
-fn postgres_holder(conn: &mut Conn, key: (i32, i32)) -> Result<Option<LockHolder>, Error> {
+fn failed(action: &'static str) -> impl FnOnce(diesel::result::Error) -> MigrationError {
+    move |source| MigrationError::Database { action, source }
+}
+
+fn postgres_holder(conn: &mut Conn, key: (i32, i32)) -> Result<Option<LockHolder>, MigrationError> {
     let rows: Vec<HolderRow> = diesel::sql_query(format!(
         "SELECT a.pid AS pid, coalesce(a.application_name, '') AS application_name,
                 coalesce(a.state, 'unknown') AS state,
@@ -145,7 +146,8 @@ fn postgres_holder(conn: &mut Conn, key: (i32, i32)) -> Result<Option<LockHolder
           LIMIT 1",
         key.0, key.1
     ))
-    .load(conn)?;
+    .load(conn)
+    .map_err(failed("reading who holds the migration lock"))?;
     Ok(rows.into_iter().next().map(|row| LockHolder::Postgres {
         pid: row.pid,
         application_name: row.application_name,
@@ -182,19 +184,21 @@ pub(crate) fn acquire(
     migration: &mut MigrationConn,
     settings: &Settings,
     timeout: Duration,
-) -> Result<Guard, Error> {
+) -> Result<Guard, MigrationError> {
     let started = Instant::now();
     let mut reported = started;
     match sqlite_lock_path(settings) {
         None => {
-            let key = postgres_key(migration)?;
+            let key = postgres_key(migration);
             let conn = &mut migration.conn;
             let sql = format!(
                 "SELECT pg_try_advisory_lock({}, {}) AS locked",
                 key.0, key.1
             );
             loop {
-                let locked: Locked = diesel::sql_query(&sql).get_result(conn)?;
+                let locked: Locked = diesel::sql_query(&sql)
+                    .get_result(conn)
+                    .map_err(failed("taking the migration lock"))?;
                 if locked.locked {
                     return Ok(Guard::Postgres { key });
                 }
@@ -211,10 +215,10 @@ pub(crate) fn acquire(
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| Error::Migration {
-                    migration: "(lock)".into(),
+                .map_err(|source| MigrationError::File {
+                    action: "cannot open the migration lock file",
                     file: path.display().to_string(),
-                    reason: format!("cannot open the migration lock file: {e}"),
+                    source,
                 })?;
             loop {
                 match file.try_lock() {
@@ -235,11 +239,11 @@ pub(crate) fn acquire(
                             return Err(error);
                         }
                     }
-                    Err(TryLockError::Error(e)) => {
-                        return Err(Error::Migration {
-                            migration: "(lock)".into(),
+                    Err(TryLockError::Error(source)) => {
+                        return Err(MigrationError::File {
+                            action: "cannot lock the migration lock file",
                             file: path.display().to_string(),
-                            reason: format!("cannot lock the migration lock file: {e}"),
+                            source,
                         });
                     }
                 }
@@ -255,10 +259,10 @@ fn waited(
     timeout: Duration,
     reported: &mut Instant,
     holder: impl FnOnce() -> Option<LockHolder>,
-) -> Option<Error> {
+) -> Option<MigrationError> {
     let elapsed = started.elapsed();
     if elapsed >= timeout {
-        return Some(Error::MigrationLockTimeout {
+        return Some(MigrationError::LockTimeout {
             waited: elapsed,
             holder: holder().map(|h| h.to_string()),
         });
@@ -284,10 +288,10 @@ fn waited(
 pub(crate) fn holder(
     migration: &mut MigrationConn,
     settings: &Settings,
-) -> Result<Option<LockHolder>, Error> {
+) -> Result<Option<LockHolder>, MigrationError> {
     match sqlite_lock_path(settings) {
         None => {
-            let key = postgres_key(migration)?;
+            let key = postgres_key(migration);
             postgres_holder(&mut migration.conn, key)
         }
         Some(path) => {

@@ -1,25 +1,17 @@
-//! Which migrations to run: datalayer's own (embedded at build time) or a folder read at run
-//! time, each with the SHA-256 of every `up.sql` for the ledger.
+//! What a [`Migrator`] runs: per backend, a set of migrations in Diesel's folder layout
+//! (`<version>_<name>/up.sql`, `down.sql`, optional `metadata.toml`), each with the SHA-256 of
+//! its `up.sql` for the ledger, and the committed schema fingerprint when there is one.
+//!
+//! [`Migrator`]: super::Migrator
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use diesel::backend::Backend as DieselBackend;
-use diesel::migration::{self, Migration, MigrationSource};
-use diesel_migrations::{EmbeddedMigrations, FileBasedMigrations, embed_migrations};
 use sha2::{Digest, Sha256};
 
-use crate::config::Backend;
-use crate::error::Error;
+use super::MigrationError;
 
-mod scripts {
-    // `(folder name, up.sql)` per backend, written by build.rs.
-    include!(concat!(env!("OUT_DIR"), "/migration_scripts.rs"));
-}
-
-const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-
-/// One migration as the ledger knows it.
+/// One migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
     /// The folder name, `<version>_<name>`.
@@ -28,15 +20,44 @@ pub struct Script {
     pub version: String,
     /// SHA-256 of `up.sql`, lower-case hex.
     pub checksum: String,
+    pub(crate) up: Cow<'static, str>,
+    pub(crate) down: Option<Cow<'static, str>>,
+    /// `false` when its `metadata.toml` says `run_in_transaction = false`.
+    pub run_in_transaction: bool,
 }
 
 impl Script {
-    fn new(name: &str, up_sql: &str) -> Script {
-        Script {
-            name: name.to_string(),
-            version: version_of(name),
-            checksum: sha256_hex(up_sql),
+    fn new(
+        name: &str,
+        up: Cow<'static, str>,
+        down: Option<Cow<'static, str>>,
+        metadata: Option<&str>,
+        origin: &str,
+    ) -> Result<Script, MigrationError> {
+        let version = version_of(name);
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(MigrationError::Invalid {
+                file: format!("{origin}/{name}"),
+                reason: "a migration folder is named <version>_<name>, with a version of digits \
+                         and dashes (2026-11-26-000001_create_todos)"
+                    .into(),
+            });
         }
+        let run_in_transaction = match metadata {
+            Some(text) => run_in_transaction(text).map_err(|reason| MigrationError::Invalid {
+                file: format!("{origin}/{name}/metadata.toml"),
+                reason,
+            })?,
+            None => true,
+        };
+        Ok(Script {
+            name: name.to_string(),
+            checksum: sha256_hex(&up),
+            version,
+            up,
+            down,
+            run_in_transaction,
+        })
     }
 }
 
@@ -52,84 +73,120 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-#[derive(Debug, Clone)]
-enum Source {
-    Embedded(fn() -> EmbeddedMigrations),
-    Dir(PathBuf),
+/// `run_in_transaction` from a `metadata.toml` (Diesel's only key; absent means `true`).
+fn run_in_transaction(text: &str) -> Result<bool, String> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some((key, value)) = line.split_once('=')
+            && key.trim() == "run_in_transaction"
+        {
+            return match value.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                other => Err(format!(
+                    "run_in_transaction must be true or false, found {other}"
+                )),
+            };
+        }
+    }
+    Ok(true)
 }
 
-/// A set of migrations for one backend.
+/// The migrations of one backend, oldest first.
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     /// Where the files live, for messages (`migrations/postgres`).
     pub(crate) origin: String,
-    source: Source,
     pub(crate) scripts: Vec<Script>,
     /// The committed schema fingerprint these migrations produce, when there is one.
-    pub(crate) fingerprint: Option<&'static str>,
+    pub(crate) fingerprint: Option<Cow<'static, str>>,
+    /// Where the committed fingerprint lives (or would live): `<folder>.fingerprint`.
+    pub(crate) fingerprint_path: PathBuf,
 }
 
 impl MigrationSet {
-    /// datalayer's own migrations for `backend`, embedded at build time, with the committed
-    /// schema fingerprint (`migrations/<backend>.fingerprint`) the boot-time drift check uses.
-    pub fn builtin(backend: Backend) -> MigrationSet {
-        let (origin, source, scripts, fingerprint): (_, fn() -> EmbeddedMigrations, _, _) =
-            match backend {
-                Backend::Postgres => (
-                    "migrations/postgres",
-                    || POSTGRES,
-                    scripts::POSTGRES,
-                    include_str!("../../migrations/postgres.fingerprint"),
-                ),
-                Backend::Sqlite => (
-                    "migrations/sqlite",
-                    || SQLITE,
-                    scripts::SQLITE,
-                    include_str!("../../migrations/sqlite.fingerprint"),
-                ),
-            };
-        MigrationSet {
-            origin: origin.to_string(),
-            source: Source::Embedded(source),
-            scripts: scripts.iter().map(|(n, up)| Script::new(n, up)).collect(),
-            fingerprint: Some(fingerprint),
-        }
-    }
-
-    /// The migrations in `dir` (one folder per migration holding `up.sql` and `down.sql`),
-    /// read at run time. There is no fingerprint, so no drift check.
-    pub fn from_dir(dir: impl AsRef<Path>) -> Result<MigrationSet, Error> {
+    /// The migrations in `dir` (one folder per migration holding `up.sql`, `down.sql` and
+    /// optionally `metadata.toml`), read now, once: what runs is what was hashed. The
+    /// fingerprint is `<dir>.fingerprint` when that file exists.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<MigrationSet, MigrationError> {
         let dir = dir.as_ref();
-        let unreadable = |e: std::io::Error| Error::Migration {
-            migration: "(none)".into(),
-            file: dir.display().to_string(),
-            reason: format!("cannot read the migrations folder: {e}"),
+        let origin = dir.display().to_string();
+        let unreadable = |file: &Path, e: std::io::Error| MigrationError::Invalid {
+            file: file.display().to_string(),
+            reason: format!("cannot read it: {e}"),
         };
         let mut scripts = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-            let path = entry.map_err(unreadable)?.path().join("up.sql");
-            if !path.is_file() {
-                continue;
-            }
-            let name = path
-                .parent()
-                .and_then(Path::file_name)
+        for entry in std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+            let folder = entry.map_err(|e| unreadable(dir, e))?.path();
+            let name = folder
+                .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let up = std::fs::read_to_string(&path).map_err(|e| Error::Migration {
-                migration: name.clone(),
-                file: path.display().to_string(),
-                reason: format!("cannot read it: {e}"),
-            })?;
-            scripts.push(Script::new(&name, &up));
+            let up = folder.join("up.sql");
+            if name.starts_with('.') || !up.is_file() {
+                continue;
+            }
+            let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| unreadable(path, e));
+            let optional = |path: PathBuf| path.is_file().then(|| read(&path)).transpose();
+            let down = optional(folder.join("down.sql"))?;
+            let metadata = optional(folder.join("metadata.toml"))?;
+            scripts.push(Script::new(
+                &name,
+                Cow::Owned(read(&up)?),
+                down.map(Cow::Owned),
+                metadata.as_deref(),
+                &origin,
+            )?);
         }
-        scripts.sort_by(|a, b| a.name.cmp(&b.name));
+        let fingerprint_path = PathBuf::from(format!("{origin}.fingerprint"));
+        let fingerprint = std::fs::read_to_string(&fingerprint_path)
+            .ok()
+            .map(Cow::Owned);
+        MigrationSet::new(origin, scripts, fingerprint, fingerprint_path)
+    }
+
+    fn new(
+        origin: String,
+        mut scripts: Vec<Script>,
+        fingerprint: Option<Cow<'static, str>>,
+        fingerprint_path: PathBuf,
+    ) -> Result<MigrationSet, MigrationError> {
+        scripts.sort_by(|a, b| a.version.cmp(&b.version).then(a.name.cmp(&b.name)));
+        if let Some(pair) = scripts.windows(2).find(|w| w[0].version == w[1].version) {
+            return Err(MigrationError::Invalid {
+                file: format!("{origin}/{}", pair[1].name),
+                reason: format!("it has the same version as {}", pair[0].name),
+            });
+        }
         Ok(MigrationSet {
-            origin: dir.display().to_string(),
-            source: Source::Dir(dir.to_path_buf()),
+            origin,
             scripts,
-            fingerprint: None,
+            fingerprint,
+            fingerprint_path,
         })
+    }
+
+    /// Built by [`embed_migrations!`](crate::embed_migrations) from what it embedded.
+    pub(crate) fn embedded(set: &super::__private::Embedded) -> Result<MigrationSet, MigrationError> {
+        let scripts = set
+            .migrations
+            .iter()
+            .map(|m| {
+                Script::new(
+                    m.name,
+                    Cow::Borrowed(m.up),
+                    m.down.map(Cow::Borrowed),
+                    m.metadata,
+                    set.origin,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        MigrationSet::new(
+            set.origin.to_string(),
+            scripts,
+            set.fingerprint.map(Cow::Borrowed),
+            PathBuf::from(set.fingerprint_path),
+        )
     }
 
     /// The migrations, oldest first.
@@ -137,23 +194,23 @@ impl MigrationSet {
         &self.scripts
     }
 
-    /// The `up.sql` file of a migration, for messages.
-    pub(crate) fn file_of(&self, name: &str) -> String {
-        format!("{}/{name}/up.sql", self.origin)
+    /// The committed schema fingerprint, if the application has one.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Where the committed fingerprint is read from at build time: `<folder>.fingerprint`
+    /// beside the migrations folder.
+    pub fn fingerprint_path(&self) -> &Path {
+        &self.fingerprint_path
+    }
+
+    /// The `up.sql` (or `down.sql`) file of a migration, for messages.
+    pub(crate) fn file_of(&self, name: &str, file: &str) -> String {
+        format!("{}/{name}/{file}", self.origin)
     }
 
     pub(crate) fn script(&self, version: &str) -> Option<&Script> {
         self.scripts.iter().find(|s| s.version == version)
-    }
-}
-
-impl<DB: DieselBackend> MigrationSource<DB> for &MigrationSet {
-    fn migrations(&self) -> migration::Result<Vec<Box<dyn Migration<DB>>>> {
-        match &self.source {
-            Source::Embedded(source) => MigrationSource::<DB>::migrations(&source()),
-            Source::Dir(dir) => {
-                MigrationSource::<DB>::migrations(&FileBasedMigrations::from_path(dir)?)
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use super::users::User;
 use crate::dispatch;
 use crate::engine::Conn;
-use crate::error::Error;
+use super::ModelError as Error;
 use crate::schema::posts;
 
 /// A post row.

@@ -6,7 +6,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::dispatch;
 use crate::engine::Conn;
-use crate::error::Error;
+use super::ModelError as Error;
 use crate::schema::users;
 
 /// A user row.

@@ -1,0 +1,332 @@
+//! The command line every application gets for its own migrations: [`run`] is a whole
+//! `main`.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     // In an application: datalayer::embed_migrations!("migrations")
+//!     datalayer::cli::run(&datalayer::models::migrator())
+//! }
+//! ```
+//!
+//! It owns what a library function must not do on its own: reading `./.env`, printing, and
+//! exit codes (0 ok, 1 other error, 2 configuration error or bad command line, 3 database
+//! unreachable, 4 migration failed).
+
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::{Loaded, Vars};
+use crate::error::MigrationError;
+use crate::migrations::{self, Migrator, Revert};
+use crate::{Engine, Error, Settings};
+
+#[derive(Parser)]
+#[command(
+    about = "Settings, pool and migrations of this application's database (datalayer)",
+    long_about = "Settings, pool and migrations of this application's database (datalayer).\n\n\
+                  Without a subcommand, runs the boot sequence a server runs: settings, engine, \
+                  pending migrations, ping; and prints one summary line.",
+    after_help = "Settings come from DATABASE_* environment variables, then from ./.env for \
+                  variables the environment does not set (see .env.example).\n\n\
+                  Exit status: 0 ok, 1 other error, 2 configuration error or bad command line, \
+                  3 database unreachable, 4 migration failed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every effective setting with its value and where it came from (environment,
+    /// .env, DATABASE_URL or default), and the connection URL with its password redacted.
+    Config,
+    /// Connect and print the server version, user, database and round-trip latency.
+    Check,
+    /// Apply pending migrations, printing each one applied.
+    Migrate {
+        /// Record the current checksum of this applied migration's edited up.sql as the
+        /// accepted one (VERSION as `status` shows it, e.g. 20261125000001), then migrate.
+        #[arg(long, value_name = "VERSION")]
+        accept_checksum: Vec<String>,
+    },
+    /// List applied, pending and unknown migrations, one per line, and who holds the
+    /// migration lock.
+    Status {
+        /// Print a JSON object with `applied`, `pending`, `unknown` and `lock` instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the live schema's fingerprint (what the boot-time drift check compares), or
+    /// with --write commit it beside the migrations folder. Run it on a database that this
+    /// application's migrations alone have migrated (a fresh one): every table of the
+    /// schema is described.
+    Fingerprint {
+        /// Write it to the committed fingerprint file (`<migrations folder>.fingerprint`, as
+        /// the build embedded it) instead of printing it.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Revert applied migrations, newest first (one unless told otherwise).
+    Revert {
+        /// How many migrations to revert.
+        #[arg(long, default_value_t = 1, conflicts_with = "all")]
+        steps: usize,
+        /// Revert every applied migration.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// What went wrong, and the exit status it earns.
+struct Failure {
+    error: Error,
+    status: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let status = match &error {
+            Error::Config(_)
+            | Error::DotEnv { .. }
+            | Error::Migration(MigrationError::UnsupportedBackend { .. }) => 2,
+            Error::Connect { .. } | Error::PoolTimeout { .. } => 3,
+            Error::Migration(_) => 4,
+            _ => 1,
+        };
+        Failure { error, status }
+    }
+}
+
+impl From<MigrationError> for Failure {
+    fn from(error: MigrationError) -> Self {
+        Failure::from(Error::from(error))
+    }
+}
+
+/// The whole command line, for an application's `main`: parses the arguments (the program's
+/// own name in `--help`), reads the settings from the environment and `./.env`, runs the
+/// subcommand on `migrator`, prints errors one line each to stderr, and returns the exit
+/// status.
+pub fn run(migrator: &Migrator) -> ExitCode {
+    let program = std::env::args_os()
+        .next()
+        .and_then(|arg0| {
+            Path::new(&arg0)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| migrator.name().to_string());
+    let matches = Cli::command()
+        .name(program.clone())
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging();
+    match command(migrator, cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let mut stderr = io::stderr().lock();
+            for line in failure.error.to_string().lines() {
+                let _ = writeln!(stderr, "{program}: error: {line}");
+            }
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+fn command(migrator: &Migrator, command: Option<Command>) -> Result<(), Failure> {
+    let loaded = Vars::from_process_env()
+        .with_dotenv(Path::new(".env"))?
+        .load()?;
+    for name in &loaded.ignored {
+        tracing::warn!("{name} is not a datalayer setting and is ignored");
+    }
+    let Some(command) = command else {
+        return boot(migrator, &loaded);
+    };
+    if let Command::Config = command {
+        print(&config_table(&loaded));
+        return Ok(());
+    }
+    let engine = Engine::connect(&one_shot(&loaded.settings))?;
+    match command {
+        Command::Config => unreachable!("handled above"),
+        Command::Check => {
+            let ping = engine.ping()?;
+            print(&format!(
+                "connected to {}\nserver    {}\nuser      {}\ndatabase  {}\nlatency   {:.2?}\n",
+                engine.target(),
+                ping.server_version,
+                ping.user.as_deref().unwrap_or("(none: SQLite)"),
+                ping.database,
+                ping.latency,
+            ));
+        }
+        Command::Migrate { accept_checksum } => {
+            for version in &accept_checksum {
+                migrator.accept_checksum(&engine, version)?;
+            }
+            let applied = migrator.run_pending(&engine)?;
+            let mut out: String = applied.iter().map(|m| format!("applied {m}\n")).collect();
+            out.push_str(&match applied.len() {
+                0 => "nothing to apply: the database is up to date\n".to_string(),
+                n => format!("{n} migration(s) applied\n"),
+            });
+            print(&out);
+        }
+        Command::Status { json } => {
+            let status = migrator.status(&engine)?;
+            let lock = status.lock.as_ref().map(ToString::to_string);
+            if json {
+                let value = serde_json::json!({
+                    "applied": status.applied,
+                    "pending": status.pending,
+                    "unknown": status.unknown,
+                    "edited": status.edited,
+                    "lock": lock,
+                });
+                print(&format!("{value}\n"));
+            } else {
+                let applied = status.applied.iter().map(|m| {
+                    if status.edited.contains(m) {
+                        format!("edited   {m} (up.sql changed since it was applied)\n")
+                    } else {
+                        format!("applied  {m}\n")
+                    }
+                });
+                let pending = status.pending.iter().map(|m| format!("pending  {m}\n"));
+                let unknown = status.unknown.iter().map(|v| format!("unknown  {v}\n"));
+                let mut out: String = applied.chain(pending).chain(unknown).collect();
+                out.push_str(&match lock {
+                    Some(holder) => format!("lock     held by {holder}\n"),
+                    None => "lock     free\n".to_string(),
+                });
+                print(&out);
+            }
+        }
+        Command::Fingerprint { write } => {
+            let mut conn = engine.get()?;
+            let fingerprint = migrations::drift::fingerprint(&mut conn, engine.backend())?;
+            if write {
+                let path = migrator.set(engine.backend())?.fingerprint_path();
+                std::fs::write(path, &fingerprint).map_err(|source| MigrationError::File {
+                    action: "cannot write the fingerprint to",
+                    file: path.display().to_string(),
+                    source,
+                })?;
+                print(&format!("wrote {}\n", path.display()));
+            } else {
+                print(&fingerprint);
+            }
+        }
+        Command::Revert { steps, all } => {
+            let how_far = if all {
+                Revert::All
+            } else {
+                Revert::Steps(steps)
+            };
+            let reverted = migrator.revert(&engine, how_far)?;
+            let mut out: String = reverted.iter().map(|m| format!("reverted {m}\n")).collect();
+            out.push_str(&format!("{} migration(s) reverted\n", reverted.len()));
+            print(&out);
+        }
+    }
+    Ok(())
+}
+
+/// The boot sequence a server runs: engine, migrations (lock, ledger, pending, drift check),
+/// ping; one summary line.
+fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Failure> {
+    let engine = Engine::connect(&one_shot(&loaded.settings))?;
+    let report = migrator.boot(&engine)?;
+    let ping = engine.ping()?;
+    let drift = match report.drift.len() {
+        0 => String::new(),
+        n => format!("; schema drift: {n} difference(s), see the warnings"),
+    };
+    print(&format!(
+        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}{drift}\n",
+        engine.backend(),
+        engine.target(),
+        report.applied.len(),
+        ping.server_version,
+        ping.latency,
+    ));
+    Ok(())
+}
+
+/// The settings for a command that runs once and exits: the pool opens connections only as
+/// they are needed, instead of filling `DATABASE_POOL_MIN_IDLE` (by default the max size) for
+/// nothing. Eight replicas booting at once then hold 2 or 3 connections each, not 12.
+fn one_shot(settings: &Settings) -> Settings {
+    let mut settings = settings.clone();
+    settings.pool.min_idle = Some(0);
+    settings
+}
+
+/// Logs go to stderr. `RUST_LOG` picks the level (`info`, or targets such as
+/// `datalayer=debug`); the default shows warnings.
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::WARN)
+        });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                .with_target(false)
+                .with_ansi(io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .try_init();
+}
+
+fn config_table(loaded: &Loaded) -> String {
+    let settings = &loaded.settings;
+    let mut out = format!(
+        "backend  {}\nurl      {}\n\n",
+        settings.backend(),
+        settings.connection_url()
+    );
+    let width = loaded
+        .entries
+        .iter()
+        .map(|e| e.variable.len())
+        .max()
+        .unwrap_or(0);
+    let value_width = loaded
+        .entries
+        .iter()
+        .map(|e| e.value.chars().count())
+        .max()
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "{:width$}  {:value_width$}  SOURCE\n",
+        "VARIABLE", "VALUE"
+    ));
+    for entry in &loaded.entries {
+        out.push_str(&format!(
+            "{:width$}  {:value_width$}  {}\n",
+            entry.variable, entry.value, entry.origin
+        ));
+    }
+    out
+}
+
+/// Writes to stdout; a closed stdout (e.g. `| head`) is not worth a panic.
+fn print(text: &str) {
+    let _ = io::stdout().lock().write_all(text.as_bytes());
+}
