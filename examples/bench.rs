@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use datalayer::models::users::{self, NewUser, User};
 use datalayer::schema::users as users_table;
-use datalayer::{Engine, Settings, migrations};
+use datalayer::{Engine, Settings};
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
@@ -260,7 +260,7 @@ fn setup(config: &Config) -> Result<()> {
         "DATABASE_URL",
         config.url.as_str(),
     )])?)?;
-    migrations::run_pending(&engine)?;
+    datalayer::models::migrator().run_pending(&engine)?;
     let mut conn = engine.get()?;
     let count = users::count(&mut conn)?;
     if count != config.rows {
@@ -493,7 +493,7 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     let lite_settings = Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
     {
         let engine = Engine::connect(&lite_settings)?;
-        migrations::run_pending(&engine)?;
+        datalayer::models::migrator().run_pending(&engine)?;
         engine.get()?.batch_execute(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
              INSERT INTO users (email, display_name) SELECT 'user' || i || '@example.com', 'User ' || i FROM n;"
@@ -621,7 +621,7 @@ fn boot_cost(settings: &Settings, url: &str) -> Result<()> {
         drop(engine.get()?);
         let before = STATEMENTS.load(Ordering::Relaxed);
         let started = Instant::now();
-        let report = migrations::boot(&engine)?;
+        let report = datalayer::models::migrator().boot(&engine)?;
         engine.ping()?;
         let took = started.elapsed();
         assert!(report.applied.is_empty() && report.drift.is_empty());

@@ -24,9 +24,10 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use datalayer::config::Vars;
+use datalayer::models::ModelError;
 use datalayer::models::posts::{self, Cursor, NewPost, Post};
 use datalayer::models::users::{self, NewUser, User};
-use datalayer::{Engine, Error, migrations};
+use datalayer::{Engine, Error};
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response, Server};
 
@@ -59,7 +60,6 @@ fn error(status: u16, message: &str) -> Reply {
 /// Maps a datalayer error to what a client expects.
 fn failure(e: &Error) -> Reply {
     match e {
-        Error::EmailTaken => error(409, "a user with this email address already exists"),
         Error::PoolTimeout { .. } | Error::Connect { .. } => {
             tracing::warn!("database unavailable: {e}");
             Reply {
@@ -67,6 +67,17 @@ fn failure(e: &Error) -> Reply {
                 ..error(503, "the database is unavailable; retry shortly")
             }
         }
+        other => {
+            tracing::error!("request failed: {other}");
+            error(500, "internal error")
+        }
+    }
+}
+
+/// Maps a model's error to what a client expects.
+fn model_failure(e: &ModelError) -> Reply {
+    match e {
+        ModelError::EmailTaken => error(409, "a user with this email address already exists"),
         other => {
             tracing::error!("request failed: {other}");
             error(500, "internal error")
@@ -170,12 +181,12 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                         display_name,
                     },
                 )
-                .map_err(|e| failure(&e))?;
+                .map_err(|e| model_failure(&e))?;
                 Ok(reply(201, user_json(&user)))
             }
             (Method::Get, ["users", user]) => {
                 let mut conn = engine.get().map_err(|e| failure(&e))?;
-                match users::find(&mut conn, id(user)?).map_err(|e| failure(&e))? {
+                match users::find(&mut conn, id(user)?).map_err(|e| model_failure(&e))? {
                     Some(user) => Ok(reply(200, user_json(&user))),
                     None => Err(error(404, "no such user")),
                 }
@@ -200,13 +211,13 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                 let author = id(user)?;
                 let mut conn = engine.get().map_err(|e| failure(&e))?;
                 if users::find(&mut conn, author)
-                    .map_err(|e| failure(&e))?
+                    .map_err(|e| model_failure(&e))?
                     .is_none()
                 {
                     return Err(error(404, "no such user"));
                 }
                 let page = posts::list_by_author(&mut conn, author, after, limit)
-                    .map_err(|e| failure(&e))?;
+                    .map_err(|e| model_failure(&e))?;
                 Ok(reply(
                     200,
                     json!({
@@ -225,7 +236,7 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                     .ok_or_else(|| error(400, "`body` must be a string"))?;
                 let mut conn = engine.get().map_err(|e| failure(&e))?;
                 if users::find(&mut conn, author)
-                    .map_err(|e| failure(&e))?
+                    .map_err(|e| model_failure(&e))?
                     .is_none()
                 {
                     return Err(error(404, "no such user"));
@@ -238,7 +249,7 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                         body: text,
                     },
                 )
-                .map_err(|e| failure(&e))?;
+                .map_err(|e| model_failure(&e))?;
                 Ok(reply(201, post_json(&post)))
             }
             _ => Err(error(404, "not found")),
@@ -336,7 +347,7 @@ fn boot() -> Result<Engine, Error> {
         .load()?
         .settings;
     let engine = Engine::connect(&settings)?;
-    let report = migrations::boot(&engine)?;
+    let report = datalayer::models::migrator().boot(&engine)?;
     tracing::info!("{} migration(s) applied", report.applied.len());
     Ok(engine)
 }

@@ -129,7 +129,7 @@ pub fn run(migrator: &Migrator) -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging();
-    match command(migrator, cli.command) {
+    match command(&program, migrator, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             let mut stderr = io::stderr().lock();
@@ -141,12 +141,12 @@ pub fn run(migrator: &Migrator) -> ExitCode {
     }
 }
 
-fn command(migrator: &Migrator, command: Option<Command>) -> Result<(), Failure> {
+fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Result<(), Failure> {
     let loaded = Vars::from_process_env()
         .with_dotenv(Path::new(".env"))?
         .load()?;
     for name in &loaded.ignored {
-        tracing::warn!("{name} is not a datalayer setting and is ignored");
+        eprintln!("{program}: warning: {name} is not a datalayer setting and is ignored");
     }
     let Some(command) = command else {
         return boot(migrator, &loaded);

@@ -46,8 +46,8 @@ pub use self::lock::LockHolder;
 pub use self::set::{MigrationSet, Script};
 use crate::config::{Backend, SchemaCheck};
 use crate::engine::{Conn, Engine, MigrationConn};
-pub use crate::error::MigrationError;
 use crate::error::Error;
+pub use crate::error::MigrationError;
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
 const DDL_ATTEMPTS: u32 = 6;
@@ -167,7 +167,10 @@ impl Migrator {
 
     /// The migrations in `dir`, read now (see [`MigrationSet::from_dir`]), as a migrator
     /// named `name`.
-    pub fn from_dir(name: impl Into<String>, dir: impl AsRef<std::path::Path>) -> Result<Migrator, Error> {
+    pub fn from_dir(
+        name: impl Into<String>,
+        dir: impl AsRef<std::path::Path>,
+    ) -> Result<Migrator, Error> {
         Ok(Migrator::new(name, MigrationSet::from_dir(dir)?))
     }
 
@@ -179,10 +182,13 @@ impl Migrator {
 
     /// The migrations for `backend`.
     pub fn set(&self, backend: Backend) -> Result<&MigrationSet, MigrationError> {
-        let sets = self.sets.as_ref().map_err(|(file, reason)| MigrationError::Invalid {
-            file: file.clone(),
-            reason: reason.clone(),
-        })?;
+        let sets = self
+            .sets
+            .as_ref()
+            .map_err(|(file, reason)| MigrationError::Invalid {
+                file: file.clone(),
+                reason: reason.clone(),
+            })?;
         sets.iter()
             .find(|(b, _)| *b == Some(backend))
             .or_else(|| sets.iter().find(|(b, _)| b.is_none()))
@@ -318,7 +324,11 @@ struct Ledger<'s> {
 }
 
 impl<'s> Ledger<'s> {
-    fn read(name: &str, set: &'s MigrationSet, rows: &[(String, Option<ledger::Entry>)]) -> Ledger<'s> {
+    fn read(
+        name: &str,
+        set: &'s MigrationSet,
+        rows: &[(String, Option<ledger::Entry>)],
+    ) -> Ledger<'s> {
         let mut view = Ledger {
             applied: Vec::new(),
             pending: Vec::new(),
@@ -331,7 +341,8 @@ impl<'s> Ledger<'s> {
             let script = set.script(version);
             match (entry, script) {
                 (Some(entry), Some(script)) if entry.migration_set != name => {
-                    view.clash.get_or_insert((script, entry.migration_set.clone()));
+                    view.clash
+                        .get_or_insert((script, entry.migration_set.clone()));
                 }
                 (Some(entry), _) if entry.migration_set != name => {}
                 (_, None) => view.unknown.push(version.clone()),
@@ -352,7 +363,12 @@ impl<'s> Ledger<'s> {
             .scripts
             .iter()
             .filter(|s| !view.applied.iter().any(|a| a.version == s.version))
-            .filter(|s| !view.clash.as_ref().is_some_and(|(c, _)| c.version == s.version))
+            .filter(|s| {
+                !view
+                    .clash
+                    .as_ref()
+                    .is_some_and(|(c, _)| c.version == s.version)
+            })
             .collect();
         view
     }
@@ -375,7 +391,11 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(engine: &'a Engine, name: &'a str, set: &'a MigrationSet) -> Result<Session<'a>, Error> {
+    fn open(
+        engine: &'a Engine,
+        name: &'a str,
+        set: &'a MigrationSet,
+    ) -> Result<Session<'a>, Error> {
         let mut migration = engine.migration_connection()?;
         let settings = engine.settings();
         let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
@@ -475,10 +495,20 @@ impl<'a> Session<'a> {
     }
 
     fn ddl_lock_timeout_ms(&self) -> u128 {
-        self.engine.settings().migrations.ddl_lock_timeout.as_millis()
+        self.engine
+            .settings()
+            .migrations
+            .ddl_lock_timeout
+            .as_millis()
     }
 
-    fn apply_error(&self, script: &Script, file: &str, progress: Option<String>, source: diesel::result::Error) -> MigrationError {
+    fn apply_error(
+        &self,
+        script: &Script,
+        file: &str,
+        progress: Option<String>,
+        source: diesel::result::Error,
+    ) -> MigrationError {
         MigrationError::Apply {
             migration: script.name.clone(),
             file: self.set.file_of(&script.name, file),
@@ -567,10 +597,11 @@ impl<'a> Session<'a> {
                 .map_err(|e| self.apply_error(script, "up.sql", Some("it runs outside a transaction (run_in_transaction = false): statements before the failing one stayed applied".into()), e))?;
         }
         let name = self.name;
-        self.conn.transaction(|conn| -> Result<(), MigrationError> {
-            ledger::record_version(conn, &script.version)?;
-            ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
-        })?;
+        self.conn
+            .transaction(|conn| -> Result<(), MigrationError> {
+                ledger::record_version(conn, &script.version)?;
+                ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
+            })?;
         Ok(())
     }
 
@@ -594,12 +625,13 @@ impl<'a> Session<'a> {
                 .into());
             };
             let undo = |conn: &mut Conn| -> Result<(), MigrationError> {
-                conn.batch_execute(down).map_err(|source| MigrationError::Apply {
-                    migration: script.name.clone(),
-                    file: self.set.file_of(&script.name, "down.sql"),
-                    progress: None,
-                    source,
-                })?;
+                conn.batch_execute(down)
+                    .map_err(|source| MigrationError::Apply {
+                        migration: script.name.clone(),
+                        file: self.set.file_of(&script.name, "down.sql"),
+                        progress: None,
+                        source,
+                    })?;
                 ledger::forget(conn, &script.version)
             };
             if script.run_in_transaction {

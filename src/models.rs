@@ -27,7 +27,10 @@ use crate::migrations::Migrator;
 /// The reference application's migrations (`migrations/postgres`, `migrations/sqlite`), as
 /// any application embeds its own. The ledger records them as the `datalayer` set.
 pub fn migrator() -> Migrator {
-    crate::embed_migrations!(postgres = "migrations/postgres", sqlite = "migrations/sqlite")
+    crate::embed_migrations!(
+        postgres = "migrations/postgres",
+        sqlite = "migrations/sqlite"
+    )
 }
 
 use chrono::{NaiveDateTime, Timelike, Utc};

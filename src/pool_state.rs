@@ -51,4 +51,3 @@ impl fmt::Display for PoolState {
         )
     }
 }
-

@@ -89,9 +89,11 @@ fn parse(input: TokenStream) -> Result<Args, String> {
         }
     }
     if args.any.is_some() && (args.postgres.is_some() || args.sqlite.is_some()) {
-        return Err("embed_migrations!: give one folder for every backend, or `postgres = ` / \
+        return Err(
+            "embed_migrations!: give one folder for every backend, or `postgres = ` / \
                     `sqlite = ` folders, not both"
-            .into());
+                .into(),
+        );
     }
     if args.any.is_none() && args.postgres.is_none() && args.sqlite.is_none() {
         return Err(
@@ -158,7 +160,10 @@ fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Re
         };
         let metadata = path.join("metadata.toml");
         let metadata = if metadata.is_file() {
-            format!("Some(include_str!({}))", literal(&metadata.to_string_lossy()))
+            format!(
+                "Some(include_str!({}))",
+                literal(&metadata.to_string_lossy())
+            )
         } else {
             "None".to_string()
         };

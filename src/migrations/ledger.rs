@@ -92,7 +92,9 @@ pub(crate) fn ensure(conn: &mut Conn) -> Result<(), MigrationError> {
         "ALTER TABLE datalayer_migrations ADD COLUMN migration_set TEXT NOT NULL DEFAULT '{LEGACY_SET}'"
     );
     match conn {
-        Conn::Postgres(pg) => pg.batch_execute(&add_column.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS")),
+        Conn::Postgres(pg) => {
+            pg.batch_execute(&add_column.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+        }
         Conn::Sqlite(sqlite) => {
             #[derive(QueryableByName)]
             struct Count {
@@ -105,7 +107,11 @@ pub(crate) fn ensure(conn: &mut Conn) -> Result<(), MigrationError> {
             )
             .get_result(sqlite)
             .map_err(failed("reading the ledger's columns"))?;
-            if has.n == 0 { sqlite.batch_execute(&add_column) } else { Ok(()) }
+            if has.n == 0 {
+                sqlite.batch_execute(&add_column)
+            } else {
+                Ok(())
+            }
         }
     }
     .map_err(failed("adding the ledger's migration_set column"))
@@ -157,7 +163,9 @@ pub(crate) fn record_version(conn: &mut Conn, version: &str) -> Result<(), Migra
     diesel::insert_into(diesel_versions::table)
         .values(diesel_versions::version.eq(version))
         .execute(conn)
-        .map_err(failed("recording the version in __diesel_schema_migrations"))?;
+        .map_err(failed(
+            "recording the version in __diesel_schema_migrations",
+        ))?;
     Ok(())
 }
 

@@ -167,7 +167,9 @@ impl MigrationSet {
     }
 
     /// Built by [`embed_migrations!`](crate::embed_migrations) from what it embedded.
-    pub(crate) fn embedded(set: &super::__private::Embedded) -> Result<MigrationSet, MigrationError> {
+    pub(crate) fn embedded(
+        set: &super::__private::Embedded,
+    ) -> Result<MigrationSet, MigrationError> {
         let scripts = set
             .migrations
             .iter()

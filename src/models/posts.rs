@@ -3,10 +3,10 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::ModelError as Error;
 use super::users::User;
 use crate::dispatch;
 use crate::engine::Conn;
-use super::ModelError as Error;
 use crate::schema::posts;
 
 /// A post row.

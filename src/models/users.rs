@@ -4,9 +4,9 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
+use super::ModelError as Error;
 use crate::dispatch;
 use crate::engine::Conn;
-use super::ModelError as Error;
 use crate::schema::users;
 
 /// A user row.

@@ -159,7 +159,9 @@ pub fn fresh_sqlite(extra: &[(&str, &str)]) -> (datalayer::Engine, Place) {
 pub fn migrated_engines(prefix: &str) -> Vec<(datalayer::Engine, Place)> {
     let engines = fresh_engines(prefix, &[]);
     for (engine, _) in &engines {
-        datalayer::migrations::run_pending(engine).expect("migrate");
+        datalayer::models::migrator()
+            .run_pending(engine)
+            .expect("migrate");
     }
     engines
 }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use datalayer::config::Backend;
-use datalayer::migrations::{self, MigrationSet, lock::lock_key};
+use datalayer::migrations::MigrationError;
+use datalayer::migrations::{self, Migrator, lock::lock_key};
 use datalayer::{Engine, Error, Settings};
 use diesel::connection::SimpleConnection;
 
@@ -16,11 +17,11 @@ use crate::common::{
 };
 use crate::libpq::Conn as PqConn;
 
-fn test_set(name: &str) -> MigrationSet {
+fn test_set(name: &str) -> Migrator {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/migrations")
         .join(name);
-    MigrationSet::from_dir(dir).expect("test migrations")
+    Migrator::from_dir("test", dir).expect("test migrations")
 }
 
 /// The same settings as `engine`'s, with `extra` variables changed.
@@ -77,7 +78,7 @@ fn eight_replicas_as_threads_apply_each_migration_once() {
                 std::thread::spawn(move || {
                     let replica = Engine::connect(&settings).expect("connect");
                     start.wait();
-                    migrations::run_pending_with(&replica, &set)
+                    set.run_pending(&replica)
                 })
             })
             .collect();
@@ -158,7 +159,9 @@ fn times_out_on_the_lock(engine: &Engine) -> (Engine, Error) {
     let impatient = Engine::connect(&with(engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
         .expect("connect");
     let started = Instant::now();
-    let error = migrations::run_pending(&impatient).expect_err("the lock is held");
+    let error = datalayer::models::migrator()
+        .run_pending(&impatient)
+        .expect_err("the lock is held");
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1500),
@@ -202,7 +205,7 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
     );
 
     let (impatient, error) = times_out_on_the_lock(&engine);
-    let Error::MigrationLockTimeout { holder, .. } = &error else {
+    let Error::Migration(MigrationError::LockTimeout { holder, .. }) = &error else {
         panic!("expected a lock timeout, got {error}");
     };
     let holder = holder.as_deref().unwrap_or_default();
@@ -213,7 +216,8 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
 
     drop(squatter);
     assert_eq!(
-        migrations::run_pending(&impatient)
+        datalayer::models::migrator()
+            .run_pending(&impatient)
             .expect("lock free")
             .len(),
         2
@@ -246,7 +250,8 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
 
     drop(file);
     assert_eq!(
-        migrations::run_pending(&impatient)
+        datalayer::models::migrator()
+            .run_pending(&impatient)
             .expect("lock free")
             .len(),
         2
@@ -256,7 +261,9 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
 #[test]
 fn an_edited_migration_is_refused_until_accepted() {
     for (engine, _place) in fresh_engines("dl_checksum", &[]) {
-        migrations::run_pending(&engine).expect("migrate");
+        datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect("migrate");
         let mut conn = engine.get().expect("checkout");
         let real = query_text(
             &mut conn,
@@ -269,13 +276,15 @@ fn an_edited_migration_is_refused_until_accepted() {
         .expect("simulate an edit");
         drop(conn);
 
-        let error = migrations::run_pending(&engine).expect_err("checksum differs");
-        let Error::ChecksumMismatch {
+        let error = datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect_err("checksum differs");
+        let Error::Migration(MigrationError::ChecksumMismatch {
             migration,
             version,
             recorded,
             embedded,
-        } = &error
+        }) = &error
         else {
             panic!("expected a checksum mismatch, got {error}");
         };
@@ -294,9 +303,12 @@ fn an_edited_migration_is_refused_until_accepted() {
             "{message}"
         );
 
-        migrations::accept_checksum(&engine, "20261125000001").expect("accept");
+        datalayer::models::migrator()
+            .accept_checksum(&engine, "20261125000001")
+            .expect("accept");
         assert!(
-            migrations::run_pending(&engine)
+            datalayer::models::migrator()
+                .run_pending(&engine)
                 .expect("accepted")
                 .is_empty()
         );
@@ -306,7 +318,9 @@ fn an_edited_migration_is_refused_until_accepted() {
 #[test]
 fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
     for (engine, _place) in fresh_engines("dl_ahead", &[]) {
-        migrations::run_pending(&engine).expect("migrate");
+        datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect("migrate");
         engine
             .get()
             .expect("checkout")
@@ -314,9 +328,11 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
                 "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000')",
             )
             .expect("a newer release's migration");
-        let error = migrations::run_pending(&engine).expect_err("unknown version");
+        let error = datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect_err("unknown version");
         assert!(
-            matches!(&error, Error::UnknownMigrations { versions } if versions == &["20991231000000"]),
+            matches!(&error, Error::Migration(MigrationError::UnknownMigrations { versions, .. }) if versions == &["20991231000000"]),
             "{error}"
         );
         assert!(
@@ -324,22 +340,32 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
                 .to_string()
                 .contains("DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true")
         );
-        let boot = migrations::boot(&engine).expect_err("boot decides the same way");
-        assert!(matches!(boot, Error::UnknownMigrations { .. }));
+        let boot = datalayer::models::migrator()
+            .boot(&engine)
+            .expect_err("boot decides the same way");
+        assert!(matches!(
+            boot,
+            Error::Migration(MigrationError::UnknownMigrations { .. })
+        ));
 
         let tolerant = Engine::connect(&with(
             &engine,
             &[("DATABASE_ALLOW_UNKNOWN_MIGRATIONS", "true")],
         ))
         .expect("connect");
-        let report = migrations::boot(&tolerant).expect("allowed");
+        let report = datalayer::models::migrator()
+            .boot(&tolerant)
+            .expect("allowed");
         assert_eq!(report.unknown, ["20991231000000"]);
         assert!(
             report.applied.is_empty() && report.drift.is_empty(),
             "{report:?}"
         );
         assert_eq!(
-            migrations::status(&engine).expect("status").unknown,
+            datalayer::models::migrator()
+                .status(&engine)
+                .expect("status")
+                .unknown,
             ["20991231000000"]
         );
     }
@@ -351,7 +377,7 @@ fn ddl_behind_a_long_transaction_gives_way_and_retries() {
     let Place::Postgres(db) = &place else {
         unreachable!()
     };
-    migrations::run_pending_with(&engine, &test_set("audit")).expect("migrate");
+    test_set("audit").run_pending(&engine).expect("migrate");
     let server = admin_url()
         .rsplit_once('/')
         .map(|(s, _)| s.to_string())
@@ -370,7 +396,7 @@ fn ddl_behind_a_long_transaction_gives_way_and_retries() {
     .expect("connect");
     let migrating = std::thread::spawn(move || {
         let started = Instant::now();
-        let result = migrations::run_pending_with(&patient, &test_set("ddl"));
+        let result = test_set("ddl").run_pending(&patient);
         (result, started.elapsed())
     });
 
@@ -415,13 +441,15 @@ fn ddl_behind_a_long_transaction_gives_way_and_retries() {
 #[test]
 fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
     for (engine, _place) in fresh_engines("dl_broken", &[]) {
-        let error =
-            migrations::run_pending_with(&engine, &test_set("broken")).expect_err("syntax error");
-        let Error::Migration {
+        let error = &test_set("broken")
+            .run_pending(&engine)
+            .expect_err("syntax error");
+        let Error::Migration(MigrationError::Apply {
             migration,
             file,
-            reason,
-        } = &error
+            source,
+            ..
+        }) = &error
         else {
             panic!("expected a migration error, got {error}");
         };
@@ -431,10 +459,10 @@ fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
             "{file}"
         );
         assert!(
-            reason.contains("syntax error") || reason.contains("near"),
-            "{reason}"
+            source.to_string().contains("syntax error") || source.to_string().contains("near"),
+            "{source}"
         );
-        let status = migrations::status_with(&engine, &test_set("audit")).expect("status");
+        let status = &test_set("audit").status(&engine).expect("status");
         assert_eq!(status.applied, ["2026-01-01-000001_create_audit"]);
         assert_eq!(
             count(&engine, "audit"),
@@ -442,7 +470,7 @@ fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
             "nothing of the broken migration remains"
         );
         assert_eq!(
-            migrations::run_pending_with(&engine, &test_set("audit")).expect("fixed"),
+            test_set("audit").run_pending(&engine).expect("fixed"),
             ["2026-01-01-000002_create_things"]
         );
     }
@@ -451,7 +479,7 @@ fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
 #[test]
 fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
     for (engine, _place) in fresh_engines("dl_drift", &[]) {
-        let report = migrations::boot(&engine).expect("boot");
+        let report = datalayer::models::migrator().boot(&engine).expect("boot");
         assert_eq!(report.applied.len(), 2);
         assert!(
             report.drift.is_empty(),
@@ -463,19 +491,29 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
             .expect("checkout")
             .batch_execute("ALTER TABLE posts DROP COLUMN body")
             .expect("drop a column by hand");
-        let report = migrations::boot(&engine).expect("warn boots");
+        let report = datalayer::models::migrator()
+            .boot(&engine)
+            .expect("warn boots");
         assert_eq!(report.drift, ["posts.body: missing"]);
 
         let strict = Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "strict")]))
             .expect("connect");
-        let error = migrations::boot(&strict).expect_err("strict refuses");
+        let error = datalayer::models::migrator()
+            .boot(&strict)
+            .expect_err("strict refuses");
         assert!(
-            matches!(&error, Error::SchemaDrift { differences } if differences == &["posts.body: missing"]),
+            matches!(&error, Error::Migration(MigrationError::SchemaDrift { differences }) if differences == &["posts.body: missing"]),
             "{error}"
         );
         let off =
             Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "off")])).expect("connect");
-        assert!(migrations::boot(&off).expect("off skips").drift.is_empty());
+        assert!(
+            datalayer::models::migrator()
+                .boot(&off)
+                .expect("off skips")
+                .drift
+                .is_empty()
+        );
     }
 }
 
@@ -483,7 +521,9 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
 fn the_committed_fingerprints_match_what_the_migrations_produce() {
     let mut stale = Vec::new();
     for (engine, _place) in fresh_engines("dl_fingerprint", &[]) {
-        migrations::run_pending(&engine).expect("migrate");
+        datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect("migrate");
         let mut conn = engine.get().expect("checkout");
         let live =
             migrations::drift::fingerprint(&mut conn, engine.backend()).expect("fingerprint");

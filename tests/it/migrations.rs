@@ -2,6 +2,7 @@
 //! migration is named and leaves the database at the last good version; both backends produce
 //! the same tables and columns.
 
+use datalayer::migrations::MigrationError;
 use datalayer::migrations::{self, Revert, Status};
 use datalayer::{Engine, Error};
 
@@ -51,16 +52,26 @@ fn snapshot(engine: &Engine) -> Vec<String> {
 fn up_down_up_on_both_backends() {
     for (engine, _place) in fresh_engines("dl_migrate", &[]) {
         let empty = snapshot(&engine);
-        assert_eq!(migrations::run_pending(&engine).expect("migrate"), ALL);
         assert_eq!(
-            migrations::run_pending(&engine).expect("again"),
+            datalayer::models::migrator()
+                .run_pending(&engine)
+                .expect("migrate"),
+            ALL
+        );
+        assert_eq!(
+            datalayer::models::migrator()
+                .run_pending(&engine)
+                .expect("again"),
             Vec::<String>::new()
         );
         let migrated = snapshot(&engine);
         assert!(migrated.len() >= 5, "{migrated:#?}");
         assert_eq!(
-            migrations::status(&engine).expect("status"),
+            datalayer::models::migrator()
+                .status(&engine)
+                .expect("status"),
             Status {
+                edited: Vec::new(),
                 applied: ALL.map(String::from).to_vec(),
                 pending: vec![],
                 unknown: vec![],
@@ -70,7 +81,9 @@ fn up_down_up_on_both_backends() {
 
         // The last down undoes the last up exactly: re-applying it gives the same schema.
         assert_eq!(
-            migrations::revert(&engine, Revert::Steps(1)).expect("revert"),
+            datalayer::models::migrator()
+                .revert(&engine, Revert::Steps(1))
+                .expect("revert"),
             [ALL[1]]
         );
         let first_only = snapshot(&engine);
@@ -78,25 +91,40 @@ fn up_down_up_on_both_backends() {
             first_only.iter().all(|line| !line.contains("posts")),
             "{first_only:#?}"
         );
-        assert_eq!(migrations::run_pending(&engine).expect("redo"), [ALL[1]]);
+        assert_eq!(
+            datalayer::models::migrator()
+                .run_pending(&engine)
+                .expect("redo"),
+            [ALL[1]]
+        );
         assert_eq!(snapshot(&engine), migrated);
 
         // Reverting everything leaves nothing behind.
         assert_eq!(
-            migrations::revert(&engine, Revert::All).expect("revert all"),
+            datalayer::models::migrator()
+                .revert(&engine, Revert::All)
+                .expect("revert all"),
             [ALL[1], ALL[0]]
         );
         assert_eq!(snapshot(&engine), empty);
         assert_eq!(
-            migrations::status(&engine).expect("status"),
+            datalayer::models::migrator()
+                .status(&engine)
+                .expect("status"),
             Status {
+                edited: Vec::new(),
                 applied: vec![],
                 pending: ALL.map(String::from).to_vec(),
                 unknown: vec![],
                 lock: None,
             }
         );
-        assert_eq!(migrations::run_pending(&engine).expect("up again"), ALL);
+        assert_eq!(
+            datalayer::models::migrator()
+                .run_pending(&engine)
+                .expect("up again"),
+            ALL
+        );
         assert_eq!(snapshot(&engine), migrated);
     }
 }
@@ -110,25 +138,30 @@ fn a_failing_migration_is_named_and_the_database_stays_at_the_last_good_one() {
             conn.batch_execute("CREATE TABLE posts (x INTEGER)")
                 .expect("squat on posts");
         }
-        let error = migrations::run_pending(&engine).expect_err("posts already exists");
-        let Error::Migration {
+        let error = datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect_err("posts already exists");
+        let Error::Migration(MigrationError::Apply {
             migration,
             file,
-            reason,
-        } = &error
+            source,
+            ..
+        }) = &error
         else {
             panic!("expected a migration error, got {error}");
         };
         assert_eq!(migration, ALL[1]);
         let backend = engine.backend();
         assert_eq!(file, &format!("migrations/{backend}/{}/up.sql", ALL[1]));
-        assert!(reason.contains("already exists"), "{reason}");
+        assert!(source.to_string().contains("already exists"), "{source}");
         assert!(
             error
                 .to_string()
                 .starts_with(&format!("migration {} ({file}) failed: ", ALL[1]))
         );
-        let status = migrations::status(&engine).expect("status");
+        let status = datalayer::models::migrator()
+            .status(&engine)
+            .expect("status");
         assert_eq!(status.applied, [ALL[0]]);
         assert_eq!(status.pending, [ALL[1]]);
     }
@@ -139,7 +172,12 @@ fn migrations_ignore_the_applications_statement_timeout() {
     let (engine, _db) = fresh_postgres("dl_migtimeout", &[("DATABASE_STATEMENT_TIMEOUT", "1ms")]);
     // With a 1 ms statement timeout on every pooled connection, DDL that takes longer would
     // fail if migrations ran on one of them.
-    assert_eq!(migrations::run_pending(&engine).expect("migrate"), ALL);
+    assert_eq!(
+        datalayer::models::migrator()
+            .run_pending(&engine)
+            .expect("migrate"),
+        ALL
+    );
 }
 
 /// (table, column, type, nullable), normalised across backends.
@@ -222,16 +260,26 @@ fn read_only_calls_give_the_boot_connection_back() {
     *ESTABLISH_FILTER.lock().expect("filter") = format!("/{}", db.name);
     diesel::connection::set_default_instrumentation(count_establishes).expect("instrument");
 
-    let status = migrations::status(&engine).expect("status");
+    let status = datalayer::models::migrator()
+        .status(&engine)
+        .expect("status");
     assert_eq!(status.pending, ALL);
     assert_eq!(migrations::lock_holder(&engine).expect("lock"), None);
-    assert_eq!(migrations::boot(&engine).expect("boot").applied, ALL);
+    assert_eq!(
+        datalayer::models::migrator()
+            .boot(&engine)
+            .expect("boot")
+            .applied,
+        ALL
+    );
     assert_eq!(
         ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "status, lock_holder and boot all ran on the connection made by Engine::connect"
     );
     // Once the migrations ran, the next migration call opens its own connection.
-    migrations::status(&engine).expect("status");
+    datalayer::models::migrator()
+        .status(&engine)
+        .expect("status");
     assert_eq!(ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -1,7 +1,7 @@
 //! The models on both backends: CRUD, updated_at, unique email, cascade, publish, keyset pages.
 
 use chrono::NaiveDate;
-use datalayer::Error;
+use datalayer::models::ModelError as Error;
 use datalayer::models::posts::{self, Cursor, NewPost};
 use datalayer::models::users::{self, NewUser, UserChanges};
 use diesel::connection::SimpleConnection;
