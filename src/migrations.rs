@@ -560,42 +560,12 @@ impl<'a> Session<'a> {
         unreachable!("the last attempt returns")
     }
 
-    /// A `run_in_transaction = false` migration: on PostgreSQL one statement at a time under
-    /// the session's `lock_timeout`, never retried; the ledger rows are written after the last
-    /// statement succeeded. A failure says which statements ran.
+    /// A `run_in_transaction = false` migration: its statements (see
+    /// [`Session::run_outside_transaction`]), then its ledger rows, written only after the last
+    /// statement succeeded. Never retried.
     fn apply_outside_transaction(&mut self, script: &Script) -> Result<(), Error> {
         let started = Instant::now();
-        if self.postgres() {
-            let ddl_timeout = self.ddl_lock_timeout_ms();
-            self.conn
-                .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
-                .map_err(|e| self.apply_error(script, "up.sql", None, e))?;
-            let statements = statements::split(&script.up);
-            let total = statements.len();
-            let mut outcome = Ok(());
-            for (i, statement) in statements.iter().enumerate() {
-                if let Err(source) = self.conn.batch_execute(statement) {
-                    let progress = format!(
-                        "it runs outside a transaction (run_in_transaction = false): statement \
-                         {} of {total} failed and {} before it stayed applied; nothing was \
-                         recorded, so the next run starts it from the first statement again: \
-                         undo what ran (an interrupted CREATE INDEX CONCURRENTLY leaves an \
-                         invalid index: DROP INDEX CONCURRENTLY IF EXISTS it) or make the \
-                         statements idempotent (IF NOT EXISTS)",
-                        i + 1,
-                        i
-                    );
-                    outcome = Err(self.apply_error(script, "up.sql", Some(progress), source));
-                    break;
-                }
-            }
-            let _ = self.conn.batch_execute("RESET lock_timeout");
-            outcome?;
-        } else {
-            self.conn
-                .batch_execute(&script.up)
-                .map_err(|e| self.apply_error(script, "up.sql", Some("it runs outside a transaction (run_in_transaction = false): statements before the failing one stayed applied".into()), e))?;
-        }
+        self.run_outside_transaction(script, &script.up, "up.sql")?;
         let name = self.name;
         self.conn
             .transaction(|conn| -> Result<(), MigrationError> {
@@ -603,6 +573,57 @@ impl<'a> Session<'a> {
                 ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
             })?;
         Ok(())
+    }
+
+    /// Runs `sql` of a `run_in_transaction = false` migration. On PostgreSQL one statement at
+    /// a time (a multi-statement string is one implicit transaction, where `CREATE INDEX
+    /// CONCURRENTLY` is refused) under the session's `lock_timeout`; a failure says which
+    /// statements ran, since they stay applied.
+    fn run_outside_transaction(
+        &mut self,
+        script: &Script,
+        sql: &str,
+        file: &str,
+    ) -> Result<(), MigrationError> {
+        let statements = if self.postgres() {
+            let ddl_timeout = self.ddl_lock_timeout_ms();
+            self.conn
+                .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
+                .map_err(|e| self.apply_error(script, file, None, e))?;
+            statements::split(sql)
+        } else {
+            // SQLite runs a batch statement by statement, outside any transaction.
+            vec![sql]
+        };
+        let total = statements.len();
+        let mut outcome = Ok(());
+        for (i, statement) in statements.iter().enumerate() {
+            if let Err(source) = self.conn.batch_execute(statement) {
+                let progress = if total == 1 {
+                    "it runs outside a transaction (run_in_transaction = false), so whatever it \
+                     did before failing stays"
+                        .to_string()
+                } else {
+                    format!(
+                        "it runs outside a transaction (run_in_transaction = false): statement {} \
+                         of {total} failed and the {i} before it stayed applied",
+                        i + 1
+                    )
+                };
+                let progress = format!(
+                    "{progress}; nothing was recorded, so the next run starts it from its first \
+                     statement: undo what ran (an interrupted CREATE INDEX CONCURRENTLY leaves an \
+                     invalid index: DROP INDEX CONCURRENTLY IF EXISTS it) or make the statements \
+                     idempotent (IF NOT EXISTS)"
+                );
+                outcome = Err(self.apply_error(script, file, Some(progress), source));
+                break;
+            }
+        }
+        if self.postgres() {
+            let _ = self.conn.batch_execute("RESET lock_timeout");
+        }
+        outcome
     }
 
     fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
@@ -624,20 +645,23 @@ impl<'a> Session<'a> {
                 }
                 .into());
             };
-            let undo = |conn: &mut Conn| -> Result<(), MigrationError> {
-                conn.batch_execute(down)
-                    .map_err(|source| MigrationError::Apply {
-                        migration: script.name.clone(),
-                        file: self.set.file_of(&script.name, "down.sql"),
-                        progress: None,
-                        source,
-                    })?;
-                ledger::forget(conn, &script.version)
-            };
             if script.run_in_transaction {
-                self.conn.transaction(undo)?;
+                let set = self.set;
+                self.conn
+                    .transaction(|conn| -> Result<(), MigrationError> {
+                        conn.batch_execute(down)
+                            .map_err(|source| MigrationError::Apply {
+                                migration: script.name.clone(),
+                                file: set.file_of(&script.name, "down.sql"),
+                                progress: None,
+                                source,
+                            })?;
+                        ledger::forget(conn, &script.version)
+                    })?;
             } else {
-                undo(&mut self.conn)?;
+                self.run_outside_transaction(script, down, "down.sql")?;
+                self.conn
+                    .transaction(|conn| ledger::forget(conn, &script.version))?;
             }
             reverted.push(script.name.clone());
         }

@@ -224,3 +224,18 @@ pub fn logged(run: impl FnOnce()) -> String {
     let bytes = captured.0.lock().expect("lock").clone();
     String::from_utf8(bytes).expect("utf-8")
 }
+
+/// The test migrations in `tests/migrations/<folder>`, read at run time, as the set `name`.
+pub fn test_migrator(folder: &str, name: &str) -> datalayer::Migrator {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/migrations")
+        .join(folder);
+    datalayer::Migrator::from_dir(name, dir).expect("test migrations")
+}
+
+/// The URL of a test database on the admin server.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
+    format!("{server}/{name}")
+}

@@ -9,6 +9,7 @@ mod docs;
 mod engine;
 mod libpq;
 mod migration_safety;
+mod migration_sets;
 mod migrations;
 mod models;
 mod netns;

@@ -17,11 +17,8 @@ use crate::common::{
 };
 use crate::libpq::Conn as PqConn;
 
-fn test_set(name: &str) -> Migrator {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/migrations")
-        .join(name);
-    Migrator::from_dir("test", dir).expect("test migrations")
+fn test_set(folder: &str) -> Migrator {
+    crate::common::test_migrator(folder, "test")
 }
 
 /// The same settings as `engine`'s, with `extra` variables changed.

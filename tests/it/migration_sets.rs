@@ -1,0 +1,329 @@
+//! Migration sets of their own: several in one database, a ledger from the previous release,
+//! a status that writes nothing, and migrations outside a transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use datalayer::migrations::{MigrationError, Revert};
+use datalayer::{Engine, Error};
+use diesel::connection::SimpleConnection;
+
+use crate::common::{
+    Place, database_url, fresh_engines, fresh_postgres, logged, query_lines, test_migrator,
+};
+use crate::libpq::Conn as PqConn;
+
+const REFERENCE: [&str; 2] = [
+    "2026-11-25-000001_create_users",
+    "2026-11-25-000002_create_posts",
+];
+const AUDIT: [&str; 2] = [
+    "2026-01-01-000001_create_audit",
+    "2026-01-01-000002_create_things",
+];
+
+fn ledger(engine: &Engine) -> Vec<String> {
+    let mut conn = engine.get().expect("checkout");
+    query_lines(
+        &mut conn,
+        "SELECT migration_set || ' ' || version AS line FROM datalayer_migrations ORDER BY version",
+    )
+}
+
+#[test]
+fn two_sets_share_a_database_and_ignore_each_other() {
+    for (engine, _place) in fresh_engines("dl_sets", &[]) {
+        let reference = datalayer::models::migrator();
+        let library = test_migrator("audit", "audit_library");
+        assert_eq!(reference.name(), "datalayer");
+        assert_eq!(
+            reference.run_pending(&engine).expect("reference"),
+            REFERENCE
+        );
+        assert_eq!(library.boot(&engine).expect("library").applied, AUDIT);
+        // Neither sees the other's versions as unknown, nor as its own.
+        let report = reference.boot(&engine).expect("reference boots again");
+        assert!(
+            report.applied.is_empty() && report.unknown.is_empty(),
+            "{report:?}"
+        );
+        let status = library.status(&engine).expect("status");
+        assert_eq!(status.applied, AUDIT);
+        assert!(status.unknown.is_empty(), "{status:?}");
+        assert_eq!(
+            ledger(&engine),
+            [
+                "audit_library 20260101000001",
+                "audit_library 20260101000002",
+                "datalayer 20261125000001",
+                "datalayer 20261125000002",
+            ]
+        );
+        // Reverting one set leaves the other alone.
+        assert_eq!(
+            library.revert(&engine, Revert::All).expect("revert"),
+            [AUDIT[1], AUDIT[0]]
+        );
+        assert_eq!(
+            reference.status(&engine).expect("status").applied,
+            REFERENCE
+        );
+        assert_eq!(ledger(&engine).len(), 2);
+    }
+}
+
+#[test]
+fn a_version_another_set_applied_is_refused_by_name() {
+    for (engine, _place) in fresh_engines("dl_clash", &[]) {
+        test_migrator("audit", "first")
+            .run_pending(&engine)
+            .expect("first");
+        let error = test_migrator("ddl", "second")
+            .run_pending(&engine)
+            .expect_err("same versions, another set");
+        let Error::Migration(MigrationError::VersionClash {
+            set,
+            migration,
+            other_set,
+            ..
+        }) = &error
+        else {
+            panic!("expected a version clash, got {error}");
+        };
+        assert_eq!((set.as_str(), other_set.as_str()), ("second", "first"));
+        assert_eq!(migration, AUDIT[0]);
+        assert!(error.to_string().contains("rename the folder"), "{error}");
+    }
+}
+
+#[test]
+fn a_ledger_from_the_previous_release_belongs_to_the_reference_set() {
+    for (engine, _place) in fresh_engines("dl_legacy", &[]) {
+        let reference = datalayer::models::migrator();
+        reference.run_pending(&engine).expect("migrate");
+        // What the previous release left: the ledger without its migration_set column.
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute("ALTER TABLE datalayer_migrations DROP COLUMN migration_set")
+            .expect("make the ledger look old");
+        let has_set_column = |engine: &Engine| {
+            engine
+                .get()
+                .expect("checkout")
+                .batch_execute("SELECT migration_set FROM datalayer_migrations")
+                .is_ok()
+        };
+        let status = reference.status(&engine).expect("status on the old ledger");
+        assert_eq!(status.applied, REFERENCE);
+        assert!(status.pending.is_empty(), "{status:?}");
+        assert!(!has_set_column(&engine), "status wrote nothing");
+        let report = reference.boot(&engine).expect("boot upgrades the ledger");
+        assert!(
+            report.applied.is_empty() && report.unknown.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            ledger(&engine),
+            ["datalayer 20261125000001", "datalayer 20261125000002"]
+        );
+    }
+}
+
+#[test]
+fn status_on_a_database_never_migrated_writes_nothing() {
+    for (engine, _place) in fresh_engines("dl_status_ro", &[]) {
+        let status = datalayer::models::migrator()
+            .status(&engine)
+            .expect("status");
+        assert_eq!(status.pending, REFERENCE);
+        assert!(status.applied.is_empty(), "{status:?}");
+        let mut conn = engine.get().expect("checkout");
+        let sql = match engine.backend() {
+            datalayer::config::Backend::Postgres => {
+                "SELECT tablename::text AS line FROM pg_tables WHERE schemaname = 'public'"
+            }
+            datalayer::config::Backend::Sqlite => {
+                "SELECT name AS line FROM sqlite_master WHERE type = 'table'"
+            }
+        };
+        assert_eq!(query_lines(&mut conn, sql), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn status_shows_an_edited_migration() {
+    for (engine, _place) in fresh_engines("dl_status_edit", &[]) {
+        let reference = datalayer::models::migrator();
+        reference.run_pending(&engine).expect("migrate");
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute(
+                "UPDATE datalayer_migrations SET checksum = 'abc' WHERE version = '20261125000002'",
+            )
+            .expect("tamper");
+        let status = reference.status(&engine).expect("status");
+        assert_eq!(status.edited, [REFERENCE[1]]);
+        assert_eq!(status.applied, REFERENCE);
+    }
+}
+
+/// Inserts into `items` in short transactions until told to stop; counts rows and failures.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+    written: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn start(url: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let url = url.to_string();
+        let thread = {
+            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            std::thread::spawn(move || {
+                let conn = PqConn::connect(&url).expect("writer connects");
+                let mut errors = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                    match conn.query("INSERT INTO items (x) VALUES ((random() * 1000)::int)") {
+                        Ok(_) => {
+                            written.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (written.load(Ordering::Acquire), errors)
+            })
+        };
+        Writer {
+            stop,
+            thread,
+            written,
+        }
+    }
+
+    /// Waits until `n` more rows are written than now (the writer is really running).
+    fn wait_for_rows(&self, n: u64) {
+        let target = self.written.load(Ordering::Acquire) + n;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.written.load(Ordering::Acquire) < target {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+            std::thread::yield_now();
+        }
+    }
+
+    fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().expect("writer thread")
+    }
+}
+
+#[test]
+fn create_index_concurrently_runs_outside_a_transaction_while_another_session_writes() {
+    let (engine, place) = fresh_postgres("dl_cic", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    test_migrator("concurrent_base", "items")
+        .run_pending(&engine)
+        .expect("the table");
+    let writer = Writer::start(&database_url(&db.name));
+    writer.wait_for_rows(50);
+    let migrator = test_migrator("concurrent", "items");
+    assert!(!migrator.set(engine.backend()).expect("set").scripts()[1].run_in_transaction);
+    assert_eq!(
+        migrator.run_pending(&engine).expect("index concurrently"),
+        ["2026-02-01-000002_index_items"]
+    );
+    writer.wait_for_rows(50);
+    let (written, errors) = writer.stop();
+    assert!(errors.is_empty(), "the writer failed: {errors:?}");
+    let mut conn = engine.get().expect("checkout");
+    assert_eq!(
+        query_lines(
+            &mut conn,
+            "SELECT c.relname || ' ' || i.indisvalid AS line FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname IN ('items_x_idx', 'items_id_x_idx') ORDER BY 1",
+        ),
+        ["items_id_x_idx true", "items_x_idx true"]
+    );
+    assert_eq!(
+        query_lines(&mut conn, "SELECT count(*)::text AS line FROM items"),
+        [written.to_string()]
+    );
+    // Its ledger rows came after its statements; the down.sql runs outside a transaction too.
+    assert_eq!(
+        ledger(&engine),
+        ["items 20260201000001", "items 20260201000002"]
+    );
+    assert_eq!(
+        migrator
+            .revert(&engine, Revert::Steps(1))
+            .expect("drop concurrently"),
+        ["2026-02-01-000002_index_items"]
+    );
+    assert_eq!(
+        query_lines(
+            &mut conn,
+            "SELECT count(*)::text AS line FROM pg_class WHERE relname LIKE 'items_%idx'"
+        ),
+        ["0"]
+    );
+}
+
+#[test]
+fn a_migration_outside_a_transaction_is_not_retried_after_a_lock_timeout() {
+    let (engine, place) = fresh_postgres("dl_cic_timeout", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let mut settings = engine.settings().clone();
+    settings.migrations.ddl_lock_timeout = Duration::from_millis(200);
+    let engine = Engine::connect(&settings).expect("connect");
+    let migrator = test_migrator("concurrent", "items");
+    test_migrator("concurrent_base", "items")
+        .run_pending(&engine)
+        .expect("the table");
+    let blocker = PqConn::connect(&database_url(&db.name)).expect("connect");
+    blocker.query("BEGIN").expect("begin");
+    blocker
+        .query("LOCK TABLE items IN SHARE UPDATE EXCLUSIVE MODE")
+        .expect("a lock CREATE INDEX CONCURRENTLY waits for");
+    let mut result = None;
+    let log = logged(|| result = Some(migrator.run_pending(&engine)));
+    let error = result.expect("ran").expect_err("the lock is held");
+    let Error::Migration(MigrationError::Apply {
+        migration,
+        progress: Some(progress),
+        source,
+        ..
+    }) = &error
+    else {
+        panic!("expected an apply error with its progress, got {error}");
+    };
+    assert_eq!(migration, "2026-02-01-000002_index_items");
+    assert!(source.to_string().contains("lock timeout"), "{source}");
+    assert!(
+        progress.contains("statement 1 of 2 failed and the 0 before it stayed applied"),
+        "{progress}"
+    );
+    assert!(!log.contains("retrying"), "retried blindly: {log}");
+    assert_eq!(
+        ledger(&engine),
+        ["items 20260201000001"],
+        "nothing recorded"
+    );
+
+    blocker.query("ROLLBACK").expect("release the lock");
+    assert_eq!(
+        migrator
+            .run_pending(&engine)
+            .expect("runs once the lock is gone"),
+        ["2026-02-01-000002_index_items"]
+    );
+}
