@@ -118,6 +118,9 @@ pub struct BootReport {
     pub drift: Vec<String>,
 }
 
+/// A set and the backend it is for (`None`: every backend).
+type BackendSet = (Option<Backend>, MigrationSet);
+
 /// An application's migrations, per backend, under one set name: what
 /// [`embed_migrations!`](crate::embed_migrations) gives. Every method runs the whole safe
 /// sequence of the module doc on the set for the engine's backend.
@@ -135,8 +138,9 @@ pub struct BootReport {
 #[derive(Debug, Clone)]
 pub struct Migrator {
     name: Cow<'static, str>,
-    /// Per backend (`None`: every backend), or why the embedded files are unusable.
-    sets: Result<Vec<(Option<Backend>, MigrationSet)>, (String, String)>,
+    /// Per backend (`None`: every backend), or why the embedded files are unusable (the
+    /// file and the reason of a [`MigrationError::Invalid`]).
+    sets: Result<Vec<BackendSet>, (String, String)>,
 }
 
 impl Migrator {
@@ -364,10 +368,9 @@ impl<'s> Ledger<'s> {
             .iter()
             .filter(|s| !view.applied.iter().any(|a| a.version == s.version))
             .filter(|s| {
-                !view
-                    .clash
+                view.clash
                     .as_ref()
-                    .is_some_and(|(c, _)| c.version == s.version)
+                    .is_none_or(|(c, _)| c.version != s.version)
             })
             .collect();
         view
@@ -430,9 +433,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Checks the ledger, backfilling rows it lacks. Returns the applied versions of this set
-    /// and the unknown ones (allowed), and the pending migrations.
-    fn check(&mut self) -> Result<(Vec<String>, Vec<&'a Script>, Vec<String>), Error> {
+    /// Checks the ledger, backfilling rows it lacks, and returns this set's view of it.
+    fn check(&mut self) -> Result<Ledger<'a>, Error> {
         let rows = self.rows()?;
         let ledger = Ledger::read(self.name, self.set, &rows);
         if let Some((script, other_set)) = ledger.clash {
@@ -471,13 +473,14 @@ impl<'a> Session<'a> {
         for script in &ledger.backfill {
             ledger::record(&mut self.conn, self.name, script, None, ledger::BACKFILL)?;
         }
-        let applied = ledger.applied.iter().map(|s| s.version.clone()).collect();
-        Ok((applied, ledger.pending, ledger.unknown))
+        Ok(ledger)
     }
 
     /// Applies every pending migration; returns their names and the allowed unknown versions.
     fn apply(&mut self) -> Result<(Vec<String>, Vec<String>), Error> {
-        let (_, pending, unknown) = self.check()?;
+        let Ledger {
+            pending, unknown, ..
+        } = self.check()?;
         let mut applied = Vec::with_capacity(pending.len());
         for script in pending {
             if script.run_in_transaction {
@@ -627,17 +630,14 @@ impl<'a> Session<'a> {
     }
 
     fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
-        let (mut applied, _, _) = self.check()?;
+        let mut applied = self.check()?.applied;
         let mut reverted = Vec::new();
-        while let Some(version) = applied.pop() {
+        while let Some(script) = applied.pop() {
             if let Revert::Steps(n) = how_far
                 && reverted.len() >= n
             {
                 break;
             }
-            let Some(script) = self.set.script(&version) else {
-                continue;
-            };
             let Some(down) = &script.down else {
                 return Err(MigrationError::Irreversible {
                     migration: script.name.clone(),
