@@ -46,6 +46,7 @@ mod checkouts;
 mod connection;
 mod manager;
 pub mod metrics;
+mod pool_connection;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -53,7 +54,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
-use diesel::connection::SimpleConnection;
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel::sql_types::Text;
 
@@ -63,6 +63,7 @@ pub use self::connection::{Conn, MultiBackend};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
 pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
+pub use self::pool_connection::PoolConnection;
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 pub use crate::pool_state::{Holder, PoolState};
@@ -72,12 +73,16 @@ const SPARE_FOR: Duration = Duration::from_secs(10);
 
 /// The pool of connections and the entry point for SQL.
 ///
+/// `C` is the connection type it hands out: [`Conn`] by default (PostgreSQL or SQLite, as the
+/// settings say; [`Engine::connect`]), or `PgConnection` / `SqliteConnection` for an
+/// application on one backend ([`Engine::connect_as`]).
+///
 /// Cheap to share: wrap it in an `Arc` or hand out `&Engine`; every method takes `&self`.
-pub struct Engine {
-    pool: Pool<Manager>,
+pub struct Engine<C: PoolConnection = Conn> {
+    pool: Pool<Manager<C>>,
     /// The pool's manager too, for connections outside the pool (migrations).
-    manager: Manager,
-    books: Arc<Books>,
+    manager: Manager<C>,
+    books: Arc<Books<C>>,
     /// The connection made by `connect`, kept for the first migration run (boot) if that
     /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more. Read-only
     /// migration calls (`status`) give it back.
@@ -91,7 +96,7 @@ pub struct Engine {
     close_limit: Duration,
 }
 
-impl Drop for Engine {
+impl<C: PoolConnection> Drop for Engine<C> {
     /// Stops new connection attempts and waits (at most the connect timeout, plus a second)
     /// for those under way, so that the process can exit safely right after.
     fn drop(&mut self) {
@@ -100,7 +105,7 @@ impl Drop for Engine {
     }
 }
 
-impl fmt::Debug for Engine {
+impl<C: PoolConnection> fmt::Debug for Engine<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("backend", &self.backend())
@@ -111,39 +116,40 @@ impl fmt::Debug for Engine {
 }
 
 /// What checkouts and returns update.
-pub(crate) struct Books {
+pub(crate) struct Books<C: PoolConnection> {
     checkouts: Checkouts,
-    parking: Arc<Parking>,
+    parking: Arc<Parking<C>>,
     shared: Arc<Shared>,
 }
 
 /// A connection out of r2d2's hands (checked out or parked), with its own handle on the
 /// engine's books. The handle travels with the connection into the parking slot and back, so
 /// the fast path never touches the `Arc`'s count, which every thread would otherwise write.
-pub(crate) struct Held {
-    conn: PooledConnection<Manager>,
-    books: Arc<Books>,
+pub(crate) struct Held<C: PoolConnection> {
+    conn: PooledConnection<Manager<C>>,
+    books: Arc<Books<C>>,
 }
 
 /// A connection checked out of the pool; it goes back when dropped.
 ///
-/// Dereferences to [`Conn`], so `&mut pooled` is what query functions take.
-pub struct PooledConn {
+/// Dereferences to the engine's connection type (by default [`Conn`]), so `&mut pooled` is
+/// what query functions take.
+pub struct PooledConn<C: PoolConnection = Conn> {
     /// Always `Some` until dropped.
-    held: Option<Held>,
+    held: Option<Held<C>>,
     id: u64,
     leak_threshold: Option<Duration>,
 }
 
-impl PooledConn {
-    fn held(&self) -> &Held {
+impl<C: PoolConnection> PooledConn<C> {
+    fn held(&self) -> &Held<C> {
         match &self.held {
             Some(held) => held,
             None => unreachable!("a PooledConn holds its connection until dropped"),
         }
     }
 
-    fn pooled(&self) -> &PooledConnection<Manager> {
+    fn pooled(&self) -> &PooledConnection<Manager<C>> {
         &self.held().conn
     }
 
@@ -153,15 +159,15 @@ impl PooledConn {
     }
 }
 
-impl Deref for PooledConn {
-    type Target = Conn;
-    fn deref(&self) -> &Conn {
+impl<C: PoolConnection> Deref for PooledConn<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
         &self.pooled().conn
     }
 }
 
-impl DerefMut for PooledConn {
-    fn deref_mut(&mut self) -> &mut Conn {
+impl<C: PoolConnection> DerefMut for PooledConn<C> {
+    fn deref_mut(&mut self) -> &mut C {
         match &mut self.held {
             Some(held) => &mut held.conn.conn,
             None => unreachable!("a PooledConn holds its connection until dropped"),
@@ -169,7 +175,7 @@ impl DerefMut for PooledConn {
     }
 }
 
-impl Drop for PooledConn {
+impl<C: PoolConnection> Drop for PooledConn<C> {
     /// Parks a healthy connection for this thread's next checkout (see "Connection affinity"
     /// in the module docs), or returns it to the pool.
     fn drop(&mut self) {
@@ -198,20 +204,41 @@ pub struct Ping {
     pub database: String,
 }
 
-#[derive(diesel::QueryableByName)]
-struct Identity {
-    #[diesel(sql_type = Text)]
-    version: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
-    user: Option<String>,
-    #[diesel(sql_type = Text)]
-    database: String,
+impl Engine {
+    /// An engine of [`Conn`]s, on whichever backend the settings choose: connects once to
+    /// check the database is reachable (failing with its own message if not), then builds the
+    /// pool. For SQLite the file's folder is created when missing.
+    pub fn connect(settings: &Settings) -> Result<Engine, Error> {
+        Engine::connect_as(settings)
+    }
 }
 
-impl Engine {
-    /// Connects once to check the database is reachable (failing with its own message if not),
-    /// then builds the pool. For SQLite the file's folder is created when missing.
-    pub fn connect(settings: &Settings) -> Result<Engine, Error> {
+impl<C: PoolConnection> Engine<C> {
+    /// [`Engine::connect`] for another connection type, e.g. `PgConnection` for an
+    /// application that runs on PostgreSQL only: `Engine::<PgConnection>::connect_as(&settings)`.
+    /// Settings for a backend the type cannot reach are a configuration error.
+    pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
+        if !C::BACKENDS.contains(&settings.backend()) {
+            return Err(Error::Config(crate::error::ConfigErrors(vec![
+                crate::error::ConfigProblem {
+                    variable: "DATABASE_URL".into(),
+                    message: format!(
+                        "the application's engine hands out {} connections, which cannot reach \
+                         a {} database; configure a {} database",
+                        std::any::type_name::<C>()
+                            .rsplit("::")
+                            .next()
+                            .unwrap_or("these"),
+                        settings.backend(),
+                        C::BACKENDS
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                },
+            ])));
+        }
         let shared = Shared::new();
         let manager = Manager::new(settings, Arc::clone(&shared));
         let target = manager.target().to_string();
@@ -276,7 +303,7 @@ impl Engine {
     /// connection held at that moment with where it was checked out, for how long, and (on
     /// PostgreSQL, when the server answers) its `pg_stat_activity` state.
     #[track_caller]
-    pub fn get(&self) -> Result<PooledConn, Error> {
+    pub fn get(&self) -> Result<PooledConn<C>, Error> {
         let site = std::panic::Location::caller();
         let start = Instant::now();
         if self.spare_held.load(std::sync::atomic::Ordering::Relaxed)
@@ -320,7 +347,7 @@ impl Engine {
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
     /// this thread's own parked connection (validated against `start`).
-    fn checkout(&self, start: Instant) -> (Option<Held>, Duration) {
+    fn checkout(&self, start: Instant) -> (Option<Held<C>>, Duration) {
         use diesel::r2d2::ManageConnection;
         let own = self.books.parking.take_own().and_then(|mut held| {
             self.manager
@@ -331,7 +358,7 @@ impl Engine {
         if own.is_some() {
             return (own, Duration::ZERO);
         }
-        let valid = |mut held: Held| {
+        let valid = |mut held: Held<C>| {
             self.manager
                 .is_valid(&mut held.conn)
                 .is_ok()
@@ -445,17 +472,7 @@ impl Engine {
         let start = Instant::now();
         conn.batch_execute("SELECT 1")?;
         let latency = start.elapsed();
-        let sql = match self.backend() {
-            Backend::Postgres => {
-                "SELECT version() AS version, current_user::text AS user, \
-                 current_database()::text AS database"
-            }
-            Backend::Sqlite => {
-                "SELECT 'SQLite ' || sqlite_version() AS version, NULL AS user, \
-                 (SELECT file FROM pragma_database_list WHERE name = 'main') AS database"
-            }
-        };
-        let identity: Identity = diesel::sql_query(sql).get_result(&mut *conn)?;
+        let identity = conn.identity()?;
         Ok(Ping {
             latency,
             server_version: identity.version,

@@ -44,8 +44,8 @@ use diesel::connection::SimpleConnection;
 
 pub use self::lock::LockHolder;
 pub use self::set::{MigrationSet, Script};
-use crate::config::{Backend, SchemaCheck};
-use crate::engine::{Conn, Engine, MigrationConn};
+use crate::config::{Backend, SchemaCheck, Settings};
+use crate::engine::{Conn, Engine, MigrationConn, PoolConnection};
 use crate::error::Error;
 pub use crate::error::MigrationError;
 
@@ -208,13 +208,16 @@ impl Migrator {
             })
     }
 
-    fn session<'a>(&'a self, engine: &'a Engine) -> Result<Session<'a>, Error> {
+    fn session<'a, C: PoolConnection>(
+        &'a self,
+        engine: &'a Engine<C>,
+    ) -> Result<Session<'a>, Error> {
         let set = self.set(engine.backend())?;
         Session::open(engine, &self.name, set)
     }
 
     /// Applies the pending migrations (see the module doc) and returns their names.
-    pub fn run_pending(&self, engine: &Engine) -> Result<Vec<String>, Error> {
+    pub fn run_pending<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<Vec<String>, Error> {
         let mut session = self.session(engine)?;
         let applied = session.apply();
         session.close();
@@ -224,7 +227,7 @@ impl Migrator {
     /// The boot sequence's migration step: [`Migrator::run_pending`], then the drift check
     /// that `DATABASE_SCHEMA_CHECK` asks for (`strict` turns differences into
     /// [`MigrationError::SchemaDrift`]; `warn` logs them and reports them here).
-    pub fn boot(&self, engine: &Engine) -> Result<BootReport, Error> {
+    pub fn boot<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<BootReport, Error> {
         let mut session = self.session(engine)?;
         let result = session.apply().and_then(|(applied, unknown)| {
             let drift = session.drift(!unknown.is_empty())?;
@@ -239,7 +242,11 @@ impl Migrator {
     }
 
     /// Reverts applied migrations of this set, newest first, and returns their names.
-    pub fn revert(&self, engine: &Engine, how_far: Revert) -> Result<Vec<String>, Error> {
+    pub fn revert<C: PoolConnection>(
+        &self,
+        engine: &Engine<C>,
+        how_far: Revert,
+    ) -> Result<Vec<String>, Error> {
         let mut session = self.session(engine)?;
         let result = session.revert(how_far);
         session.close();
@@ -249,7 +256,7 @@ impl Migrator {
     /// Which migrations are applied, pending, unknown and edited, and who holds the migration
     /// lock. Takes no lock and writes nothing: a database never migrated shows every
     /// migration pending.
-    pub fn status(&self, engine: &Engine) -> Result<Status, Error> {
+    pub fn status<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<Status, Error> {
         let set = self.set(engine.backend())?;
         read_only(engine, |migration| {
             let rows = ledger::applied_read_only(&mut migration.conn);
@@ -267,7 +274,11 @@ impl Migrator {
 
     /// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
     /// deliberate edit of an applied migration. Logs what it did.
-    pub fn accept_checksum(&self, engine: &Engine, version: &str) -> Result<(), Error> {
+    pub fn accept_checksum<C: PoolConnection>(
+        &self,
+        engine: &Engine<C>,
+        version: &str,
+    ) -> Result<(), Error> {
         let set = self.set(engine.backend())?;
         let script = set
             .script(version)
@@ -291,7 +302,7 @@ impl Migrator {
 }
 
 /// Who holds the migration lock right now, if anyone.
-pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
+pub fn lock_holder<C: PoolConnection>(engine: &Engine<C>) -> Result<Option<LockHolder>, Error> {
     read_only(engine, |migration| {
         Ok(lock::holder(migration, engine.settings())?)
     })
@@ -299,8 +310,8 @@ pub fn lock_holder(engine: &Engine) -> Result<Option<LockHolder>, Error> {
 
 /// Runs `read` on a migration connection, then gives the connection back to the engine (a
 /// boot right after still finds the one `Engine::connect` kept).
-fn read_only<T>(
-    engine: &Engine,
+fn read_only<T, C: PoolConnection>(
+    engine: &Engine<C>,
     read: impl FnOnce(&mut MigrationConn) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut migration = engine.migration_connection()?;
@@ -390,12 +401,12 @@ struct Session<'a> {
     guard: Option<lock::Guard>,
     name: &'a str,
     set: &'a MigrationSet,
-    engine: &'a Engine,
+    settings: &'a Settings,
 }
 
 impl<'a> Session<'a> {
-    fn open(
-        engine: &'a Engine,
+    fn open<C: PoolConnection>(
+        engine: &'a Engine<C>,
         name: &'a str,
         set: &'a MigrationSet,
     ) -> Result<Session<'a>, Error> {
@@ -407,7 +418,7 @@ impl<'a> Session<'a> {
             guard: Some(guard),
             name,
             set,
-            engine,
+            settings,
         })
     }
 
@@ -447,7 +458,7 @@ impl<'a> Session<'a> {
             .into());
         }
         if !ledger.unknown.is_empty() {
-            if !self.engine.settings().migrations.allow_unknown {
+            if !self.settings.migrations.allow_unknown {
                 return Err(MigrationError::UnknownMigrations {
                     set: self.name.to_string(),
                     versions: ledger.unknown,
@@ -494,15 +505,11 @@ impl<'a> Session<'a> {
     }
 
     fn postgres(&self) -> bool {
-        self.engine.backend() == Backend::Postgres
+        self.settings.backend() == Backend::Postgres
     }
 
     fn ddl_lock_timeout_ms(&self) -> u128 {
-        self.engine
-            .settings()
-            .migrations
-            .ddl_lock_timeout
-            .as_millis()
+        self.settings.migrations.ddl_lock_timeout.as_millis()
     }
 
     fn apply_error(
@@ -669,13 +676,13 @@ impl<'a> Session<'a> {
     }
 
     fn drift(&mut self, unknown_present: bool) -> Result<Vec<String>, Error> {
-        let mode = self.engine.settings().migrations.schema_check;
+        let mode = self.settings.migrations.schema_check;
         let Some(expected) = self.set.fingerprint().filter(|_| mode != SchemaCheck::Off) else {
             return Ok(Vec::new());
         };
         // Only the expected tables: the others are not compared.
         let tables = drift::tables(expected);
-        let live = drift::fingerprint_of(&mut self.conn, self.engine.backend(), Some(&tables))?;
+        let live = drift::fingerprint_of(&mut self.conn, self.settings.backend(), Some(&tables))?;
         let differences = drift::differences(expected, &live, unknown_present);
         if differences.is_empty() {
             return Ok(differences);

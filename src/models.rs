@@ -10,7 +10,7 @@
 //! # let dir = tempfile::tempdir()?;
 //! # let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db").as_os_str())])?;
 //! # let engine = datalayer::Engine::connect(&settings)?;
-//! # datalayer::migrations::run_pending(&engine)?;
+//! # datalayer::models::migrator().run_pending(&engine)?;
 //! let mut conn = engine.get()?;
 //! let ada = users::create(&mut conn, &users::NewUser { email: "ada@example.com", display_name: "Ada" })?;
 //! let post = posts::create(&mut conn, &posts::NewPost { author_id: ada.id, title: "Notes", body: "…" })?;

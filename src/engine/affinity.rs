@@ -15,36 +15,64 @@
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
 //! A thread's exit and the engine's drop return parked connections to the pool.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::Held as Pooled;
+use super::Held;
+use super::pool_connection::PoolConnection;
 
 /// One thread's parked connection for one engine.
-#[derive(Default)]
-struct Parked(Mutex<Option<Pooled>>);
+struct Parked<C: PoolConnection>(Mutex<Option<Held<C>>>);
 
 /// An engine's parked connections.
-#[derive(Default)]
-pub(crate) struct Parking {
-    slots: Mutex<Vec<Weak<Parked>>>,
+pub(crate) struct Parking<C: PoolConnection> {
+    slots: Mutex<Vec<Weak<Parked<C>>>>,
     waiting: AtomicUsize,
     id: u64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// One engine's entry in a thread's list: its slot, and what to do at thread exit. Engines of
+/// different connection types share the thread-local list, hence the trait object.
+trait Entry {
+    /// The slot, an `Arc<Parked<C>>`, for [`Parking::my_slot`] to downcast.
+    fn slot(&self) -> &dyn Any;
+    /// Whether the engine still exists.
+    fn alive(&self) -> bool;
+    /// Returns the parked connection to its pool (the thread is exiting).
+    fn release(&self);
+}
+
+struct EntryOf<C: PoolConnection> {
+    parking: Weak<Parking<C>>,
+    slot: Arc<Parked<C>>,
+}
+
+impl<C: PoolConnection> Entry for EntryOf<C> {
+    fn slot(&self) -> &dyn Any {
+        &self.slot
+    }
+    fn alive(&self) -> bool {
+        self.parking.strong_count() > 0
+    }
+    fn release(&self) {
+        if let Some(parking) = self.parking.upgrade() {
+            drop(parking.empty(&self.slot));
+        }
+    }
+}
+
 /// A thread's slots, one per engine it has used; dropping them (at thread exit) returns the
 /// connections to their pools.
-struct Mine(Vec<(u64, Weak<Parking>, Arc<Parked>)>);
+struct Mine(Vec<(u64, Box<dyn Entry>)>);
 
 impl Drop for Mine {
     fn drop(&mut self) {
-        for (_, parking, slot) in self.0.drain(..) {
-            if let Some(parking) = parking.upgrade() {
-                parking.empty(&slot);
-            }
+        for (_, entry) in self.0.drain(..) {
+            entry.release();
         }
     }
 }
@@ -53,16 +81,17 @@ thread_local! {
     static MINE: RefCell<Mine> = const { RefCell::new(Mine(Vec::new())) };
 }
 
-impl Parking {
-    pub(crate) fn new() -> Arc<Parking> {
+impl<C: PoolConnection> Parking<C> {
+    pub(crate) fn new() -> Arc<Parking<C>> {
         Arc::new(Parking {
+            slots: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            ..Parking::default()
         })
     }
 
     /// Every slot of this engine whose thread is still alive.
-    fn slots(&self) -> Vec<Arc<Parked>> {
+    fn slots(&self) -> Vec<Arc<Parked<C>>> {
         match self.slots.lock() {
             Ok(slots) => slots.iter().filter_map(Weak::upgrade).collect(),
             Err(_) => Vec::new(),
@@ -79,32 +108,36 @@ impl Parking {
         u32::try_from(parked).unwrap_or(u32::MAX)
     }
 
-    fn empty(&self, slot: &Parked) -> Option<Pooled> {
+    fn empty(&self, slot: &Parked<C>) -> Option<Held<C>> {
         slot.0.lock().ok()?.take()
     }
 
     /// This thread's slot for this engine, made on first use.
-    fn my_slot(self: &Arc<Self>) -> Option<Arc<Parked>> {
+    fn my_slot(self: &Arc<Self>) -> Option<Arc<Parked<C>>> {
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
-            if let Some((_, _, slot)) = mine.0.iter().find(|(id, _, _)| *id == self.id) {
-                return Arc::clone(slot);
+            if let Some((_, entry)) = mine.0.iter().find(|(id, _)| *id == self.id) {
+                return entry.slot().downcast_ref::<Arc<Parked<C>>>().cloned();
             }
-            mine.0.retain(|(_, parking, _)| parking.strong_count() > 0);
-            let slot = Arc::new(Parked::default());
+            mine.0.retain(|(_, entry)| entry.alive());
+            let slot = Arc::new(Parked(Mutex::new(None)));
             if let Ok(mut slots) = self.slots.lock() {
                 slots.retain(|s| s.strong_count() > 0);
                 slots.push(Arc::downgrade(&slot));
             }
-            mine.0
-                .push((self.id, Arc::downgrade(self), Arc::clone(&slot)));
-            slot
+            let entry = EntryOf {
+                parking: Arc::downgrade(self),
+                slot: Arc::clone(&slot),
+            };
+            mine.0.push((self.id, Box::new(entry)));
+            Some(slot)
         })
         .ok()
+        .flatten()
     }
 
     /// The connection this thread parked, if it is still there.
-    pub(crate) fn take_own(self: &Arc<Self>) -> Option<Pooled> {
+    pub(crate) fn take_own(self: &Arc<Self>) -> Option<Held<C>> {
         let slot = self.my_slot()?;
         self.empty(&slot)
     }
@@ -112,7 +145,7 @@ impl Parking {
     /// Parks `conn` for this thread in its engine's parking, or hands it back (to be returned
     /// to the pool) when a thread is waiting for the pool or this thread already has one
     /// parked.
-    pub(crate) fn park(conn: Pooled) -> Option<Pooled> {
+    pub(crate) fn park(conn: Held<C>) -> Option<Held<C>> {
         let parking = &conn.books.parking;
         if parking.waiting.load(Ordering::Acquire) > 0 {
             return Some(conn);
@@ -131,7 +164,7 @@ impl Parking {
     }
 
     /// A connection parked by any thread.
-    pub(crate) fn steal(&self) -> Option<Pooled> {
+    pub(crate) fn steal(&self) -> Option<Held<C>> {
         self.slots().iter().find_map(|slot| self.empty(slot))
     }
 
@@ -144,7 +177,7 @@ impl Parking {
     }
 
     /// Every parked connection, for the engine's drop.
-    pub(crate) fn drain(&self) -> Vec<Pooled> {
+    pub(crate) fn drain(&self) -> Vec<Held<C>> {
         self.slots()
             .iter()
             .filter_map(|slot| self.empty(slot))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Conn;
 use super::manager::{ConnectError, Manager};
+use super::pool_connection::PoolConnection;
 use crate::error::Error;
 
 /// The first wait between attempts; it doubles up to [`MAX_BACKOFF`], with ±25 % jitter.
@@ -116,7 +117,10 @@ impl Jitter {
 }
 
 /// Makes the first connection, retrying transient failures until `deadline` has passed.
-pub(crate) fn first_connection(manager: &Manager, deadline: Duration) -> Result<Conn, Error> {
+pub(crate) fn first_connection<C: PoolConnection>(
+    manager: &Manager<C>,
+    deadline: Duration,
+) -> Result<Conn, Error> {
     let started = Instant::now();
     let target = manager.target().to_string();
     let mut backoff = FIRST_BACKOFF;

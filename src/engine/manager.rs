@@ -26,12 +26,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
-use diesel::r2d2::{HandleError, ManageConnection, R2D2Connection};
+use diesel::r2d2::{HandleError, ManageConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::{Connection, PgConnection, SqliteConnection};
 use secrecy::ExposeSecret;
 
 use super::Conn;
+use super::pool_connection::PoolConnection;
 use crate::config::{Backend, ConnectionUrl, Settings, Target};
 
 /// A connection whose last successful query started this recently is handed out without a
@@ -42,16 +42,16 @@ pub const VALIDATION_WINDOW: Duration = Duration::from_millis(500);
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pooled connection and what validation needs to know about it.
-pub struct Slot {
+pub struct Slot<C> {
     /// Boxed: a checkout and a return move the slot a few times, and a connection is several
     /// hundred bytes (moving it inline showed as 18 % of an idle checkout).
-    pub(crate) conn: Box<Conn>,
+    pub(crate) conn: Box<C>,
     /// The PostgreSQL backend pid, for diagnostics.
     pub(crate) backend_pid: Option<i32>,
     health: Arc<Health>,
 }
 
-impl Slot {
+impl<C: PoolConnection> Slot<C> {
     /// Whether it may be handed out again without going through the pool's checks.
     pub(crate) fn reusable(&mut self) -> bool {
         !self.health.dead.load(Ordering::Acquire) && !self.conn.is_broken()
@@ -196,9 +196,8 @@ impl Shared {
 #[error("{0}")]
 pub struct ConnectError(pub(crate) String);
 
-/// Establishes connections to the configured database.
-#[derive(Debug, Clone)]
-pub(crate) struct Manager {
+/// Establishes connections of type `C` to the configured database.
+pub(crate) struct Manager<C> {
     backend: Backend,
     url: ConnectionUrl,
     /// Run on every new pooled connection; empty when there is nothing to set.
@@ -206,6 +205,30 @@ pub(crate) struct Manager {
     shared: Arc<Shared>,
     echo: bool,
     slow: Option<Duration>,
+    connection: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for Manager<C> {
+    fn clone(&self) -> Self {
+        Manager {
+            backend: self.backend,
+            url: self.url.clone(),
+            session_sql: self.session_sql.clone(),
+            shared: Arc::clone(&self.shared),
+            echo: self.echo,
+            slow: self.slow,
+            connection: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Manager<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("backend", &self.backend)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `SET` statements for the PostgreSQL session limits that are enabled, or pragmas for SQLite.
@@ -231,8 +254,8 @@ fn session_sql(settings: &Settings) -> String {
     }
 }
 
-impl Manager {
-    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>) -> Manager {
+impl<C: PoolConnection> Manager<C> {
+    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>) -> Manager<C> {
         Manager {
             backend: settings.backend(),
             url: settings.connection_url(),
@@ -240,6 +263,7 @@ impl Manager {
             shared,
             echo: settings.pool.echo,
             slow: settings.pool.slow_query_threshold,
+            connection: std::marker::PhantomData,
         }
     }
 
@@ -248,17 +272,19 @@ impl Manager {
         self.url.redacted()
     }
 
+    /// Opens a [`Conn`] (migrations, diagnostics); see [`Manager::establish_as`].
+    pub(crate) fn establish(&self) -> Result<Conn, ConnectError> {
+        self.establish_as()
+    }
+
     /// Opens a connection to the configured backend, reporting that backend's own error.
     /// This is the one place the URL's secret is exposed.
-    pub(crate) fn establish(&self) -> Result<Conn, ConnectError> {
+    pub(crate) fn establish_as<T: PoolConnection>(&self) -> Result<T, ConnectError> {
         if !self.shared.begin_attempt() {
             return Err(ConnectError("the engine is shutting down".into()));
         }
         let url = self.url.expose_secret();
-        let result = match self.backend {
-            Backend::Postgres => PgConnection::establish(url).map(Conn::Postgres),
-            Backend::Sqlite => SqliteConnection::establish(url).map(Conn::Sqlite),
-        };
+        let result = T::establish_to(self.backend, url);
         self.shared.end_attempt();
         // libpq's messages span lines ("...\n\tIs the server running..."): keep one line.
         result.map_err(|e| {
@@ -330,20 +356,6 @@ struct SchemaRow {
     database: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
     schema: String,
-}
-
-#[derive(diesel::QueryableByName)]
-struct BackendPid {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pid: i32,
-}
-
-fn backend_pid(conn: &mut PgConnection) -> Result<i32, ConnectError> {
-    use diesel::RunQueryDsl;
-    diesel::sql_query("SELECT pg_backend_pid() AS pid")
-        .get_result::<BackendPid>(conn)
-        .map(|row| row.pid)
-        .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))
 }
 
 /// Watches a connection's queries: records when the last successful one *started*, and flags
@@ -422,10 +434,10 @@ impl Instrumentation for DeathWatch {
     }
 }
 
-impl Manager {
+impl<C: PoolConnection> Manager<C> {
     /// r2d2's validation, with the time already read by the caller (a clock read costs as
     /// much as the rest of an idle checkout on some virtual machines).
-    pub(crate) fn is_valid_at(&self, slot: &mut Slot, now: Instant) -> Result<(), ConnectError> {
+    pub(crate) fn is_valid_at(&self, slot: &mut Slot<C>, now: Instant) -> Result<(), ConnectError> {
         if slot.health.dead.load(Ordering::Acquire) {
             return Err(ConnectError("the connection was closed".into()));
         }
@@ -444,12 +456,12 @@ impl Manager {
     }
 }
 
-impl ManageConnection for Manager {
-    type Connection = Slot;
+impl<C: PoolConnection> ManageConnection for Manager<C> {
+    type Connection = Slot<C>;
     type Error = ConnectError;
 
-    fn connect(&self) -> Result<Slot, ConnectError> {
-        let mut conn = self.establish()?;
+    fn connect(&self) -> Result<Slot<C>, ConnectError> {
+        let mut conn: C = self.establish_as()?;
         // Known good as of *before* its last round trips, like a query's start: a thread
         // descheduled after them could otherwise stamp a connection dropped meanwhile as newer
         // than a death already recorded.
@@ -458,10 +470,9 @@ impl ManageConnection for Manager {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
         }
-        let backend_pid = match &mut conn {
-            Conn::Postgres(pg) => Some(backend_pid(pg)?),
-            Conn::Sqlite(_) => None,
-        };
+        let backend_pid = conn
+            .backend_pid()
+            .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?;
         let health = Arc::new(Health::default());
         health.last_ok.store(answered, Ordering::Release);
         conn.set_instrumentation(DeathWatch {
@@ -478,11 +489,11 @@ impl ManageConnection for Manager {
         })
     }
 
-    fn is_valid(&self, slot: &mut Slot) -> Result<(), ConnectError> {
+    fn is_valid(&self, slot: &mut Slot<C>) -> Result<(), ConnectError> {
         self.is_valid_at(slot, Instant::now())
     }
 
-    fn has_broken(&self, slot: &mut Slot) -> bool {
+    fn has_broken(&self, slot: &mut Slot<C>) -> bool {
         std::thread::panicking()
             || slot.health.dead.load(Ordering::Acquire)
             || slot.conn.is_broken()

@@ -1,0 +1,153 @@
+//! The connection types an [`Engine`](super::Engine) can pool: [`Conn`] (PostgreSQL or SQLite,
+//! chosen by the settings), or a plain `PgConnection` or `SqliteConnection` for an application
+//! that runs on one backend and wants all of its SQL types and clauses.
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::R2D2Connection;
+use diesel::sql_types::{Integer, Nullable, Text};
+use diesel::{
+    Connection, ConnectionResult, PgConnection, QueryResult, RunQueryDsl, SqliteConnection,
+};
+
+use super::Conn;
+use crate::config::Backend;
+
+/// What [`Engine::ping`](super::Engine::ping) reads besides the round trip.
+pub struct Identity {
+    /// `PostgreSQL 15.4 ...` or `SQLite 3.40.1`.
+    pub version: String,
+    /// The role connected as (PostgreSQL).
+    pub user: Option<String>,
+    /// The database name (PostgreSQL) or file (SQLite).
+    pub database: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct IdentityRow {
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    user: Option<String>,
+    #[diesel(sql_type = Text)]
+    database: String,
+}
+
+impl From<IdentityRow> for Identity {
+    fn from(row: IdentityRow) -> Identity {
+        Identity {
+            version: row.version,
+            user: row.user,
+            database: row.database,
+        }
+    }
+}
+
+const POSTGRES_IDENTITY: &str = "SELECT version() AS version, current_user::text AS user, \
+                                 current_database()::text AS database";
+const SQLITE_IDENTITY: &str = "SELECT 'SQLite ' || sqlite_version() AS version, NULL AS user, \
+                               (SELECT file FROM pragma_database_list WHERE name = 'main') AS database";
+
+#[derive(diesel::QueryableByName)]
+struct BackendPid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+/// A Diesel connection the engine can pool.
+///
+/// Implemented for [`Conn`] (either backend), [`PgConnection`] and [`SqliteConnection`]; the
+/// engine gives each the same validation, session setup, affinity, diagnostics and metrics.
+/// Sealed: the engine relies on knowing how each talks to its backend.
+pub trait PoolConnection:
+    Connection + R2D2Connection + SimpleConnection + Send + 'static + private::Sealed
+{
+    /// The backends this type can connect to.
+    const BACKENDS: &'static [Backend];
+
+    /// Opens a connection to `backend` at `url` (one of [`Self::BACKENDS`]).
+    #[doc(hidden)]
+    fn establish_to(backend: Backend, url: &str) -> ConnectionResult<Self>;
+
+    /// The PostgreSQL backend pid (`None` on SQLite).
+    #[doc(hidden)]
+    fn backend_pid(&mut self) -> QueryResult<Option<i32>>;
+
+    /// The server version, the user and the database.
+    #[doc(hidden)]
+    fn identity(&mut self) -> QueryResult<Identity>;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::Conn {}
+    impl Sealed for diesel::PgConnection {}
+    impl Sealed for diesel::SqliteConnection {}
+}
+
+fn postgres_pid(conn: &mut PgConnection) -> QueryResult<Option<i32>> {
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<BackendPid>(conn)
+        .map(|row| Some(row.pid))
+}
+
+impl PoolConnection for PgConnection {
+    const BACKENDS: &'static [Backend] = &[Backend::Postgres];
+
+    fn establish_to(_: Backend, url: &str) -> ConnectionResult<Self> {
+        PgConnection::establish(url)
+    }
+
+    fn backend_pid(&mut self) -> QueryResult<Option<i32>> {
+        postgres_pid(self)
+    }
+
+    fn identity(&mut self) -> QueryResult<Identity> {
+        diesel::sql_query(POSTGRES_IDENTITY)
+            .get_result::<IdentityRow>(self)
+            .map(Identity::from)
+    }
+}
+
+impl PoolConnection for SqliteConnection {
+    const BACKENDS: &'static [Backend] = &[Backend::Sqlite];
+
+    fn establish_to(_: Backend, url: &str) -> ConnectionResult<Self> {
+        SqliteConnection::establish(url)
+    }
+
+    fn backend_pid(&mut self) -> QueryResult<Option<i32>> {
+        Ok(None)
+    }
+
+    fn identity(&mut self) -> QueryResult<Identity> {
+        diesel::sql_query(SQLITE_IDENTITY)
+            .get_result::<IdentityRow>(self)
+            .map(Identity::from)
+    }
+}
+
+impl PoolConnection for Conn {
+    const BACKENDS: &'static [Backend] = &[Backend::Postgres, Backend::Sqlite];
+
+    fn establish_to(backend: Backend, url: &str) -> ConnectionResult<Self> {
+        // Not the derived `establish`, which tries each backend and drops their errors.
+        match backend {
+            Backend::Postgres => PgConnection::establish(url).map(Conn::Postgres),
+            Backend::Sqlite => SqliteConnection::establish(url).map(Conn::Sqlite),
+        }
+    }
+
+    fn backend_pid(&mut self) -> QueryResult<Option<i32>> {
+        match self {
+            Conn::Postgres(pg) => postgres_pid(pg),
+            Conn::Sqlite(_) => Ok(None),
+        }
+    }
+
+    fn identity(&mut self) -> QueryResult<Identity> {
+        match self {
+            Conn::Postgres(pg) => pg.identity(),
+            Conn::Sqlite(sqlite) => sqlite.identity(),
+        }
+    }
+}
