@@ -35,6 +35,7 @@ pub mod pool_state;
 /// `diesel.toml`); never edited by hand. `scripts/schema check` proves it is current.
 #[allow(missing_docs)]
 pub mod schema;
+pub mod testing;
 
 pub use config::Settings;
 pub use engine::{Conn, Engine};

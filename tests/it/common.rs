@@ -155,15 +155,24 @@ pub fn fresh_sqlite(extra: &[(&str, &str)]) -> (datalayer::Engine, Place) {
     (engine, Place::Sqlite(dir))
 }
 
-/// A fresh database on each backend, migrated.
-pub fn migrated_engines(prefix: &str) -> Vec<(datalayer::Engine, Place)> {
-    let engines = fresh_engines(prefix, &[]);
-    for (engine, _) in &engines {
-        datalayer::models::migrator()
-            .run_pending(engine)
-            .expect("migrate");
-    }
-    engines
+/// A database of the calling test's own on each backend, migrated by the reference
+/// application's migrations (from a template, with `datalayer::testing`), with an engine (pool
+/// of 4) on it.
+pub fn migrated_engines() -> Vec<datalayer::testing::TestDatabase> {
+    let migrator = datalayer::models::migrator();
+    let postgres = postgres_settings("postgres", &[("DATABASE_POOL_MAX_SIZE", "4")]);
+    let sqlite = datalayer::Settings::from_pairs([
+        ("DATABASE_PATH", "unused.sqlite3"),
+        ("DATABASE_POOL_MAX_SIZE", "4"),
+    ])
+    .expect("valid sqlite settings");
+    [postgres, sqlite]
+        .iter()
+        .map(|settings| {
+            datalayer::testing::TestDatabase::with_settings(&migrator, settings)
+                .unwrap_or_else(|e| panic!("a test database: {e}"))
+        })
+        .collect()
 }
 
 /// One text column of the first row of `sql`.

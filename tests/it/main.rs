@@ -17,4 +17,5 @@ mod observability;
 mod proxy;
 mod resilience;
 mod server;
+mod testing;
 mod url_libpq;

@@ -218,10 +218,16 @@ fn columns(engine: &Engine) -> Vec<String> {
 
 #[test]
 fn both_backends_have_the_same_tables_and_columns() {
-    let engines = migrated_engines("dl_columns");
-    let postgres = columns(&engines[0].0);
-    let sqlite = columns(&engines[1].0);
-    assert!(matches!(engines[0].1, Place::Postgres(_)) && matches!(engines[1].1, Place::Sqlite(_)));
+    let engines = migrated_engines();
+    let postgres = columns(&engines[0]);
+    let sqlite = columns(&engines[1]);
+    assert_eq!(
+        (engines[0].backend(), engines[1].backend()),
+        (
+            datalayer::config::Backend::Postgres,
+            datalayer::config::Backend::Sqlite
+        )
+    );
     assert_eq!(postgres.len(), 12, "{postgres:#?}");
     assert!(postgres.contains(&"posts.published_at timestamp nullable=YES".to_string()));
     assert!(postgres.contains(&"users.id bigint nullable=NO".to_string()));

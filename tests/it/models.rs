@@ -17,7 +17,7 @@ fn new_user<'a>(email: &'a str) -> NewUser<'a> {
 
 #[test]
 fn user_crud() {
-    for (engine, _place) in migrated_engines("dl_users") {
+    for engine in migrated_engines() {
         let conn = &mut engine.get().expect("checkout");
         let ada = users::create(conn, &new_user("ada@example.com")).expect("create");
         assert_eq!(ada.email, "ada@example.com");
@@ -62,7 +62,7 @@ fn user_crud() {
 
 #[test]
 fn updated_at_is_maintained_by_the_database() {
-    for (engine, _place) in migrated_engines("dl_updated") {
+    for engine in migrated_engines() {
         let conn = &mut engine.get().expect("checkout");
         let ada = users::create(conn, &new_user("ada@example.com")).expect("create");
         // An UPDATE that sets updated_at itself keeps that value...
@@ -100,7 +100,7 @@ fn updated_at_is_maintained_by_the_database() {
 
 #[test]
 fn a_taken_email_is_its_own_error() {
-    for (engine, _place) in migrated_engines("dl_unique") {
+    for engine in migrated_engines() {
         let conn = &mut engine.get().expect("checkout");
         users::create(conn, &new_user("ada@example.com")).expect("create");
         let grace = users::create(conn, &new_user("grace@example.com")).expect("create");
@@ -122,7 +122,7 @@ fn a_taken_email_is_its_own_error() {
 
 #[test]
 fn posts_cascade_publish_and_reject_unknown_authors() {
-    for (engine, _place) in migrated_engines("dl_posts") {
+    for engine in migrated_engines() {
         let conn = &mut engine.get().expect("checkout");
         let ada = users::create(conn, &new_user("ada@example.com")).expect("create");
         let post = posts::create(
@@ -196,7 +196,7 @@ fn posts_cascade_publish_and_reject_unknown_authors() {
 
 #[test]
 fn keyset_pages_cover_every_post_once_newest_first() {
-    for (engine, _place) in migrated_engines("dl_pages") {
+    for engine in migrated_engines() {
         let conn = &mut engine.get().expect("checkout");
         let ada = users::create(conn, &new_user("ada@example.com")).expect("create");
         let grace = users::create(conn, &new_user("grace@example.com")).expect("create");
@@ -255,8 +255,8 @@ fn keyset_pages_cover_every_post_once_newest_first() {
 /// unnamed statement (which the server parses and plans again on each call).
 #[test]
 fn model_queries_are_prepared_once_per_connection() {
-    let engines = migrated_engines("dl_prepared");
-    let (engine, _place) = &engines[0];
+    let engines = migrated_engines();
+    let engine = &engines[0];
     let conn = &mut engine.get().expect("checkout");
     for n in 0..3 {
         let user = users::create(conn, &new_user(&format!("u{n}@example.com"))).expect("create");

@@ -22,7 +22,7 @@ fn with(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSetting
 
 #[test]
 fn echo_logs_each_statement_with_its_duration_but_never_the_binds() {
-    for (engine, _place) in migrated_engines("dl_echo") {
+    for engine in migrated_engines() {
         let echoing = with(&engine, |pool| pool.echo = true);
         let log = logged(|| {
             let mut conn = echoing.get().expect("checkout");
