@@ -65,8 +65,8 @@ enum Command {
     /// application's migrations alone have migrated (a fresh one): every table of the
     /// schema is described.
     Fingerprint {
-        /// Write it to the committed fingerprint file (`<migrations folder>.fingerprint`, as
-        /// the build embedded it) instead of printing it.
+        /// Write it to the committed fingerprint file (`schema.fingerprint` in the migrations
+        /// folder the build embedded) instead of printing it.
         #[arg(long)]
         write: bool,
     },

@@ -70,6 +70,7 @@
 mod duration;
 mod sources;
 mod url;
+mod validate;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -1050,7 +1051,7 @@ impl<'a> Loader<'a> {
             defaults.max_size,
             |text| match text.trim().parse::<u32>() {
                 Ok(n) if n >= 1 => Ok(n),
-                _ => Err("is not a pool size; give a whole number of at least 1".to_string()),
+                _ => Err(validate::POOL_SIZE_RULE.to_string()),
             },
             u32::to_string,
         );
@@ -1071,21 +1072,14 @@ impl<'a> Loader<'a> {
         {
             self.problem(
                 "DATABASE_POOL_MIN_IDLE",
-                format!(
-                    "{n} is above DATABASE_POOL_MAX_SIZE ({max_size}); give at most {max_size}"
-                ),
+                validate::min_idle_rule(n, max_size),
             );
         }
         let timeout = self.var(
             "DATABASE_POOL_TIMEOUT",
             raw.pool_timeout.as_deref(),
             defaults.timeout,
-            |text| {
-                nonzero_duration(
-                    text,
-                    "would make every checkout fail at once; give a positive wait such as 30s",
-                )
-            },
+            |text| nonzero_duration(text, validate::POOL_TIMEOUT_RULE),
             |d| duration::format(*d),
         );
         let idle_timeout = self.optional_duration(

@@ -218,27 +218,8 @@ impl<C: PoolConnection> Engine<C> {
     /// application that runs on PostgreSQL only: `Engine::<PgConnection>::connect_as(&settings)`.
     /// Settings for a backend the type cannot reach are a configuration error.
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
-        if !C::BACKENDS.contains(&settings.backend()) {
-            return Err(Error::Config(crate::error::ConfigErrors(vec![
-                crate::error::ConfigProblem {
-                    variable: "DATABASE_URL".into(),
-                    message: format!(
-                        "the application's engine hands out {} connections, which cannot reach \
-                         a {} database; configure a {} database",
-                        std::any::type_name::<C>()
-                            .rsplit("::")
-                            .next()
-                            .unwrap_or("these"),
-                        settings.backend(),
-                        C::BACKENDS
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    ),
-                },
-            ])));
-        }
+        settings.validate()?;
+        check_backend::<C>(settings)?;
         let shared = Shared::new();
         let manager = Manager::new(settings, Arc::clone(&shared));
         let target = manager.target().to_string();
@@ -520,6 +501,30 @@ impl<C: PoolConnection> Engine<C> {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// A configuration error when `C` cannot reach the backend `settings` choose.
+pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<(), Error> {
+    if C::BACKENDS.contains(&settings.backend()) {
+        return Ok(());
+    }
+    let name = std::any::type_name::<C>();
+    Err(Error::Config(crate::error::ConfigErrors(vec![
+        crate::error::ConfigProblem {
+            variable: "DATABASE_URL".into(),
+            message: format!(
+                "the application's engine hands out {} connections, which cannot reach a {} \
+                 database; configure a {} database",
+                name.rsplit("::").next().unwrap_or(name),
+                settings.backend(),
+                C::BACKENDS
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        },
+    ])))
 }
 
 /// The connection kept from `connect`: as made, or already readied for migrations.

@@ -43,13 +43,13 @@ pub use error::Error;
 pub use migrations::Migrator;
 
 /// Embeds an application's migration folders into the binary, as a
-/// [`Migrator`](migrations::Migrator).
+/// [`Migrator`].
 ///
 /// Paths are relative to the calling crate's `Cargo.toml`. Each folder holds one sub-folder per
 /// migration in Diesel's layout: `<version>_<name>/up.sql`, `down.sql`, and optionally
-/// `metadata.toml` with `run_in_transaction = false`. A file `<folder>.fingerprint` beside the
-/// folder, when it exists, is the committed schema fingerprint the boot-time drift check
-/// compares with (`<binary> fingerprint --write` writes it).
+/// `metadata.toml` with `run_in_transaction = false`. A file `schema.fingerprint` in the folder,
+/// when it exists, is the committed schema fingerprint the boot-time drift check compares with
+/// (`<binary> fingerprint --write` writes it; Diesel's tools skip files there).
 ///
 /// ```ignore
 /// // One folder, run on whichever backend the settings choose:

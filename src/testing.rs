@@ -91,6 +91,7 @@ impl<C: PoolConnection> TestDatabase<C> {
         migrator: &Migrator,
         settings: &Settings,
     ) -> Result<TestDatabase<C>, Error> {
+        crate::engine::check_backend::<C>(settings)?;
         let mut settings = settings.clone();
         settings.pool.min_idle = Some(0);
         let name = test_name();

@@ -175,7 +175,7 @@ fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Re
             literal(&up.to_string_lossy()),
         );
     }
-    let fingerprint_path = PathBuf::from(format!("{}.fingerprint", dir.display()));
+    let fingerprint_path = dir.join("schema.fingerprint");
     let fingerprint = if fingerprint_path.is_file() {
         format!(
             "Some(include_str!({}))",

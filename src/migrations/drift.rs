@@ -4,7 +4,7 @@
 //! `<table> <object> <attribute>: <value>`, where the object is a column name, `-` for the
 //! table itself, or `index:<name>`, `constraint:<name>`, `trigger:<name>`. Columns have a
 //! `type`, `nullable` and `default`; the others a `definition`. The test command migrates a
-//! fresh database per backend and checks the committed `migrations/<backend>.fingerprint`;
+//! fresh database per backend and checks the committed `migrations/<backend>/schema.fingerprint`;
 //! at boot the live schema is compared with it.
 
 use std::collections::{BTreeMap, BTreeSet};

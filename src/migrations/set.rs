@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::MigrationError;
 
+/// The committed fingerprint's file name inside a migrations folder.
+pub(crate) const FINGERPRINT_FILE: &str = "schema.fingerprint";
+
 /// One migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
@@ -100,14 +103,14 @@ pub struct MigrationSet {
     pub(crate) scripts: Vec<Script>,
     /// The committed schema fingerprint these migrations produce, when there is one.
     pub(crate) fingerprint: Option<Cow<'static, str>>,
-    /// Where the committed fingerprint lives (or would live): `<folder>.fingerprint`.
+    /// Where the committed fingerprint lives (or would live): `<folder>/schema.fingerprint`.
     pub(crate) fingerprint_path: PathBuf,
 }
 
 impl MigrationSet {
     /// The migrations in `dir` (one folder per migration holding `up.sql`, `down.sql` and
     /// optionally `metadata.toml`), read now, once: what runs is what was hashed. The
-    /// fingerprint is `<dir>.fingerprint` when that file exists.
+    /// fingerprint is `<dir>/schema.fingerprint` when that file exists.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<MigrationSet, MigrationError> {
         let dir = dir.as_ref();
         let origin = dir.display().to_string();
@@ -138,7 +141,7 @@ impl MigrationSet {
                 &origin,
             )?);
         }
-        let fingerprint_path = PathBuf::from(format!("{origin}.fingerprint"));
+        let fingerprint_path = dir.join(FINGERPRINT_FILE);
         let fingerprint = std::fs::read_to_string(&fingerprint_path)
             .ok()
             .map(Cow::Owned);
@@ -201,8 +204,8 @@ impl MigrationSet {
         self.fingerprint.as_deref()
     }
 
-    /// Where the committed fingerprint is read from at build time: `<folder>.fingerprint`
-    /// beside the migrations folder.
+    /// Where the committed fingerprint is read from at build time: `schema.fingerprint` in the
+    /// migrations folder (Diesel's tools skip files there).
     pub fn fingerprint_path(&self) -> &Path {
         &self.fingerprint_path
     }

@@ -528,8 +528,8 @@ fn the_committed_fingerprints_match_what_the_migrations_produce() {
             Backend::Postgres => "postgres",
             Backend::Sqlite => "sqlite",
         };
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("migrations/{backend}.fingerprint"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("migrations/{backend}/schema.fingerprint"));
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed != live {
             std::fs::write(&path, &live).expect("write the new fingerprint");

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS todos_open_idx;
