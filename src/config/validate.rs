@@ -29,7 +29,7 @@ impl PoolSettings {
             })
         };
         if self.max_size == 0 {
-            problem("DATABASE_POOL_MAX_SIZE", POOL_SIZE_RULE.into());
+            problem("DATABASE_POOL_MAX_SIZE", format!("\"0\" {POOL_SIZE_RULE}"));
         } else if let Some(n) = self.min_idle.filter(|n| *n > self.max_size) {
             problem("DATABASE_POOL_MIN_IDLE", min_idle_rule(n, self.max_size));
         }

@@ -196,3 +196,50 @@ fn the_sqlite_folder_is_created() {
     };
     assert!(dir.path().join("nested/folder/test.sqlite3").is_file());
 }
+
+#[test]
+fn settings_built_in_code_are_checked_before_the_pool_is_built() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db"))])
+        .expect("settings");
+    let broken = |change: &dyn Fn(&mut datalayer::Settings)| {
+        let mut settings = base.clone();
+        change(&mut settings);
+        // r2d2 asserts on each of these: the engine must refuse them first.
+        let error = Engine::connect(&settings).expect_err("refused");
+        let Error::Config(problems) = &error else {
+            panic!("expected a configuration error, got {error}");
+        };
+        problems
+            .0
+            .iter()
+            .map(|p| p.variable.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(broken(&|s| s.pool.max_size = 0), ["DATABASE_POOL_MAX_SIZE"]);
+    assert_eq!(
+        broken(&|s| s.pool.min_idle = Some(11)),
+        ["DATABASE_POOL_MIN_IDLE"]
+    );
+    assert_eq!(
+        broken(&|s| {
+            s.pool.timeout = Duration::ZERO;
+            s.pool.idle_timeout = Some(Duration::ZERO);
+            s.pool.max_lifetime = Some(Duration::ZERO);
+        }),
+        [
+            "DATABASE_POOL_TIMEOUT",
+            "DATABASE_POOL_IDLE_TIMEOUT",
+            "DATABASE_POOL_MAX_LIFETIME"
+        ]
+    );
+    // The same words as the environment's loader.
+    let from_env =
+        datalayer::Settings::from_pairs([("DATABASE_POOL_MAX_SIZE", "0")]).expect_err("refused");
+    let mut settings = base.clone();
+    settings.pool.max_size = 0;
+    assert_eq!(
+        Engine::connect(&settings).expect_err("refused").to_string(),
+        from_env.to_string()
+    );
+}
