@@ -8,11 +8,13 @@
 //!
 //! - PostgreSQL: `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout`
 //!   from the settings, when enabled (`application_name` travels in the URL);
-//! - SQLite: `foreign_keys = ON`, `busy_timeout` ([`SQLITE_BUSY_TIMEOUT`]),
-//!   `journal_mode = WAL`, `synchronous = NORMAL`; the file's folder is created when missing.
+//! - SQLite: `foreign_keys = ON`, `busy_timeout` (5 s), `journal_mode = WAL`,
+//!   `synchronous = NORMAL`; the file's folder is created when missing.
 //!
-//! A checkout does not pay a round trip for a connection that was just used; see
-//! [`VALIDATION_WINDOW`] for the validation rules. A checkout that times out is an
+//! A checkout does not pay a round trip for a connection that was just used: a connection
+//! whose last successful query started less than 500 ms ago (HikariCP's
+//! `aliveBypassWindowMs`) is trusted, unless a connection of the pool was found dead since;
+//! any other is pinged first. A checkout that times out is an
 //! [`Error::PoolTimeout`] that says how long it waited and what the pool looked like.
 //!
 //! # Connection affinity
@@ -61,8 +63,8 @@ use self::affinity::Parking;
 use self::checkouts::Checkouts;
 pub use self::connection::{Conn, MultiBackend};
 pub(crate) use self::manager::MigrationConn;
+use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
-pub use self::manager::{SQLITE_BUSY_TIMEOUT, VALIDATION_WINDOW};
 pub use self::pool_connection::PoolConnection;
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;

@@ -9,7 +9,7 @@
 //!    timeout, named `<application_name> (migrations)`;
 //! 2. takes the migration lock ([`lock`]), waiting at most `DATABASE_MIGRATION_LOCK_TIMEOUT`
 //!    and saying who holds it;
-//! 3. checks the ledger ([`ledger`]): every applied migration's `up.sql` must still hash to
+//! 3. checks the ledger (`datalayer_migrations`, beside Diesel's `__diesel_schema_migrations`): every applied migration's `up.sql` must still hash to
 //!    what was recorded, and the database must not have versions of this set that the
 //!    migrator does not know (unless `DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true`); migrations
 //!    applied before the ledger existed are backfilled;
@@ -31,7 +31,7 @@
 //! that succeeded.
 
 pub mod drift;
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod lock;
 mod set;
 mod statements;

@@ -1,4 +1,5 @@
-//! The models: the port of the seed's `declarativeBase`.
+//! The reference application's models (`users`, `posts`): the port of the seed's `declarativeBase`,
+//! written as any application writes its own. The library itself does not use them.
 //!
 //! One module per table, each with its row type (`Queryable` + `Selectable`, checked against
 //! both backends), a borrowed insert type, and query functions that take `&mut Conn`, so they

@@ -14,9 +14,9 @@ use super::pool_connection::PoolConnection;
 use crate::error::Error;
 
 /// The first wait between attempts; it doubles up to [`MAX_BACKOFF`], with ±25 % jitter.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 const TRANSIENT: &[&str] = &[
     "Connection refused",

@@ -7,10 +7,14 @@
 /// `&mut Conn` run on both backends. Limits of that derive, and how datalayer lives with them:
 ///
 /// - Only SQL types every backend has are usable (integers, floats, text, binary, date, time,
-///   `Timestamp`, bool). That is why timestamps are `timestamp` holding UTC on PostgreSQL too:
-///   `timestamptz` has no SQLite counterpart.
-/// - No `ON CONFLICT` clause through the shared backend; match the variant
-///   (`Conn::Postgres(pg)`) for backend-specific SQL.
+///   `Timestamp`, bool). That is why the reference models keep timestamps as `timestamp`
+///   holding UTC on PostgreSQL too: `timestamptz` has no SQLite counterpart.
+/// - No `ON CONFLICT` clause through the shared backend; use [`dispatch!`](crate::dispatch)
+///   for backend-specific SQL.
+///
+/// An application that runs on PostgreSQL only has none of these limits: it uses
+/// `Engine<PgConnection>` ([`Engine::connect_as`](crate::Engine::connect_as)) and writes its
+/// queries against `&mut PgConnection`, with `timestamptz`, `jsonb`, arrays and `ON CONFLICT`.
 /// - The derived `establish` tries each backend in turn and drops their errors, so datalayer
 ///   never calls it: the engine establishes the configured backend's connection itself and
 ///   reports that backend's own error.

@@ -36,10 +36,10 @@ use crate::config::{Backend, ConnectionUrl, Settings, Target};
 
 /// A connection whose last successful query started this recently is handed out without a
 /// ping, unless a connection of the pool was found dead since.
-pub const VALIDATION_WINDOW: Duration = Duration::from_millis(500);
+pub(crate) const VALIDATION_WINDOW: Duration = Duration::from_millis(500);
 
 /// How long SQLite waits on a locked database before failing with `SQLITE_BUSY`.
-pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pooled connection and what validation needs to know about it.
 pub struct Slot<C> {

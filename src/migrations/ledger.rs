@@ -15,7 +15,7 @@ use crate::error::MigrationError;
 
 /// The set that rows recorded before the ledger had a `migration_set` column belong to: the
 /// reference application's, which was the only one.
-pub const LEGACY_SET: &str = "datalayer";
+pub(crate) const LEGACY_SET: &str = "datalayer";
 
 // The ledger table, and Diesel's (as diesel_migrations declares it) to read both in one
 // statement. Not in `src/schema.rs`: `diesel.toml` filters them out of print-schema.
@@ -43,11 +43,11 @@ mod table {
 use table::{__diesel_schema_migrations as diesel_versions, datalayer_migrations};
 
 /// What `applied_by` says for rows recorded for migrations applied before the ledger existed.
-pub const BACKFILL: &str = "backfill";
+pub(crate) const BACKFILL: &str = "backfill";
 
 /// One ledger row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Diesel's version, e.g. `20261125000001`.
     pub version: String,
     /// The folder name.
