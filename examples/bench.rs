@@ -10,13 +10,16 @@
 //!   module datalayer ports, when scripts/bench could set up its venv (`BENCH_SEED_PYTHON`);
 //! - writes: one user inserted per transaction, engine vs a pgbench insert script;
 //! - sqlite: point reads through the engine vs a plain `SqliteConnection`;
-//! - checkout + return of an idle connection (ns/op) and a boot with nothing pending.
+//! - checkout + return of an idle connection (ns/op) and a boot with nothing pending;
+//! - per-test setup: `datalayer::testing`'s database cloned from a migrated template against
+//!   creating a database and migrating it, on PostgreSQL and SQLite.
 //!
 //! Environment: `BENCH_SECONDS` per case and round (default 3), `BENCH_CLIENTS` (default
 //! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
 //! between runs), `BENCH_DROP` (set: drop that database at the end, for smoke runs) and
-//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`; default all)
+//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`, `testdb`;
+//! default all)
 //! and `BENCH_ROUNDS` (default 3: the cases of one row run one after another that many times
 //! over, and each figure is the median of its rounds).
 //! Everything runs with `sslmode=disable`,
@@ -299,19 +302,20 @@ fn main() -> Result<()> {
         seed_python: std::env::var("BENCH_SEED_PYTHON")
             .ok()
             .filter(|p| !p.is_empty()),
-        cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot")
+        cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot,testdb")
             .split(',')
             .map(|c| c.trim().to_string())
             .collect(),
     };
     setup(&config)?;
     let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 6] = [
         ("reads", reads),
         ("writes", writes),
         ("sqlite", sqlite),
         ("checkout", checkout),
         ("boot", boot),
+        ("testdb", testdb),
     ];
     for (name, case) in cases {
         if config.runs(name) {
@@ -584,6 +588,89 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
 fn boot(config: &Config, settings: &Settings) -> Result<()> {
     println!("\n## Boot with nothing pending (PostgreSQL, after connecting)\n");
     boot_cost(settings, &config.url)?;
+    Ok(())
+}
+
+/// Per-test setup, from nothing to an engine on a migrated database of the test's own:
+/// `datalayer::testing::TestDatabase` (a clone of a template migrated once) against what it
+/// replaces (create a database or file, connect, run the migrations). Teardown is the same
+/// `DROP DATABASE` (or file removal) for both and is not timed. The first `TestDatabase` of
+/// the run builds the template when it is missing; its time is printed apart.
+fn testdb(config: &Config, settings: &Settings) -> Result<()> {
+    use datalayer::config::Target;
+    use datalayer::testing::TestDatabase;
+    const SAMPLES: usize = 20;
+    println!("\n## Per-test database setup (median of {SAMPLES})\n");
+    let migrator = datalayer::models::migrator();
+    let dir = std::env::temp_dir().join(format!("dl_bench_testdb_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sqlite = Settings::from_pairs([("DATABASE_PATH", dir.join("unused.sqlite3"))])?;
+    let mut admin =
+        PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
+    println!(
+        "| backend | TestDatabase | create + migrate | ratio | TestDatabase back to back (ratio) | first TestDatabase |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (backend, settings) in [("PostgreSQL", settings), ("SQLite", &sqlite)] {
+        // The first TestDatabase of a process checks the template (building it if missing).
+        let started = Instant::now();
+        drop(TestDatabase::with_settings(&migrator, settings)?);
+        let first = started.elapsed();
+        datalayer::testing::wait_for_spares();
+        // Interleaved: a TestDatabase, then creating and migrating one. The spare clone a
+        // TestDatabase starts in the background is waited for before the other is timed,
+        // so that it runs on a quiet server; so each TestDatabase finds its spare ready, as a
+        // test that runs longer than a clone (about 50 ms) leaves it.
+        let (mut cloned, mut migrated) = (Vec::new(), Vec::new());
+        for i in 0..SAMPLES {
+            let started = Instant::now();
+            let db = TestDatabase::with_settings(&migrator, settings)?;
+            cloned.push(started.elapsed());
+            drop(db);
+            datalayer::testing::wait_for_spares();
+
+            let name = format!("dl_bench_fresh_{}_{i}", std::process::id());
+            let mut fresh = settings.clone();
+            fresh.pool.min_idle = Some(0);
+            let started = Instant::now();
+            match &mut fresh.target {
+                Target::Postgres(pg) => {
+                    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+                    pg.database = Some(name.clone());
+                }
+                Target::Sqlite(file) => file.path = dir.join(format!("{name}.sqlite3")),
+            }
+            let engine = Engine::connect(&fresh)?;
+            migrator.run_pending(&engine)?;
+            migrated.push(started.elapsed());
+            drop(engine);
+            if let Target::Postgres(_) = fresh.target {
+                admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))?;
+            }
+        }
+        // Then back to back, as the shortest tests would run: each setup waits for the spare
+        // that the previous one started, while the previous database is being dropped.
+        let mut back_to_back = Vec::new();
+        for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let db = TestDatabase::with_settings(&migrator, settings)?;
+            back_to_back.push(started.elapsed());
+            drop(db);
+        }
+        datalayer::testing::wait_for_spares();
+        let median = |mut samples: Vec<Duration>| {
+            samples.sort();
+            samples[samples.len() / 2]
+        };
+        let (cloned, migrated, back_to_back) =
+            (median(cloned), median(migrated), median(back_to_back));
+        println!(
+            "| {backend} | {cloned:.1?} | {migrated:.1?} | {:.2} | {back_to_back:.1?} ({:.2}) | {first:.1?} |",
+            cloned.as_secs_f64() / migrated.as_secs_f64(),
+            back_to_back.as_secs_f64() / migrated.as_secs_f64()
+        );
+    }
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

@@ -14,6 +14,10 @@
 //! - **SQLite** (the default when nothing is set): the same with files in the system's temp
 //!   folder: a template file migrated once, copied per test.
 //!
+//! While a test runs, the next test's database is cloned in the background, so the next
+//! setup is a rename instead of a copy (see `spare.rs`); the spare left at the end is dropped
+//! when the process exits.
+//!
 //! When the test passes, the database (or file) is dropped; when it fails (the guard is
 //! dropped while panicking) it is kept and its name printed, to look at what the test left.
 //! The test's engine opens connections on demand (`DATABASE_POOL_MIN_IDLE` 0), so many tests
@@ -28,6 +32,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+mod spare;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -100,11 +106,7 @@ impl<C: PoolConnection> TestDatabase<C> {
             Target::Postgres(_) => {
                 let admin = admin(&settings)?;
                 postgres_template(&admin, migrator, &settings, &template)?;
-                admin.get()?.batch_execute(&format!(
-                    "CREATE DATABASE {} TEMPLATE {}",
-                    quote(&name),
-                    quote(&template)
-                ))?;
+                spare::create(&admin, &template, &name)?;
                 Place::Postgres { name, admin }
             }
             Target::Sqlite(_) => {
@@ -183,8 +185,15 @@ impl<C: PoolConnection> Drop for TestDatabase<C> {
     }
 }
 
+/// Waits until the next test's database, cloned in the background after each PostgreSQL
+/// [`TestDatabase`], is ready (at most 30 s). Tests do not need it; a benchmark of something
+/// else calls it so that no clone runs meanwhile.
+pub fn wait_for_spares() {
+    spare::settle();
+}
+
 /// A PostgreSQL identifier, quoted.
-fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
@@ -245,7 +254,8 @@ fn admin(settings: &Settings) -> Result<Arc<Engine<PgConnection>>, Error> {
         return Ok(Arc::clone(engine));
     }
     let mut admin = settings.clone();
-    admin.pool.max_size = 2;
+    // The tests' own use, and the spare cloned in the background.
+    admin.pool.max_size = 3;
     let engine = Arc::new(Engine::connect_as(&admin).map_err(|e| match e {
         Error::Connect { target, reason } => Error::Connect {
             target,
@@ -288,6 +298,19 @@ fn postgres_template(
         return Ok(());
     }
     let mut conn = admin.get()?;
+    // Spares other processes left (killed before their exit handler ran); one that another
+    // running process is about to use may go too: it then clones on the spot.
+    let spares: Vec<Name> = diesel::sql_query(format!(
+        "SELECT datname::text AS name FROM pg_database WHERE datname LIKE '{}%' \
+           AND datname NOT LIKE '{}{}\\_%'",
+        spare::prefix(template).replace('_', "\\_"),
+        spare::prefix(template).replace('_', "\\_"),
+        std::process::id()
+    ))
+    .load(&mut *conn)?;
+    for stale in spares {
+        let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote(&stale.name)));
+    }
     // "dltp" in ASCII, beside the template's own hash.
     let lock = format!("1684829296, hashtext('{template}')");
     conn.batch_execute(&format!("SELECT pg_advisory_lock({lock})"))?;
