@@ -685,7 +685,7 @@ fn counting() -> Option<Box<dyn Instrumentation>> {
 }
 
 /// The boot sequence a server runs, timed after `Engine::connect` returns:
-/// `migrations::boot` (lock, ledger checks, pending set, drift check) and a ping. The pool
+/// `Migrator::boot` (lock, ledger checks, pending set, drift check) and a ping. The pool
 /// does not fill in the background (min idle 0) and one pooled connection exists before
 /// timing, so the figure is datalayer's own work. Beside it, in the same rounds: the same with
 /// `DATABASE_SCHEMA_CHECK=off` (what the drift check costs), and plain diesel_migrations
@@ -742,7 +742,7 @@ fn boot_cost(settings: &Settings, url: &str) -> Result<()> {
     println!("| case | median of {ROUNDS} | statements | / plain |\n| --- | ---: | ---: | ---: |");
     let ratio = |d: Duration| d.as_secs_f64() / plain.as_secs_f64();
     println!(
-        "| migrations::boot + ping | {full:.2?} | {full_n} + ping | {:.1} |",
+        "| Migrator::boot + ping | {full:.2?} | {full_n} + ping | {:.1} |",
         ratio(full)
     );
     println!(
