@@ -108,6 +108,15 @@ fn literal(text: &str) -> String {
     format!("{text:?}")
 }
 
+/// `Some(include_str!(path))` when the file exists, else `None`.
+fn optional_include(path: &Path) -> String {
+    if path.is_file() {
+        format!("Some(include_str!({}))", literal(&path.to_string_lossy()))
+    } else {
+        "None".to_string()
+    }
+}
+
 /// One `Embedded` set: every sub-folder holding an `up.sql`, in name order.
 fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Result<(), String> {
     let dir: PathBuf = root.join(relative);
@@ -152,21 +161,8 @@ fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Re
             ));
         }
         let up = path.join("up.sql");
-        let down = path.join("down.sql");
-        let down = if down.is_file() {
-            format!("Some(include_str!({}))", literal(&down.to_string_lossy()))
-        } else {
-            "None".to_string()
-        };
-        let metadata = path.join("metadata.toml");
-        let metadata = if metadata.is_file() {
-            format!(
-                "Some(include_str!({}))",
-                literal(&metadata.to_string_lossy())
-            )
-        } else {
-            "None".to_string()
-        };
+        let down = optional_include(&path.join("down.sql"));
+        let metadata = optional_include(&path.join("metadata.toml"));
         let _ = write!(
             out,
             "::datalayer::migrations::__private::EmbeddedMigration {{ name: {}, up: \
@@ -176,14 +172,7 @@ fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Re
         );
     }
     let fingerprint_path = dir.join("schema.fingerprint");
-    let fingerprint = if fingerprint_path.is_file() {
-        format!(
-            "Some(include_str!({}))",
-            literal(&fingerprint_path.to_string_lossy())
-        )
-    } else {
-        "None".to_string()
-    };
+    let fingerprint = optional_include(&fingerprint_path);
     let _ = write!(
         out,
         "], fingerprint: {fingerprint}, fingerprint_path: {} }},",

@@ -165,20 +165,24 @@ fn prepare(admin: &Arc<Engine<PgConnection>>, template: &str) {
 
 /// Waits (at most 30 s) until no spare is being cloned.
 pub(super) fn settle() {
-    let Ok(mut list) = SPARES.list.lock() else {
-        return;
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    if let Ok(list) = SPARES.list.lock() {
+        drop(idle(list, Duration::from_secs(30)));
+    }
+}
+
+type List = std::sync::MutexGuard<'static, (Vec<Spare>, bool)>;
+
+/// The list once no spare is being cloned, or `limit` has passed.
+fn idle(mut list: List, limit: Duration) -> Option<List> {
+    let deadline = std::time::Instant::now() + limit;
     while list.0.iter().any(|s| matches!(s.state, State::Cloning)) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return;
+            break;
         }
-        list = match SPARES.changed.wait_timeout(list, left) {
-            Ok((list, _)) => list,
-            Err(_) => return,
-        };
+        list = SPARES.changed.wait_timeout(list, left).ok()?.0;
     }
+    Some(list)
 }
 
 fn drop_database(admin: &Engine<PgConnection>, name: &str) {
@@ -201,17 +205,9 @@ extern "C" fn drop_spares_at_exit() {
             return;
         };
         list.1 = true;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while list.0.iter().any(|s| matches!(s.state, State::Cloning)) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            list = match SPARES.changed.wait_timeout(list, left) {
-                Ok((list, _)) => list,
-                Err(_) => return,
-            };
-        }
+        let Some(mut list) = idle(list, Duration::from_secs(10)) else {
+            return;
+        };
         for spare in list.0.drain(..) {
             if let State::Ready(name) = spare.state {
                 drop_database(&spare.admin, &name);
