@@ -12,8 +12,10 @@ fn postgres() -> datalayer::Settings {
     postgres_settings("postgres", &[("DATABASE_POOL_MAX_SIZE", "2")])
 }
 
+/// SQLite settings: `TestDatabase` replaces the path with a file of the test's own.
 fn sqlite() -> datalayer::Settings {
-    datalayer::Settings::from_pairs([("DATABASE_PATH", "unused.sqlite3")]).expect("settings")
+    datalayer::Settings::from_pairs([("DATABASE_PATH", "replaced-by-the-test-database")])
+        .expect("settings")
 }
 
 fn database_exists(name: &str) -> bool {
@@ -165,9 +167,11 @@ fn a_typed_engine_serves_its_own_connection_type_with_the_engine_s_checks() {
             .starts_with("PostgreSQL")
     );
 
-    let sqlite_engine = Engine::<SqliteConnection>::connect_as(&sqlite());
-    let error = Engine::<PgConnection>::connect_as(&sqlite()).expect_err("no SQLite");
-    assert!(sqlite_engine.is_ok());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db"))])
+        .expect("settings");
+    assert!(Engine::<SqliteConnection>::connect_as(&file).is_ok());
+    let error = Engine::<PgConnection>::connect_as(&file).expect_err("no SQLite");
     let Error::Config(problems) = &error else {
         panic!("expected a configuration error, got {error}");
     };
