@@ -119,7 +119,7 @@ pub fn run(migrator: &Migrator) -> ExitCode {
                 .file_name()
                 .map(|name| name.to_string_lossy().into_owned())
         })
-        .unwrap_or_else(|| migrator.name().to_string());
+        .map_or_else(|| migrator.name().to_string(), |name| printable(&name));
     let matches = Cli::command()
         .name(program.clone())
         .version(env!("CARGO_PKG_VERSION"))
@@ -146,7 +146,10 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
         .with_dotenv(Path::new(".env"))?
         .load()?;
     for name in &loaded.ignored {
-        eprintln!("{program}: warning: {name} is not a datalayer setting and is ignored");
+        eprintln!(
+            "{program}: warning: {} is not a datalayer setting and is ignored",
+            printable(name)
+        );
     }
     let Some(command) = command else {
         return boot(migrator, &loaded);
@@ -295,35 +298,59 @@ fn init_logging() {
 }
 
 fn config_table(loaded: &Loaded) -> String {
+    /// Columns are padded to the longest entry up to this many characters; a longer value
+    /// overflows its column instead of widening every line.
+    const MAX_WIDTH: usize = 48;
     let settings = &loaded.settings;
     let mut out = format!(
         "backend  {}\nurl      {}\n\n",
         settings.backend(),
         settings.connection_url()
     );
-    let width = loaded
+    let rows: Vec<(&str, String, String)> = loaded
         .entries
         .iter()
-        .map(|e| e.variable.len())
-        .max()
-        .unwrap_or(0);
-    let value_width = loaded
-        .entries
-        .iter()
-        .map(|e| e.value.chars().count())
-        .max()
-        .unwrap_or(0);
-    out.push_str(&format!(
-        "{:width$}  {:value_width$}  SOURCE\n",
-        "VARIABLE", "VALUE"
-    ));
-    for entry in &loaded.entries {
-        out.push_str(&format!(
-            "{:width$}  {:value_width$}  {}\n",
-            entry.variable, entry.value, entry.origin
-        ));
+        .map(|e| (e.variable, printable(&e.value), e.origin.to_string()))
+        .collect();
+    let width = |column: &dyn Fn(&(&str, String, String)) -> usize| {
+        rows.iter().map(column).max().unwrap_or(0).min(MAX_WIDTH)
+    };
+    let widths = [
+        width(&|r| r.0.chars().count()),
+        width(&|r| r.1.chars().count()),
+    ];
+    let line = |variable: &str, value: &str, origin: &str| {
+        format!(
+            "{}  {}  {origin}\n",
+            padded(variable, widths[0]),
+            padded(value, widths[1])
+        )
+    };
+    out.push_str(&line("VARIABLE", "VALUE", "SOURCE"));
+    for (variable, value, origin) in &rows {
+        out.push_str(&line(variable, value, origin));
     }
     out
+}
+
+/// `text` followed by spaces up to `width` characters (never cut).
+fn padded(text: &str, width: usize) -> String {
+    let pad = width.saturating_sub(text.chars().count());
+    format!("{text}{}", " ".repeat(pad))
+}
+
+/// `text` with its control characters escaped (`\n`, `\r`, `\u{1b}`), so that a value cannot
+/// forge lines or terminal sequences in the output.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Writes to stdout; a closed stdout (e.g. `| head`) is not worth a panic.

@@ -304,3 +304,67 @@ fn a_failed_migration_exits_4_naming_it() {
          (migrations/sqlite/2026-11-25-000002_create_posts/up.sql) failed: table posts already exists\n"
     );
 }
+
+#[test]
+fn config_shows_huge_values_without_panicking() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let long = "n".repeat(70_000);
+    for variable in [
+        "DATABASE_NAME",
+        "DATABASE_USER",
+        "DATABASE_APPLICATION_NAME",
+    ] {
+        let output = run_cli(
+            dir.path(),
+            &["config"],
+            &[("DATABASE_HOST", "localhost"), (variable, long.as_str())],
+        );
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{variable}: {stderr}");
+        assert!(stdout.contains(&long), "{variable}");
+    }
+    let path = dir.path().join("p".repeat(200)).join("q".repeat(200));
+    let output = run_cli(
+        dir.path(),
+        &["config"],
+        &[("DATABASE_PATH", path.as_os_str())],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
+}
+
+#[test]
+fn config_escapes_control_characters_in_values_and_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_cli(
+        dir.path(),
+        &["config"],
+        &[
+            ("DATABASE_HOST", "localhost"),
+            (
+                "DATABASE_APPLICATION_NAME",
+                "app\r\nDATABASE_PASSWORD  hunter2  environment\u{1b}[2J",
+            ),
+            ("DATABASE_FAKE\nLINE", "x"),
+        ],
+    );
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("app\\r\\nDATABASE_PASSWORD  hunter2  environment\\u{1b}[2J"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\r') && !stdout.contains('\u{1b}'),
+        "{stdout:?}"
+    );
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("DATABASE_PASSWORD  hunter2")),
+        "a value forged a line: {stdout}"
+    );
+    assert!(
+        stderr.contains("DATABASE_FAKE\\nLINE is not a datalayer setting"),
+        "{stderr}"
+    );
+}
