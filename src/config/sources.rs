@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use crate::error::Error;
@@ -90,18 +90,19 @@ impl Vars {
             line,
             reason,
         };
-        let iter = match dotenvy::from_path_iter(path) {
-            Ok(iter) => iter,
-            Err(dotenvy::Error::Io(e)) if e.kind() == ErrorKind::NotFound => return Ok(self),
-            Err(e) => return Err(dotenv_error(None, describe_dotenv_error(&e))),
+        let content = match read_dotenv(path) {
+            Ok(Some(content)) => content,
+            Ok(None) => return Ok(self),
+            Err(reason) => return Err(dotenv_error(None, reason)),
         };
+        let iter = dotenvy::from_read_iter(content.as_bytes());
         let mut entries = Vec::new();
         for item in iter {
             match item {
                 Ok((key, value)) => entries.push((key, value)),
                 Err(dotenvy::Error::LineParse(entry, _)) => {
                     return Err(dotenv_error(
-                        line_of(path, &entry),
+                        line_of(&content, &entry),
                         "cannot be parsed: write NAME=value, and quote a value that holds \
                          spaces, quotes or #"
                             .to_string(),
@@ -147,6 +148,47 @@ impl fmt::Debug for Vars {
     }
 }
 
+/// The largest `.env` file read.
+const DOTENV_LIMIT: u64 = 64 * 1024;
+
+/// The content of the `.env` file at `path`, `None` when there is none. Only a regular file
+/// (or a link to one) of at most [`DOTENV_LIMIT`] bytes is read: a FIFO would block forever and
+/// a device such as `/dev/zero` never ends. The read is bounded too, in case the file changes
+/// between the check and the read.
+fn read_dotenv(path: &Path) -> Result<Option<String>, String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    if !metadata.is_file() {
+        return Err(
+            "is not a regular file (a folder, FIFO or device); .env must be a plain \
+                text file, or absent"
+                .into(),
+        );
+    }
+    let too_big = || {
+        format!(
+            "is larger than {} KiB; a .env file holds a few settings",
+            DOTENV_LIMIT / 1024
+        )
+    };
+    if metadata.len() > DOTENV_LIMIT {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(DOTENV_LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > DOTENV_LIMIT {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| "is not valid UTF-8; write it as plain UTF-8 text".into())
+}
+
 /// dotenvy's own messages quote the offending line, which may hold a password; this one does not.
 fn describe_dotenv_error(e: &dotenvy::Error) -> String {
     match e {
@@ -160,8 +202,7 @@ fn describe_dotenv_error(e: &dotenvy::Error) -> String {
 }
 
 /// The 1-based line on which the failing entry starts, found by its first line.
-fn line_of(path: &Path, entry: &str) -> Option<usize> {
-    let content = std::fs::read_to_string(path).ok()?;
+fn line_of(content: &str, entry: &str) -> Option<usize> {
     let first = entry.lines().next().filter(|l| !l.trim().is_empty())?;
     content
         .lines()

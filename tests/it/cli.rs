@@ -368,3 +368,71 @@ fn config_escapes_control_characters_in_values_and_names() {
         "{stderr}"
     );
 }
+
+/// Runs the binary in `dir` with `.env` as made by `make`, failing the test if it has not
+/// exited within 10 s; returns (exit code, stderr).
+fn run_with_dotenv(make: impl FnOnce(&std::path::Path)) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("temp dir");
+    make(&dir.path().join(".env"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .arg("config")
+        .current_dir(dir.path())
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("datalayer config hung on this .env");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).expect("stderr");
+    }
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_dotenv_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let (code, stderr) = run_with_dotenv(|path| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(".env: is not a regular file"), "{stderr}");
+
+    let (code, stderr) = run_with_dotenv(|path| {
+        std::os::unix::fs::symlink("/dev/zero", path).expect("symlink");
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
+
+    let (code, stderr) = run_with_dotenv(|path| {
+        let line = "# a comment that makes the file large\n".repeat(2000);
+        std::fs::write(path, line).expect("write");
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is larger than 64 KiB"), "{stderr}");
+
+    // A link to a regular file is still read.
+    let (code, stderr) = run_with_dotenv(|path| {
+        let real = path.with_file_name("real.env");
+        std::fs::write(&real, "DATABASE_POOL_MAX_SIZE=0\n").expect("write");
+        std::os::unix::fs::symlink(&real, path).expect("symlink");
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("DATABASE_POOL_MAX_SIZE"), "{stderr}");
+}
