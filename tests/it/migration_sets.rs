@@ -327,3 +327,64 @@ fn a_migration_outside_a_transaction_is_not_retried_after_a_lock_timeout() {
         ["2026-02-01-000002_index_items"]
     );
 }
+
+#[test]
+fn status_runs_as_a_read_only_role_on_a_fresh_and_a_migrated_database() {
+    use crate::common::{TestDb, admin, unique_name};
+    use crate::libpq::quote_ident;
+    let name = unique_name("dl_ro");
+    let role = unique_name("dl_ro_role");
+    let admin = admin();
+    // Read-only by default; dropped after the database (declared first, dropped last).
+    admin
+        .query(&format!(
+            "CREATE ROLE {0} LOGIN; ALTER ROLE {0} SET default_transaction_read_only = on",
+            quote_ident(&role)
+        ))
+        .expect("role");
+    let _drop_role = DropRole(role.clone());
+    // Owned by the admin, so the role may not create anything there.
+    let db = TestDb::create(&name, None);
+    let as_role = |settings: &datalayer::Settings| {
+        let mut settings = settings.clone();
+        if let datalayer::config::Target::Postgres(pg) = &mut settings.target {
+            pg.user = Some(role.clone());
+        }
+        settings
+    };
+    let owner = crate::common::postgres_settings(&db.name, &[]);
+    let reader = Engine::connect(&as_role(&owner)).expect("connect as the read-only role");
+    let reference = datalayer::models::migrator();
+    let status = reference
+        .status(&reader)
+        .expect("status on a fresh database");
+    assert_eq!(status.pending, REFERENCE);
+
+    reference
+        .run_pending(&Engine::connect(&owner).expect("connect"))
+        .expect("migrate as the owner");
+    let db_conn = crate::libpq::Conn::connect(&database_url(&db.name)).expect("connect");
+    db_conn
+        .query(&format!(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}",
+            quote_ident(&role)
+        ))
+        .expect("grant");
+    let status = reference
+        .status(&reader)
+        .expect("status on a migrated database");
+    assert_eq!(status.applied, REFERENCE);
+    assert!(status.pending.is_empty() && status.edited.is_empty());
+}
+
+/// Drops a role when the test ends (after the databases it may own are gone).
+struct DropRole(String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let _ = crate::common::admin().query(&format!(
+            "DROP ROLE IF EXISTS {}",
+            crate::libpq::quote_ident(&self.0)
+        ));
+    }
+}
