@@ -134,7 +134,11 @@ pub enum MigrationError {
 
     /// A migration's SQL failed. A migration run in a transaction left nothing behind; one
     /// with `run_in_transaction = false` may have run some statements: `progress` says which.
-    #[error("migration {migration} ({file}) failed: {source}{}", progress.as_deref().map(|p| format!("; {p}")).unwrap_or_default())]
+    #[error(
+        "migration {migration} ({file}) failed: {source}{}{}",
+        privilege_hint(source),
+        progress.as_deref().map(|p| format!("; {p}")).unwrap_or_default()
+    )]
     Apply {
         /// The migration's folder name, e.g. `2026-11-25-000001_create_users`.
         migration: String,
@@ -270,7 +274,7 @@ pub enum MigrationError {
 
     /// A statement of the migration machinery failed: reading or writing the ledger
     /// (`__diesel_schema_migrations`, `datalayer_migrations`), the lock, or the catalog.
-    #[error("{action}: {source}")]
+    #[error("{action}: {source}{}", privilege_hint(source))]
     Database {
         /// What was being done.
         action: &'static str,
@@ -287,5 +291,22 @@ impl From<diesel::result::Error> for MigrationError {
             action: "running the migration's transaction",
             source,
         }
+    }
+}
+
+/// What to grant when PostgreSQL refused a statement for want of a privilege (SQLSTATE 42501;
+/// Diesel exposes only the message, so it is matched).
+fn privilege_hint(source: &diesel::result::Error) -> &'static str {
+    if source
+        .to_string()
+        .starts_with("permission denied for schema")
+    {
+        "; the migrating role needs CREATE on the schema (GRANT CREATE ON SCHEMA ... TO it), \
+         or run migrations as the schema's owner"
+    } else if source.to_string().starts_with("permission denied") {
+        "; the migrating role lacks a privilege this statement needs: run migrations as the \
+         owner of the objects they change"
+    } else {
+        ""
     }
 }

@@ -388,3 +388,35 @@ impl Drop for DropRole {
         ));
     }
 }
+
+#[test]
+fn a_role_without_create_on_the_schema_fails_migrate_with_exit_4_naming_the_step() {
+    use crate::common::{TestDb, admin, run_cli, text, unique_name};
+    use crate::libpq::quote_ident;
+    let role = unique_name("dl_nocreate_role");
+    admin()
+        .query(&format!("CREATE ROLE {} LOGIN", quote_ident(&role)))
+        .expect("role");
+    let _drop_role = DropRole(role.clone());
+    // Owned by the admin: since PostgreSQL 15 other roles may not create in `public`.
+    let db = TestDb::create(&unique_name("dl_nocreate"), None);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = database_url(&db.name).replacen("postgres@", &format!("{role}@"), 1);
+    for command in [&["migrate"][..], &[][..]] {
+        let output = run_cli(dir.path(), command, &[("DATABASE_URL", url.as_str())]);
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(4), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("creating the ledger tables: permission denied for schema public")
+                && stderr.contains("needs CREATE on the schema"),
+            "{stderr}"
+        );
+    }
+    let output = run_cli(dir.path(), &["status"], &[("DATABASE_URL", url.as_str())]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("pending  2026-11-25-000001_create_users"),
+        "{stdout}"
+    );
+}
