@@ -61,15 +61,67 @@ impl ConnectionUrl {
 
     /// `text` with the URL and every secret it holds (raw or percent-encoded) replaced by their
     /// redacted forms. Applied to messages from drivers before they reach an error.
+    ///
+    /// A secret is replaced where it stands as a value of its own: not inside a longer word,
+    /// and not inside the redacted URL, so that a password equal to a word of the message (the
+    /// user `postgres`, say) does not turn `postgres://` into `***://`.
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.replace(self.secret.expose_secret(), &self.redacted);
-        for secret in &self.secrets {
-            let raw = secret.expose_secret();
-            out = out.replace(&encode(raw).to_string(), REDACTED);
-            out = out.replace(raw, REDACTED);
+        let mut out = String::with_capacity(text.len());
+        let mut pieces = text.split(self.secret.expose_secret()).peekable();
+        while let Some(piece) = pieces.next() {
+            // Between occurrences of the URL (now redacted), and of the redacted URL itself.
+            let mut parts = piece.split(self.redacted.as_str()).peekable();
+            while let Some(part) = parts.next() {
+                out.push_str(&self.scrub_secrets(part));
+                if parts.peek().is_some() {
+                    out.push_str(&self.redacted);
+                }
+            }
+            if pieces.peek().is_some() {
+                out.push_str(&self.redacted);
+            }
         }
         out
     }
+
+    /// Every stand-alone occurrence of a secret (raw or percent-encoded) in `text`, redacted.
+    fn scrub_secrets(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            let raw = secret.expose_secret();
+            for form in [encode(raw).to_string(), raw.to_string()] {
+                out = replace_standalone(&out, &form);
+            }
+        }
+        out
+    }
+}
+
+/// `text` with each occurrence of `needle` that is not part of a longer word (no letter, digit
+/// or `_` touching it on either side) replaced by [`REDACTED`].
+fn replace_standalone(text: &str, needle: &str) -> String {
+    if needle.is_empty() {
+        return text.to_string();
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(needle) {
+        let before = rest[..at]
+            .chars()
+            .next_back()
+            .or_else(|| out.chars().next_back());
+        let after = rest[at + needle.len()..].chars().next();
+        // A needle that starts or ends with a non-word character bounds itself on that side.
+        let starts_word = needle.chars().next().is_some_and(|c| word(Some(c)));
+        let ends_word = needle.chars().next_back().is_some_and(|c| word(Some(c)));
+        let touching = (starts_word && word(before)) || (ends_word && word(after));
+        out.push_str(&rest[..at]);
+        out.push_str(if touching { needle } else { REDACTED });
+        rest = &rest[at + needle.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ExposeSecret<str> for ConnectionUrl {
@@ -470,5 +522,55 @@ mod tests {
                 .unwrap_or_else(|| panic!("{url} parsed"));
             assert!(!err.contains(secret) && !err.contains("ter2"), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+
+    fn url(password: &str) -> ConnectionUrl {
+        let host = Host::Name("db".into());
+        let parts = |redact| UrlParts {
+            user: Some("postgres"),
+            password: Some(password),
+            host: &host,
+            port: 5432,
+            dbname: Some("postgres"),
+            params: vec![],
+            redact,
+        };
+        ConnectionUrl::new(
+            build_postgres(&parts(false)),
+            build_postgres(&parts(true)),
+            vec![SecretString::from(password.to_string())],
+        )
+    }
+
+    #[test]
+    fn a_password_equal_to_a_word_of_the_message_is_redacted_only_where_it_stands_alone() {
+        let conn = url("postgres");
+        let redacted = conn.redacted().to_string();
+        assert_eq!(redacted, "postgres://postgres:***@db:5432/postgres");
+        let message = format!(
+            "cannot connect to {}: FATAL: password postgres rejected for user \"postgres\" \
+             (postgresql)",
+            conn.expose_secret()
+        );
+        assert_eq!(
+            conn.scrub(&message),
+            format!(
+                "cannot connect to {redacted}: FATAL: password *** rejected for user \"***\" \
+                 (postgresql)"
+            )
+        );
+    }
+
+    #[test]
+    fn raw_and_encoded_passwords_are_redacted_in_their_contexts() {
+        let conn = url("p@ss w0rd");
+        let scrubbed = conn.scrub("password=p@ss w0rd; :p%40ss%20w0rd@ 'p@ss w0rd'");
+        assert_eq!(scrubbed, "password=***; :***@ '***'");
+        assert!(!conn.scrub(conn.expose_secret()).contains("p%40ss"));
     }
 }
