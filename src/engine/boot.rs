@@ -18,79 +18,75 @@ pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-const TRANSIENT: &[&str] = &[
-    "Connection refused",
-    "Connection reset",
-    "connection timed out",
-    "timeout expired",
-    "could not translate host name",
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "No route to host",
-    "server closed the connection unexpectedly",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "the database system is not yet accepting connections",
-    "sorry, too many clients already",
-    "remaining connection slots are reserved",
-    "too many connections",
-    "the engine is shutting down",
+/// What is known to fail for good, each recognised by the specific wording of libpq, the
+/// server (in English) or SQLite, with what to fix. Anything else is retried until
+/// `DATABASE_CONNECT_DEADLINE`: a server whose `lc_messages` is not English words its errors
+/// differently, and waiting out a permanent error costs only time, while failing on a transient
+/// one costs the boot.
+const PERMANENT: &[(fn(&str) -> bool, &str)] = &[
+    (
+        |m| m.contains("password authentication failed") || m.contains("no password supplied"),
+        "check DATABASE_USER and DATABASE_PASSWORD (or the URL's user and password)",
+    ),
+    (
+        |m| m.contains("no pg_hba.conf entry"),
+        "the server's pg_hba.conf does not let this user in from here: check DATABASE_USER, or \
+         the server's pg_hba.conf",
+    ),
+    (
+        |m| m.contains("role \"") && m.contains("\" does not exist"),
+        "check DATABASE_USER (or the URL's user)",
+    ),
+    (
+        |m| m.contains("is not permitted to log in"),
+        "the role may not log in: check DATABASE_USER, or ALTER ROLE ... LOGIN",
+    ),
+    (
+        |m| m.contains("FATAL:") && m.contains("database \"") && m.contains("\" does not exist"),
+        "create the database or fix DATABASE_NAME (or the URL's database)",
+    ),
+    (
+        |m| {
+            m.contains("root certificate file")
+                || m.contains("certificate verify failed")
+                || m.contains("server certificate for")
+                || m.contains("SSL is not enabled on the server")
+                || m.contains("server does not support SSL")
+                || m.contains("sslmode value")
+                || m.contains("certificate file")
+                || m.contains("private key file")
+        },
+        "check DATABASE_SSLMODE and DATABASE_SSLROOTCERT against the server's TLS setup",
+    ),
+    (
+        |m| {
+            m.contains("invalid URI")
+                || m.contains("invalid connection option")
+                || m.contains("invalid port number")
+                || m.contains("invalid integer value")
+                || m.contains("invalid value for parameter")
+        },
+        "check DATABASE_URL and the DATABASE_* variables it was built from",
+    ),
+    (
+        |m| m.contains("file is not a database"),
+        "check DATABASE_PATH: that file exists but is not a SQLite database",
+    ),
+    (
+        |m| m.contains("unable to open database file"),
+        "check DATABASE_PATH and its folder's permissions",
+    ),
+    (
+        |m| m.contains("attempt to write a readonly database"),
+        "check DATABASE_PATH: the file or its folder is read-only for this user",
+    ),
 ];
 
-/// Can this connection error go away by itself?
-pub(crate) fn is_transient(message: &str) -> bool {
-    TRANSIENT.iter().any(|pattern| message.contains(pattern))
-}
-
-/// What to fix, for errors that will not go away.
-fn hint(message: &str) -> Option<&'static str> {
-    let hints: &[(&[&str], &str)] = &[
-        (
-            &[
-                "password authentication failed",
-                "no password supplied",
-                "authentication failed",
-            ],
-            "check DATABASE_USER and DATABASE_PASSWORD (or the URL's user and password)",
-        ),
-        (
-            &[
-                "no pg_hba.conf entry",
-                "role \"",
-                "is not permitted to log in",
-            ],
-            "check DATABASE_USER, and that the server's pg_hba.conf lets this user in",
-        ),
-        (
-            &["database \"", "does not exist"],
-            "create the database or fix DATABASE_NAME (or the URL's database)",
-        ),
-        (
-            &["SSL", "certificate", "sslmode"],
-            "check DATABASE_SSLMODE and DATABASE_SSLROOTCERT against the server's TLS setup",
-        ),
-        (
-            &[
-                "invalid URI",
-                "invalid connection option",
-                "invalid port",
-                "invalid integer",
-            ],
-            "check DATABASE_URL",
-        ),
-        (
-            &[
-                "unable to open database file",
-                "Permission denied",
-                "readonly",
-            ],
-            "check DATABASE_PATH and the folder's permissions",
-        ),
-    ];
-    hints
+/// The fix for an error that will not go away by itself, or `None` for one worth retrying.
+pub(crate) fn permanent(message: &str) -> Option<&'static str> {
+    PERMANENT
         .iter()
-        .find(|(patterns, _)| patterns.iter().any(|p| message.contains(p)))
+        .find(|(matches, _)| matches(message))
         .map(|(_, hint)| *hint)
 }
 
@@ -132,11 +128,8 @@ pub(crate) fn first_connection<C: PoolConnection>(
         };
         let wait = jitter.apply(backoff);
         let elapsed = started.elapsed();
-        if !is_transient(&message) {
-            let reason = match hint(&message) {
-                Some(hint) => format!("{message} ({hint})"),
-                None => message,
-            };
+        if let Some(hint) = permanent(&message) {
+            let reason = format!("{message} ({hint})");
             return Err(Error::Connect { target, reason });
         }
         if elapsed + wait > deadline {
@@ -173,17 +166,27 @@ mod tests {
             "FATAL:  sorry, too many clients already",
             "could not translate host name \"db\" to address: Name or service not known",
             "server closed the connection unexpectedly",
+            // Not English (lc_messages = de): retried until the deadline.
+            "FATAL:  Passwort-Authentifizierung für Benutzer »app« fehlgeschlagen",
         ] {
-            assert!(is_transient(transient), "{transient}");
+            assert_eq!(permanent(transient), None, "{transient}");
         }
-        for permanent in [
-            "FATAL:  password authentication failed for user \"app\"",
-            "FATAL:  database \"nope\" does not exist",
-            "invalid URI query parameter: \"x\"",
-            "root certificate file \"/x\" does not exist",
+        for (message, hint) in [
+            (
+                "FATAL:  password authentication failed for user \"app\"",
+                "DATABASE_PASSWORD",
+            ),
+            ("FATAL:  database \"nope\" does not exist", "DATABASE_NAME"),
+            ("FATAL:  role \"nobody\" does not exist", "DATABASE_USER"),
+            ("invalid URI query parameter: \"x\"", "DATABASE_URL"),
+            (
+                "root certificate file \"/x\" does not exist Either provide the file or change sslmode",
+                "DATABASE_SSLROOTCERT",
+            ),
+            ("file is not a database", "DATABASE_PATH"),
         ] {
-            assert!(!is_transient(permanent), "{permanent}");
-            assert!(hint(permanent).is_some(), "{permanent}");
+            let found = permanent(message).unwrap_or_else(|| panic!("{message}: no hint"));
+            assert!(found.contains(hint), "{message}: {found}");
         }
     }
 

@@ -284,7 +284,15 @@ impl<C: PoolConnection> Manager<C> {
             return Err(ConnectError("the engine is shutting down".into()));
         }
         let url = self.url.expose_secret();
-        let result = T::establish_to(self.backend, url);
+        let result = T::establish_to(self.backend, url).and_then(|mut conn| {
+            // SQLite opens a file lazily: read its header now, so that a file that is not a
+            // database fails here, as a connect error about DATABASE_PATH.
+            if self.backend == Backend::Sqlite {
+                conn.batch_execute("PRAGMA schema_version")
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            Ok(conn)
+        });
         self.shared.end_attempt();
         // libpq's messages span lines ("...\n\tIs the server running..."): keep one line.
         result.map_err(|e| {

@@ -436,3 +436,61 @@ fn a_dotenv_that_is_not_a_small_regular_file_is_refused_at_once() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("DATABASE_POOL_MAX_SIZE"), "{stderr}");
 }
+
+#[test]
+fn a_file_that_is_not_a_database_is_named_by_its_variable_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let notes = dir.path().join("notes.txt");
+    let content = "these are notes, not a database\n".repeat(100);
+    std::fs::write(&notes, &content).expect("write");
+    let output = run_cli(
+        dir.path(),
+        &["migrate"],
+        &[("DATABASE_PATH", notes.as_os_str())],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("file is not a database")
+            && stderr
+                .contains("check DATABASE_PATH: that file exists but is not a SQLite database"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).expect("read"), content);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("notes.txt")],
+        "no lock file left"
+    );
+}
+
+#[test]
+fn a_missing_root_certificate_fails_at_once_with_the_tls_hint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = tempfile::tempdir().expect("an empty HOME: no ~/.postgresql/root.crt");
+    let url = format!("{}?sslmode=verify-full", crate::common::admin_url());
+    let output = run_cli(
+        dir.path(),
+        &["check"],
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("HOME", &home.path().to_string_lossy()),
+        ],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("root certificate file"), "{stderr}");
+    assert!(
+        stderr.contains("check DATABASE_SSLMODE and DATABASE_SSLROOTCERT"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("create the database"), "{stderr}");
+    assert!(
+        !stderr.contains("retrying"),
+        "retried a permanent error: {stderr}"
+    );
+}
