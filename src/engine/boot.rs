@@ -18,12 +18,15 @@ pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Whether a message is one kind of error.
+type Matcher = fn(&str) -> bool;
+
 /// What is known to fail for good, each recognised by the specific wording of libpq, the
 /// server (in English) or SQLite, with what to fix. Anything else is retried until
 /// `DATABASE_CONNECT_DEADLINE`: a server whose `lc_messages` is not English words its errors
 /// differently, and waiting out a permanent error costs only time, while failing on a transient
 /// one costs the boot.
-const PERMANENT: &[(fn(&str) -> bool, &str)] = &[
+const PERMANENT: &[(Matcher, &str)] = &[
     (
         |m| m.contains("password authentication failed") || m.contains("no password supplied"),
         "check DATABASE_USER and DATABASE_PASSWORD (or the URL's user and password)",
