@@ -68,6 +68,7 @@
 //! ```
 
 mod duration;
+mod postgres_limits;
 mod sources;
 mod url;
 mod validate;
@@ -847,6 +848,11 @@ impl<'a> Loader<'a> {
 
         let user = self.optional("DATABASE_USER", url.user.take(), raw.user.clone());
         let database = self.optional("DATABASE_NAME", url.dbname.take(), raw.name.clone());
+        for (variable, value) in [("DATABASE_USER", &user), ("DATABASE_NAME", &database)] {
+            if let Some(Err(why)) = value.as_deref().map(postgres_limits::name) {
+                self.problem(variable, why);
+            }
+        }
 
         let password = match (url.password.take(), &raw.password) {
             (Some(_), Some(_)) => {
@@ -913,26 +919,40 @@ impl<'a> Loader<'a> {
             "DATABASE_CONNECT_TIMEOUT",
             raw.connect_timeout.as_deref(),
             Duration::from_secs(10),
-            |text| nonzero_duration(text, "would wait forever; give at least 1s"),
+            |text| {
+                nonzero_duration(text, "would wait forever; give at least 1s")
+                    .and_then(postgres_limits::seconds)
+            },
             |d| duration::format(*d),
         );
-        let tcp_user_timeout = self.optional_duration(
+        let tcp_user_timeout = self.postgres_millis(
             "DATABASE_TCP_USER_TIMEOUT",
             raw.tcp_user_timeout.as_deref(),
             Some(Duration::from_secs(15)),
         );
-        let statement_timeout = self.optional_duration(
+        let statement_timeout = self.postgres_millis(
             "DATABASE_STATEMENT_TIMEOUT",
             raw.statement_timeout.as_deref(),
             None,
         );
         let lock_timeout =
-            self.optional_duration("DATABASE_LOCK_TIMEOUT", raw.lock_timeout.as_deref(), None);
-        let idle_in_transaction_timeout = self.optional_duration(
+            self.postgres_millis("DATABASE_LOCK_TIMEOUT", raw.lock_timeout.as_deref(), None);
+        let idle_in_transaction_timeout = self.postgres_millis(
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
             raw.idle_in_transaction_timeout.as_deref(),
             None,
         );
+        for (key, _) in &url.params {
+            if !postgres_limits::is_libpq_param(key) {
+                self.problem(
+                    "DATABASE_URL",
+                    format!(
+                        "its parameter {} is not a libpq connection parameter; remove it",
+                        quote(key)
+                    ),
+                );
+            }
+        }
         PostgresSettings {
             host,
             port,
@@ -1029,6 +1049,22 @@ impl<'a> Loader<'a> {
         };
         self.entry(variable, show(&value), origin);
         value
+    }
+
+    /// A duration where `0` disables, that PostgreSQL takes in milliseconds.
+    fn postgres_millis(
+        &mut self,
+        variable: &'static str,
+        text: Option<&str>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        self.var(
+            variable,
+            text,
+            default,
+            |text| optional_duration(text).and_then(postgres_limits::millis),
+            |value| value.map_or_else(|| "0 (disabled)".to_string(), duration::format),
+        )
     }
 
     /// A duration where `0` disables.
@@ -1161,6 +1197,7 @@ impl Loader<'_> {
                         text,
                         "would let DDL queue behind any transaction; give a limit such as 5s",
                     )
+                    .and_then(|d| postgres_limits::millis(Some(d)).map(|_| d))
                 },
                 |d| duration::format(*d),
             ),

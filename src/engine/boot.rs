@@ -135,7 +135,10 @@ pub(crate) fn first_connection<C: PoolConnection>(
             let reason = format!("{message} ({hint})");
             return Err(Error::Connect { target, reason });
         }
-        if elapsed + wait > deadline {
+        // Retry until the deadline itself: the last wait is cut to what is left of it, so a
+        // server that comes up just before the deadline is still found.
+        let left = deadline.saturating_sub(elapsed);
+        if left.is_zero() {
             let reason = if attempt == 1 {
                 message
             } else {
@@ -147,6 +150,7 @@ pub(crate) fn first_connection<C: PoolConnection>(
             };
             return Err(Error::Connect { target, reason });
         }
+        let wait = wait.min(left);
         tracing::warn!(
             "connecting to {target}: attempt {attempt} failed ({}); retrying in {wait:.2?}",
             message.lines().next().unwrap_or_default()

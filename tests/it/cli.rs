@@ -494,3 +494,42 @@ fn a_missing_root_certificate_fails_at_once_with_the_tls_hint() {
         "retried a permanent error: {stderr}"
     );
 }
+
+#[test]
+fn a_value_postgres_would_refuse_exits_2_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_cli(
+        dir.path(),
+        &["check"],
+        &[
+            ("DATABASE_URL", crate::common::admin_url().as_str()),
+            ("DATABASE_STATEMENT_TIMEOUT", "600h"),
+        ],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("above PostgreSQL's limit"), "{stderr}");
+}
+
+#[test]
+fn the_connect_deadline_is_retried_until_it_has_passed() {
+    // Nothing listens on port 1: refused at once, every time.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
+    let output = run_cli(
+        dir.path(),
+        &["check"],
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+            ("DATABASE_CONNECT_DEADLINE", "3s"),
+        ],
+    );
+    let took = started.elapsed();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("(DATABASE_CONNECT_DEADLINE)"), "{stderr}");
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "gave up after {took:?}, before the 3 s deadline"
+    );
+}

@@ -13,6 +13,12 @@ type Case = (
     Vec<&'static str>,
 );
 
+/// 64 bytes: one more than PostgreSQL's names hold.
+pub(crate) const LONG_NAME: &str =
+    "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn";
+const LONG_URL: &str =
+    "postgres://app@db/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn";
+
 fn cases() -> Vec<Case> {
     let pg = ("DATABASE_HOST", "db");
     vec![
@@ -299,6 +305,48 @@ fn cases() -> Vec<Case> {
                 "DATABASE_POOL_MAX_SIZE",
             ],
         ),
+        (
+            "statement timeout above PostgreSQL's limit",
+            vec![pg, ("DATABASE_STATEMENT_TIMEOUT", "600h")],
+            vec!["DATABASE_STATEMENT_TIMEOUT"],
+        ),
+        (
+            "every PostgreSQL time limit above its maximum",
+            vec![
+                pg,
+                ("DATABASE_LOCK_TIMEOUT", "597h"),
+                ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "9999999999"),
+                ("DATABASE_TCP_USER_TIMEOUT", "2147484s"),
+                ("DATABASE_MIGRATION_DDL_LOCK_TIMEOUT", "600h"),
+                ("DATABASE_CONNECT_TIMEOUT", "99999999999"),
+            ],
+            vec![
+                "DATABASE_CONNECT_TIMEOUT",
+                "DATABASE_TCP_USER_TIMEOUT",
+                "DATABASE_LOCK_TIMEOUT",
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+                "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
+            ],
+        ),
+        (
+            "names longer than PostgreSQL's 63 bytes",
+            vec![
+                pg,
+                ("DATABASE_NAME", LONG_NAME),
+                ("DATABASE_USER", LONG_NAME),
+            ],
+            vec!["DATABASE_USER", "DATABASE_NAME"],
+        ),
+        (
+            "a database name in the URL longer than 63 bytes",
+            vec![("DATABASE_URL", LONG_URL)],
+            vec!["DATABASE_NAME"],
+        ),
+        (
+            "an unknown URL parameter",
+            vec![("DATABASE_URL", "postgres://app@db/app?foo=bar")],
+            vec!["DATABASE_URL"],
+        ),
     ]
 }
 
@@ -377,4 +425,34 @@ fn messages_say_what_is_accepted() {
         .contains("DATABASE_URL")
     );
     assert!(message(vec![("DATABASE_URL", "mysql://h/d")]).contains("mysql://"));
+}
+
+#[test]
+fn values_postgres_would_refuse_say_its_limit() {
+    let pg = ("DATABASE_HOST", "db");
+    let message = |pairs: Vec<(&str, &str)>| {
+        Settings::from_pairs(pairs)
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        message(vec![pg, ("DATABASE_STATEMENT_TIMEOUT", "600h")]),
+        "DATABASE_STATEMENT_TIMEOUT: \"600h\" is above PostgreSQL's limit of 2147483647 ms \
+         (about 24.8 days); give less, or 0 to disable"
+    );
+    assert_eq!(
+        message(vec![pg, ("DATABASE_NAME", LONG_NAME)]),
+        "DATABASE_NAME: is 64 bytes long; PostgreSQL names are at most 63 bytes"
+    );
+    assert_eq!(
+        message(vec![("DATABASE_URL", "postgres://app@db/app?foo=bar")]),
+        "DATABASE_URL: its parameter \"foo\" is not a libpq connection parameter; remove it"
+    );
+    // The largest values PostgreSQL takes are accepted.
+    Settings::from_pairs([
+        pg,
+        ("DATABASE_STATEMENT_TIMEOUT", "2147483647ms"),
+        ("DATABASE_NAME", &LONG_NAME[1..]),
+    ])
+    .expect("at the limits");
 }
