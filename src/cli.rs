@@ -145,6 +145,9 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
     let loaded = Vars::from_process_env()
         .with_dotenv(Path::new(".env"))?
         .load()?;
+    for warning in &loaded.warnings {
+        eprintln!("{program}: warning: {}", printable(warning));
+    }
     for name in &loaded.ignored {
         eprintln!(
             "{program}: warning: {} is not a datalayer setting and is ignored",

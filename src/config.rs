@@ -480,6 +480,8 @@ pub struct Loaded {
     pub entries: Vec<Entry>,
     /// `DATABASE_*` variables that datalayer does not read (typos, other tools' settings).
     pub ignored: Vec<String>,
+    /// Other things worth a warning, one sentence each (a `.env` key given twice).
+    pub warnings: Vec<String>,
 }
 
 /// One effective setting, for display.
@@ -682,6 +684,7 @@ impl<'a> Loader<'a> {
             },
             entries: self.entries,
             ignored,
+            warnings: self.vars.warnings.clone(),
         })
     }
 

@@ -49,6 +49,8 @@ impl fmt::Display for Origin {
 #[derive(Clone, Default)]
 pub struct Vars {
     pub(crate) map: BTreeMap<String, (OsString, Origin)>,
+    /// What is worth a warning but not an error (a `.env` key given twice).
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Vars {
@@ -95,6 +97,13 @@ impl Vars {
             Ok(None) => return Ok(self),
             Err(reason) => return Err(dotenv_error(None, reason)),
         };
+        let content = content
+            .strip_prefix('\u{feff}')
+            .unwrap_or(&content)
+            .to_string();
+        self.warnings.extend(
+            check_dotenv(&content).map_err(|(line, reason)| dotenv_error(Some(line), reason))?,
+        );
         let iter = dotenvy::from_read_iter(content.as_bytes());
         let mut entries = Vec::new();
         for item in iter {
@@ -146,6 +155,62 @@ impl fmt::Debug for Vars {
             .entries(self.map.iter().map(|(k, (_, origin))| (k, origin)))
             .finish()
     }
+}
+
+/// Variables whose value is a secret, and that may only be copied into each other.
+const SECRETS: &[&str] = &["DATABASE_PASSWORD", "DATABASE_URL"];
+
+/// Checks a `.env` file's text before dotenvy substitutes `$NAME`s in it: a `DATABASE_*` value
+/// that refers to a secret variable (other than one secret in another, such as the password in
+/// `DATABASE_URL`) is refused, naming both, since the secret would be shown by `config` and
+/// sent in clear (an application name is visible to every user of the server). Returns a
+/// warning for each `DATABASE_*` key given twice (the first is used). Single-quoted values are
+/// not substituted, so they are not checked.
+fn check_dotenv(content: &str) -> Result<Vec<String>, (usize, String)> {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, line) in content.lines().enumerate() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if line.starts_with('#') || !key.starts_with(crate::config::PREFIX) {
+            continue;
+        }
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            warnings.push(format!(
+                "{key} is set twice in .env (lines {first} and {}); the first one is used",
+                i + 1
+            ));
+        } else {
+            seen.push((key, i + 1));
+        }
+        let value = value.trim_start();
+        if value.starts_with('\'') || SECRETS.contains(&key) {
+            continue;
+        }
+        for secret in SECRETS {
+            let braced = format!("${{{secret}}}");
+            let bare = format!("${secret}");
+            let refers = value.contains(&braced)
+                || value.match_indices(&bare).any(|(at, _)| {
+                    !value[at + bare.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if refers {
+                return Err((
+                    i + 1,
+                    format!(
+                        "{key} refers to {secret}: its secret would be copied into a setting \
+                         that is shown and sent in clear; give {key} a value of its own"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 /// The largest `.env` file read.

@@ -340,6 +340,19 @@ pub(crate) fn parse_postgres(url: &str) -> Result<ParsedUrl, String> {
     let dbname = decode(path.strip_prefix('/').unwrap_or(path), "database name")?;
     parsed.dbname = (!dbname.is_empty()).then_some(dbname);
 
+    // libpq takes the last of two values given for one setting: refuse the URL instead, so
+    // that what it means does not depend on the order of its parts.
+    let mut given: Vec<String> = [
+        ("user", parsed.user.is_some()),
+        ("password", parsed.password.is_some()),
+        ("host", parsed.host.is_some()),
+        ("port", parsed.port.is_some()),
+        ("dbname", parsed.dbname.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(key, _)| key.to_string())
+    .collect();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         if pair.is_empty() {
             continue;
@@ -349,6 +362,14 @@ pub(crate) fn parse_postgres(url: &str) -> Result<ParsedUrl, String> {
         };
         let key = decode(key, "query")?;
         let value = decode(value, "query")?;
+        if given.contains(&key) {
+            let key = key.escape_debug().to_string();
+            return Err(format!(
+                "gives {key} twice (in the host, user or database part and as ?{key}=, or as \
+                 two ?{key}= parameters); give it once"
+            ));
+        }
+        given.push(key.clone());
         match key.as_str() {
             "host" => {
                 parsed.host =

@@ -533,3 +533,76 @@ fn the_connect_deadline_is_retried_until_it_has_passed() {
         "gave up after {took:?}, before the 3 s deadline"
     );
 }
+
+#[test]
+fn a_dotenv_value_that_copies_a_secret_is_refused_naming_both() {
+    let (code, stderr) = run_with_dotenv(|path| {
+        std::fs::write(
+            path,
+            "DATABASE_PASSWORD=hunter2\nDATABASE_HOST=db\n\
+             DATABASE_APPLICATION_NAME=app-${DATABASE_PASSWORD}\n",
+        )
+        .expect("write");
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(".env line 3: DATABASE_APPLICATION_NAME refers to DATABASE_PASSWORD"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // The password into the URL, a secret into a secret, is fine; so is a single-quoted `$`.
+    let (code, stderr) = run_with_dotenv(|path| {
+        std::fs::write(
+            path,
+            "DATABASE_PASSWORD=hunter2\n\
+             DATABASE_URL=postgres://app:${DATABASE_PASSWORD}@db/app\n\
+             DATABASE_APPLICATION_NAME='app-$DATABASE_PASSWORD'\n",
+        )
+        .expect("write");
+    });
+    assert_eq!(code, Some(2), "the URL and the password together: {stderr}");
+    assert!(!stderr.contains("refers to"), "{stderr}");
+}
+
+#[test]
+fn a_dotenv_key_given_twice_is_warned_about_and_a_byte_order_mark_is_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "\u{feff}DATABASE_POOL_MAX_SIZE=3\nDATABASE_POOL_MAX_SIZE=4\n",
+    )
+    .expect("write");
+    let output = run_cli(dir.path(), &["config"], &[] as &[(&str, &str)]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: DATABASE_POOL_MAX_SIZE is set twice in .env (lines 1 and 2); the first one \
+             is used"
+        ),
+        "{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("DATABASE_POOL_MAX_SIZE"))
+        .expect("listed");
+    assert!(line.contains(" 3 ") && line.ends_with(".env"), "{line}");
+}
+
+#[test]
+fn a_url_that_gives_a_setting_twice_is_refused() {
+    for url in [
+        "postgres://app:pw1secret@db/app?password=pw2secret",
+        "postgres://app@db/app?password=pw1secret&password=pw2secret",
+        "postgres://app@db/app?user=other",
+        "postgres://app@db/app?sslmode=require&sslmode=disable",
+    ] {
+        let error = datalayer::Settings::from_pairs([("DATABASE_URL", url)]).expect_err(url);
+        let message = error.to_string();
+        assert!(
+            message.starts_with("DATABASE_URL: ") && message.contains("twice"),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+}
