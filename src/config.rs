@@ -554,6 +554,35 @@ enum UrlTarget {
     Sqlite(String),
 }
 
+/// Why `path` cannot be the SQLite database, if it cannot. One plain path decides both the
+/// database and its migration lock file, so forms that SQLite would read differently from the
+/// file system are refused: an in-memory database (each pooled connection would get its own,
+/// empty one), `file:` URIs, and query strings (`?mode=ro` would become part of a new file's
+/// name).
+fn sqlite_path_problem(path: &str) -> Option<&'static str> {
+    if path.starts_with(":memory") || path == "memory:" || path.contains("mode=memory") {
+        return Some(
+            "is an in-memory database, which every pooled connection would see as its own empty \
+             one; give a file path (on a RAM disk such as /dev/shm/app.sqlite3 for speed)",
+        );
+    }
+    if path.starts_with("file:") {
+        return Some("is a SQLite URI (file:...); give the file's plain path");
+    }
+    if path.contains('?') {
+        return Some(
+            "has a query string (?...), which SQLite would make part of a new file's name; give \
+             the file's plain path",
+        );
+    }
+    if Path::new(path).is_dir() {
+        return Some(
+            "names a directory; give the path of the SQLite file (it is created when missing)",
+        );
+    }
+    None
+}
+
 /// Reads `DATABASE_URL`; the error never quotes it, except for a scheme it does not know.
 fn parse_url(text: &str) -> Result<UrlTarget, String> {
     let text = text.trim();
@@ -796,16 +825,13 @@ impl<'a> Loader<'a> {
             (None, Some(path)) => (path.clone(), self.origin("DATABASE_PATH")),
             (None, None) => (DEFAULT_SQLITE_PATH.to_string(), Origin::Default),
         };
-        if Path::new(&path).is_dir() {
-            let variable = if origin == Origin::Url {
-                "DATABASE_URL"
-            } else {
-                "DATABASE_PATH"
-            };
-            self.problem(
-                variable,
-                "names a directory; give the path of the SQLite file (it is created when missing)",
-            );
+        let variable = if origin == Origin::Url {
+            "DATABASE_URL"
+        } else {
+            "DATABASE_PATH"
+        };
+        if let Some(why) = sqlite_path_problem(&path) {
+            self.problem(variable, why);
         }
         self.entry("DATABASE_PATH", path.clone(), origin);
         SqliteSettings {

@@ -225,12 +225,10 @@ impl<C: PoolConnection> Engine<C> {
         let shared = Shared::new();
         let manager = Manager::new(settings, Arc::clone(&shared));
         let target = manager.target().to_string();
-        if let Target::Sqlite(sqlite) = &settings.target
-            && let Some(dir) = sqlite.path.parent().filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Connect {
+        if let Target::Sqlite(sqlite) = &settings.target {
+            create_sqlite_file(&sqlite.path).map_err(|reason| Error::Connect {
                 target: target.clone(),
-                reason: format!("cannot create the folder {}: {e}", dir.display()),
+                reason,
             })?;
         }
         let first = boot::first_connection(&manager, settings.pool.connect_deadline)?;
@@ -308,7 +306,7 @@ impl<C: PoolConnection> Engine<C> {
                     id: self
                         .books
                         .checkouts
-                        .register(site, held.conn.backend_pid, start),
+                        .register(site, held.conn.backend_pid, start + waited),
                     held: Some(held),
                     leak_threshold,
                 })
@@ -502,6 +500,39 @@ impl<C: PoolConnection> Engine<C> {
             self.spare_held
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+}
+
+/// Creates a missing SQLite database file, and the folders it needs, readable by their owner
+/// only (a database holds the application's data; SQLite gives its WAL and shared-memory
+/// files the database file's permissions). An existing file or folder is left as it is.
+fn create_sqlite_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the folder {}: {e} (check DATABASE_PATH)",
+                    dir.display()
+                )
+            })?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create the database file {}: {e} (check DATABASE_PATH and its folder's \
+             permissions)",
+            path.display()
+        )),
     }
 }
 

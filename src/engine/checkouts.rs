@@ -70,7 +70,8 @@ impl fmt::Debug for Checkouts {
 }
 
 impl Checkouts {
-    /// Records a checkout that began at `since`; the id says which shard holds it.
+    /// Records a connection handed out at `since` (after any wait for it: a leak warning is
+    /// about holding a connection, not waiting for one); the id says which shard holds it.
     pub(crate) fn register(
         &self,
         site: &'static Location<'static>,

@@ -6,7 +6,8 @@
 //!   `pg_locks` as `locktype = 'advisory'`, `classid = 1684827495`. While waiting, the holder
 //!   (pid, application name, state, for how long) is logged every two seconds.
 //! - SQLite: an exclusive lock on a sidecar file next to the database (`<file>.migrations.lock`),
-//!   holding the holder's pid and start time, polled the same way.
+//!   holding the holder's pid and start time, polled the same way. The file is created readable
+//!   by its owner only and never opened through a symbolic link.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -168,15 +169,49 @@ fn sqlite_lock_path(settings: &Settings) -> Option<PathBuf> {
 }
 
 fn sqlite_holder(path: &Path) -> LockHolder {
-    let description = std::fs::read_to_string(path)
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // What a holder writes is one short line; read no more, and never through a link.
+    let mut text = String::new();
+    let read = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|file| file.take(256).read_to_string(&mut text));
+    let description = read
         .ok()
-        .map(|text| text.trim().to_string())
+        .map(|_| text.trim().to_string())
         .filter(|text| !text.is_empty())
         .unwrap_or_else(|| "another process".to_string());
     LockHolder::Sqlite {
         path: path.to_path_buf(),
         description,
     }
+}
+
+/// Opens (creating, readable by its owner only) the SQLite lock file, never through a
+/// symbolic link: one planted there would make a migrating process (often root) truncate and
+/// rewrite whatever it points to.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(
+                    e.kind(),
+                    "it is a symbolic link, which is never followed there: remove it",
+                )
+            } else {
+                e
+            }
+        })
 }
 
 /// Takes the migration lock, waiting at most `timeout`.
@@ -209,17 +244,11 @@ pub(crate) fn acquire(
             }
         }
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|source| MigrationError::File {
-                    action: "cannot open the migration lock file",
-                    file: path.display().to_string(),
-                    source,
-                })?;
+            let file = open_lock_file(&path).map_err(|source| MigrationError::File {
+                action: "cannot open the migration lock file",
+                file: path.display().to_string(),
+                source,
+            })?;
             loop {
                 match file.try_lock() {
                     Ok(()) => {
@@ -295,7 +324,14 @@ pub(crate) fn holder(
             postgres_holder(&mut migration.conn, key)
         }
         Some(path) => {
-            let Ok(file) = File::open(&path) else {
+            let no_follow = {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+            };
+            let Ok(file) = no_follow else {
                 return Ok(None);
             };
             match file.try_lock_shared() {

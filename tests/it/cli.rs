@@ -309,19 +309,27 @@ fn a_failed_migration_exits_4_naming_it() {
 fn config_shows_huge_values_without_panicking() {
     let dir = tempfile::tempdir().expect("temp dir");
     let long = "n".repeat(70_000);
-    for variable in [
-        "DATABASE_NAME",
-        "DATABASE_USER",
-        "DATABASE_APPLICATION_NAME",
-    ] {
+    let output = run_cli(
+        dir.path(),
+        &["config"],
+        &[
+            ("DATABASE_HOST", "localhost"),
+            ("DATABASE_APPLICATION_NAME", long.as_str()),
+        ],
+    );
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains(&long));
+    // Names PostgreSQL cannot hold are refused, without echoing 70 KB.
+    for variable in ["DATABASE_NAME", "DATABASE_USER"] {
         let output = run_cli(
             dir.path(),
             &["config"],
             &[("DATABASE_HOST", "localhost"), (variable, long.as_str())],
         );
-        let (stdout, stderr) = text(&output);
-        assert_eq!(output.status.code(), Some(0), "{variable}: {stderr}");
-        assert!(stdout.contains(&long), "{variable}");
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(stderr.len() < 200, "{variable}: {stderr}");
     }
     let path = dir.path().join("p".repeat(200)).join("q".repeat(200));
     let output = run_cli(
@@ -605,4 +613,71 @@ fn a_url_that_gives_a_setting_twice_is_refused() {
         );
         assert!(!message.contains("secret"), "{message}");
     }
+}
+
+#[test]
+fn sqlite_forms_that_would_not_be_one_file_are_refused() {
+    for (variable, value) in [
+        ("DATABASE_PATH", ":memory:"),
+        ("DATABASE_URL", "sqlite::memory:"),
+        ("DATABASE_URL", "sqlite://file::memory:?cache=shared"),
+        ("DATABASE_PATH", "file:/tmp/x/r.db?mode=rwc"),
+        ("DATABASE_URL", "sqlite:///tmp/x.db?mode=ro"),
+    ] {
+        let error = datalayer::Settings::from_pairs([(variable, value)]).expect_err(value);
+        let problems = error.config_problems();
+        assert_eq!(problems.len(), 1, "{value}: {error}");
+        assert_eq!(problems[0].variable, variable, "{value}: {error}");
+        assert!(
+            problems[0].message.contains("plain path") || problems[0].message.contains("in-memory"),
+            "{value}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_sqlite_lock_file_never_follows_a_link_and_new_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("new/folder/app.sqlite3");
+    let output = run_cli(
+        dir.path(),
+        &["migrate"],
+        &[("DATABASE_PATH", db.as_os_str())],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let lock = dir.path().join("new/folder/app.sqlite3.migrations.lock");
+    assert_eq!(mode(&db), 0o600, "database file");
+    assert_eq!(mode(&lock), 0o600, "lock file");
+    assert_eq!(
+        mode(&dir.path().join("new/folder")),
+        0o700,
+        "created folder"
+    );
+    assert_eq!(mode(&dir.path().join("new")), 0o700, "created folder");
+
+    // A link planted where the lock file goes is refused, and what it points to untouched.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("write");
+    std::fs::remove_file(&lock).expect("remove");
+    std::os::unix::fs::symlink(&victim, &lock).expect("symlink");
+    let output = run_cli(
+        dir.path(),
+        &["migrate"],
+        &[("DATABASE_PATH", db.as_os_str())],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read"),
+        "precious\n"
+    );
 }
