@@ -356,8 +356,11 @@ fn boot() -> Result<Engine, Error> {
 /// share the values, so one is installed globally and another renders `/metrics`.
 #[derive(Default, Clone)]
 struct Prometheus {
-    values: Arc<Mutex<BTreeMap<String, Arc<Metric>>>>,
+    values: Arc<Mutex<BTreeMap<Series, Arc<Metric>>>>,
 }
+
+/// A metric's name, and its labels as Prometheus writes them (`{pool="app@db:5432"}`).
+type Series = (String, String);
 
 #[derive(Default)]
 struct Metric {
@@ -407,7 +410,23 @@ impl metrics::HistogramFn for Metric {
 impl Prometheus {
     fn metric(&self, key: &metrics::Key, kind: &'static str) -> Arc<Metric> {
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let metric = Arc::clone(values.entry(key.name().to_string()).or_default());
+        let labels: Vec<String> = key
+            .labels()
+            .map(|label| {
+                let value = label
+                    .value()
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                format!("{}=\"{value}\"", label.key())
+            })
+            .collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.join(","))
+        };
+        let metric = Arc::clone(values.entry((key.name().to_string(), labels)).or_default());
         *metric.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
         metric
     }
@@ -415,21 +434,24 @@ impl Prometheus {
     fn render(&self) -> String {
         let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        for (name, metric) in values.iter() {
+        let mut typed = "";
+        for ((name, labels), metric) in values.iter() {
             let kind = *metric.kind.lock().unwrap_or_else(|e| e.into_inner());
             let raw = metric.value.load(Ordering::Relaxed);
+            if typed != name {
+                let shown = if kind == "histogram" { "summary" } else { kind };
+                out.push_str(&format!("# TYPE {name} {shown}\n"));
+            }
             match kind {
-                "counter" => out.push_str(&format!("# TYPE {name} counter\n{name} {raw}\n")),
-                "gauge" => out.push_str(&format!(
-                    "# TYPE {name} gauge\n{name} {}\n",
-                    f64::from_bits(raw)
-                )),
+                "counter" => out.push_str(&format!("{name}{labels} {raw}\n")),
+                "gauge" => out.push_str(&format!("{name}{labels} {}\n", f64::from_bits(raw))),
                 _ => out.push_str(&format!(
-                    "# TYPE {name} summary\n{name}_sum {}\n{name}_count {}\n",
+                    "{name}_sum{labels} {}\n{name}_count{labels} {}\n",
                     f64::from_bits(raw),
                     metric.count.load(Ordering::Relaxed)
                 )),
             }
+            typed = name;
         }
         out
     }

@@ -222,7 +222,7 @@ impl<C: PoolConnection> Engine<C> {
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
         settings.validate()?;
         check_backend::<C>(settings)?;
-        let shared = Shared::new();
+        let shared = Shared::new(&pool_name(settings));
         let manager = Manager::new(settings, Arc::clone(&shared));
         let target = manager.target().to_string();
         if let Target::Sqlite(sqlite) = &settings.target {
@@ -297,10 +297,11 @@ impl<C: PoolConnection> Engine<C> {
             self.books.checkouts.warn_overdue(threshold);
         }
         let (checked_out, waited) = self.checkout(start);
-        metrics::checkout_wait().record(waited.as_secs_f64());
+        let metrics = &self.books.shared.metrics;
+        metrics.checkout_wait().record(waited.as_secs_f64());
         match checked_out {
             Some(held) => {
-                metrics::checkouts().increment(1);
+                metrics.checkouts().increment(1);
                 self.books.shared.count_in_use(1);
                 Ok(PooledConn {
                     id: self
@@ -312,7 +313,7 @@ impl<C: PoolConnection> Engine<C> {
                 })
             }
             None => Err({
-                metrics::checkout_timeouts().increment(1);
+                metrics.checkout_timeouts().increment(1);
                 Error::PoolTimeout {
                     waited,
                     state: self.state(),
@@ -533,6 +534,34 @@ fn create_sqlite_file(path: &std::path::Path) -> Result<(), String> {
              permissions)",
             path.display()
         )),
+    }
+}
+
+/// The `pool` label of an engine's metrics: the database it serves, numbered from the second
+/// engine on the same database in this process.
+fn pool_name(settings: &Settings) -> String {
+    static SEEN: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+    let base = match &settings.target {
+        Target::Postgres(pg) => format!(
+            "{}@{}:{}",
+            pg.database.as_deref().or(pg.user.as_deref()).unwrap_or(""),
+            pg.host,
+            pg.port
+        ),
+        Target::Sqlite(sqlite) => sqlite.path.display().to_string(),
+    };
+    let Ok(mut seen) = SEEN.lock() else {
+        return base;
+    };
+    match seen.iter_mut().find(|(name, _)| *name == base) {
+        Some((_, count)) => {
+            *count += 1;
+            format!("{base}#{count}")
+        }
+        None => {
+            seen.push((base.clone(), 1));
+            base
+        }
     }
 }
 

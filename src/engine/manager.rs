@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<(String, Instant)>>,
     /// Connections the pool holds open, and how many are checked out (for the gauges).
     pub(crate) counts: Counts,
+    /// This pool's metric keys.
+    pub(crate) metrics: super::metrics::PoolMetrics,
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
@@ -97,8 +99,9 @@ struct Attempts {
 }
 
 impl Shared {
-    pub(crate) fn new() -> Arc<Shared> {
+    pub(crate) fn new(pool: &str) -> Arc<Shared> {
         Arc::new(Shared {
+            metrics: super::metrics::PoolMetrics::new(pool),
             epoch: Instant::now(),
             last_dead: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -154,8 +157,8 @@ impl Shared {
     pub(crate) fn count_in_use(&self, delta: i64) {
         let in_use = self.counts.in_use.fetch_add(delta, Ordering::Relaxed) + delta;
         let open = self.counts.open.load(Ordering::Relaxed);
-        super::metrics::in_use().set(in_use as f64);
-        super::metrics::idle().set((open - in_use).max(0) as f64);
+        self.metrics.in_use().set(in_use as f64);
+        self.metrics.idle().set((open - in_use).max(0) as f64);
     }
 
     /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
@@ -433,7 +436,7 @@ impl Instrumentation for DeathWatch {
                 if let DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) = error {
                     self.health.dead.store(true, Ordering::Release);
                     self.shared.mark_dead();
-                    super::metrics::broken().increment(1);
+                    self.shared.metrics.broken().increment(1);
                 }
                 self.report(query, true);
             }
@@ -456,7 +459,7 @@ impl<C: PoolConnection> Manager<C> {
             return Ok(());
         }
         slot.conn.ping().map_err(|e| {
-            super::metrics::broken().increment(1);
+            self.shared.metrics.broken().increment(1);
             slot.health.dead.store(true, Ordering::Release);
             self.shared.mark_dead();
             ConnectError(format!("validation failed: {e}"))
@@ -515,11 +518,11 @@ pub(crate) struct PoolEvents(pub(crate) Arc<Shared>);
 impl diesel::r2d2::HandleEvent for PoolEvents {
     fn handle_acquire(&self, _: diesel::r2d2::event::AcquireEvent) {
         self.0.counts.open.fetch_add(1, Ordering::Relaxed);
-        super::metrics::opened().increment(1);
+        self.0.metrics.opened().increment(1);
     }
     fn handle_release(&self, _: diesel::r2d2::event::ReleaseEvent) {
         self.0.counts.open.fetch_sub(1, Ordering::Relaxed);
-        super::metrics::closed().increment(1);
+        self.0.metrics.closed().increment(1);
     }
 }
 

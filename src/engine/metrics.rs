@@ -12,6 +12,10 @@
 //! | `datalayer_pool_connections_broken_total` | counter | connections found dead (closed by the server, failed validation) |
 //! | `datalayer_pool_connections_in_use` | gauge | connections checked out now |
 //! | `datalayer_pool_connections_idle` | gauge | open connections not checked out (parked ones included) |
+//!
+//! Every metric carries the label `pool` ([`POOL_LABEL`]): the database it serves
+//! (`<database>@<host>:<port>` on PostgreSQL, the file on SQLite), with `#2`, `#3`... added for
+//! a second or third engine on the same database in one process.
 
 /// Counter: connections checked out.
 pub const CHECKOUTS: &str = "datalayer_pool_checkouts_total";
@@ -30,52 +34,63 @@ pub const IN_USE: &str = "datalayer_pool_connections_in_use";
 /// Gauge: open connections not checked out.
 pub const IDLE: &str = "datalayer_pool_connections_idle";
 
+/// The label every metric carries, naming its pool: two engines in one process (a primary and
+/// a replica, two applications' databases) report apart.
+pub const POOL_LABEL: &str = "pool";
+
 /// The metadata every datalayer metric is registered with.
 static METADATA: ::metrics::Metadata<'static> =
     ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
 
-/// A function returning the current recorder's handle for one metric, whose key is built
-/// (and hashed) at compile time: the `metrics` macros hash a name given as a constant on every
-/// call, which was a fifth of an idle checkout.
+/// One pool's metric keys, built (and hashed, once) when the engine is made: the `metrics`
+/// macros would hash the name and labels on every call, which was a fifth of an idle checkout.
+#[derive(Debug)]
+pub(crate) struct PoolMetrics {
+    keys: [::metrics::Key; 8],
+}
+
+/// A function returning the current recorder's handle for one of the pool's metrics.
 macro_rules! handle {
-    ($(#[$doc:meta])* $fn_name:ident, $kind:ident, $register:ident, $name:expr) => {
-        $(#[$doc])*
-        pub(crate) fn $fn_name() -> ::metrics::$kind {
-            static KEY: ::metrics::Key = ::metrics::Key::from_static_name($name);
-            ::metrics::with_recorder(|recorder| recorder.$register(&KEY, &METADATA))
+    ($fn_name:ident, $index:expr, $kind:ident, $register:ident) => {
+        pub(crate) fn $fn_name(&self) -> ::metrics::$kind {
+            let key = &self.keys[$index];
+            ::metrics::with_recorder(|recorder| recorder.$register(key, &METADATA))
         }
     };
 }
 
-handle!(
-    /// [`CHECKOUTS`].
-    checkouts, Counter, register_counter, CHECKOUTS
-);
-handle!(
-    /// [`CHECKOUT_WAIT`].
-    checkout_wait, Histogram, register_histogram, CHECKOUT_WAIT
-);
-handle!(
-    /// [`CHECKOUT_TIMEOUTS`].
-    checkout_timeouts, Counter, register_counter, CHECKOUT_TIMEOUTS
-);
-handle!(
-    /// [`OPENED`].
-    opened, Counter, register_counter, OPENED
-);
-handle!(
-    /// [`CLOSED`].
-    closed, Counter, register_counter, CLOSED
-);
-handle!(
-    /// [`BROKEN`].
-    broken, Counter, register_counter, BROKEN
-);
-handle!(
-    /// [`IN_USE`].
-    in_use, Gauge, register_gauge, IN_USE
-);
-handle!(
-    /// [`IDLE`].
-    idle, Gauge, register_gauge, IDLE
-);
+impl PoolMetrics {
+    /// The keys of the pool named `pool`.
+    pub(crate) fn new(pool: &str) -> PoolMetrics {
+        let key = |name: &'static str| {
+            let key = ::metrics::Key::from_parts(
+                name,
+                vec![::metrics::Label::new(POOL_LABEL, pool.to_string())],
+            );
+            // Hash it now, not on the first checkout.
+            let _ = key.get_hash();
+            key
+        };
+        PoolMetrics {
+            keys: [
+                key(CHECKOUTS),
+                key(CHECKOUT_WAIT),
+                key(CHECKOUT_TIMEOUTS),
+                key(OPENED),
+                key(CLOSED),
+                key(BROKEN),
+                key(IN_USE),
+                key(IDLE),
+            ],
+        }
+    }
+
+    handle!(checkouts, 0, Counter, register_counter);
+    handle!(checkout_wait, 1, Histogram, register_histogram);
+    handle!(checkout_timeouts, 2, Counter, register_counter);
+    handle!(opened, 3, Counter, register_counter);
+    handle!(closed, 4, Counter, register_counter);
+    handle!(broken, 5, Counter, register_counter);
+    handle!(in_use, 6, Gauge, register_gauge);
+    handle!(idle, 7, Gauge, register_gauge);
+}

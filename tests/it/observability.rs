@@ -87,7 +87,17 @@ fn slow_statements_are_reported_at_warn_level() {
     );
 }
 
-/// A recorder that keeps every counter, gauge and histogram in memory.
+/// A metric's name, and its `pool` label when it has one: `name{pool}`.
+fn keyed(key: &Key) -> String {
+    let pool = key
+        .labels()
+        .find(|l| l.key() == names::POOL_LABEL)
+        .map(|l| format!("{{{}}}", l.value()))
+        .unwrap_or_default();
+    format!("{}{pool}", key.name())
+}
+
+/// A recorder that keeps every counter, gauge and histogram in memory, by name and pool.
 #[derive(Default)]
 struct Memory {
     counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
@@ -110,39 +120,54 @@ impl Recorder for Memory {
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         let mut map = self.counters.lock().expect("lock");
-        Counter::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+        Counter::from_arc(Arc::clone(map.entry(keyed(key)).or_default()))
     }
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
         let mut map = self.gauges.lock().expect("lock");
-        Gauge::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+        Gauge::from_arc(Arc::clone(map.entry(keyed(key)).or_default()))
     }
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
         let mut map = self.histograms.lock().expect("lock");
-        Histogram::from_arc(Arc::clone(map.entry(key.name().to_string()).or_default()))
+        Histogram::from_arc(Arc::clone(map.entry(keyed(key)).or_default()))
     }
 }
 
 impl Memory {
+    /// The one metric called `name`, whatever its pool (when one engine reported).
+    fn only<'a, T>(map: &'a HashMap<String, T>, name: &str) -> Option<&'a T> {
+        let mut found = map
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name));
+        let first = found.next().map(|(_, v)| v);
+        assert!(found.next().is_none(), "{name} reported by several pools");
+        first
+    }
     fn counter(&self, name: &str) -> u64 {
-        self.counters
-            .lock()
-            .expect("lock")
-            .get(name)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        let map = self.counters.lock().expect("lock");
+        Memory::only(&map, name).map_or(0, |c| c.load(Ordering::Relaxed))
     }
     fn gauge(&self, name: &str) -> f64 {
-        self.gauges
-            .lock()
-            .expect("lock")
-            .get(name)
+        let map = self.gauges.lock().expect("lock");
+        Memory::only(&map, name).map_or(f64::NAN, |g| f64::from_bits(g.load(Ordering::Relaxed)))
+    }
+    fn gauge_of(&self, name: &str, pool: &str) -> f64 {
+        let map = self.gauges.lock().expect("lock");
+        map.get(&format!("{name}{{{pool}}}"))
             .map_or(f64::NAN, |g| f64::from_bits(g.load(Ordering::Relaxed)))
     }
+    fn pools(&self, name: &str) -> Vec<String> {
+        let map = self.gauges.lock().expect("lock");
+        let mut pools: Vec<String> = map
+            .keys()
+            .filter_map(|k| k.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_string)
+            .collect();
+        pools.sort();
+        pools
+    }
     fn samples(&self, name: &str) -> usize {
-        self.histograms
-            .lock()
-            .expect("lock")
-            .get(name)
-            .map_or(0, |h| h.0.lock().expect("lock").len())
+        let map = self.histograms.lock().expect("lock");
+        Memory::only(&map, name).map_or(0, |h| h.0.lock().expect("lock").len())
     }
 }
 
@@ -172,4 +197,41 @@ fn checkouts_waits_timeouts_and_gauges_reach_the_recorder() {
     );
     assert!(memory.gauge(names::IDLE) >= 0.0);
     assert!(small.state().in_use == 0, "{:?}", small.state());
+}
+
+#[test]
+fn two_engines_in_one_process_report_their_own_gauges() {
+    let (first, _first_db) = fresh_postgres("dl_metrics_a", &[]);
+    let (second, _second_db) = fresh_postgres("dl_metrics_b", &[]);
+    let again = Engine::connect(first.settings()).expect("a second engine on the first database");
+    let memory = Memory::default();
+    metrics::with_local_recorder(&memory, || {
+        let held: Vec<_> = (0..3).map(|_| first.get().expect("checkout")).collect();
+        let one = second.get().expect("checkout");
+        let other = again.get().expect("checkout");
+        let pools = memory.pools(names::IN_USE);
+        assert_eq!(pools.len(), 3, "{pools:?}");
+        let of = |engine: &Engine| {
+            let db = match &engine.settings().target {
+                datalayer::config::Target::Postgres(pg) => pg.database.clone().expect("named"),
+                datalayer::config::Target::Sqlite(_) => unreachable!(),
+            };
+            pools
+                .iter()
+                .filter(|p| p.starts_with(&format!("{db}@")))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let (first_pools, second_pools) = (of(&first), of(&second));
+        assert_eq!(second_pools.len(), 1, "{pools:?}");
+        assert_eq!(first_pools.len(), 2, "two engines, two names: {pools:?}");
+        assert!(first_pools.iter().any(|p| p.ends_with("#2")), "{pools:?}");
+        assert_eq!(memory.gauge_of(names::IN_USE, &second_pools[0]), 1.0);
+        let counts: Vec<f64> = first_pools
+            .iter()
+            .map(|p| memory.gauge_of(names::IN_USE, p))
+            .collect();
+        assert!(counts.contains(&3.0) && counts.contains(&1.0), "{counts:?}");
+        drop((held, one, other));
+    });
 }

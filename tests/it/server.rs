@@ -184,8 +184,13 @@ fn exercise(addr: SocketAddr) {
     let metrics = http(addr, "GET", "/metrics", "");
     assert_eq!(metrics.status, 200);
     assert!(
-        metrics.body.contains("datalayer_pool_checkouts_total "),
-        "{}",
+        metrics
+            .body
+            .contains("# TYPE datalayer_pool_checkouts_total counter\n")
+            && metrics
+                .body
+                .contains("datalayer_pool_checkouts_total{pool=\""),
+        "every metric names its pool: {}",
         metrics.body
     );
     assert_eq!(http(addr, "GET", "/nowhere", "").status, 404);
