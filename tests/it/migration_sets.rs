@@ -420,3 +420,81 @@ fn a_role_without_create_on_the_schema_fails_migrate_with_exit_4_naming_the_step
         "{stdout}"
     );
 }
+
+#[test]
+fn revert_with_unknown_versions_present_reverts_this_set_s_newest() {
+    for (engine, _place) in fresh_engines("dl_revert_unknown", &[]) {
+        let reference = datalayer::models::migrator();
+        reference.run_pending(&engine).expect("migrate");
+        // A newer release's migration of this set, unknown to this binary.
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute(
+                "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000');
+                 INSERT INTO datalayer_migrations
+                     (version, name, checksum, applied_at, duration_ms, applied_by, migration_set)
+                 VALUES ('20991231000000', '2099-12-31-000000_later', 'x', CURRENT_TIMESTAMP,
+                         1, 'datalayer 9.9.9', 'datalayer')",
+            )
+            .expect("a newer release's row");
+        let mut settings = engine.settings().clone();
+        settings.migrations.allow_unknown = true;
+        let tolerant = Engine::connect(&settings).expect("connect");
+        assert_eq!(
+            reference
+                .revert(&tolerant, Revert::Steps(1))
+                .expect("revert"),
+            [REFERENCE[1]],
+            "the newest migration this binary knows, with its own down.sql"
+        );
+        let status = reference.status(&tolerant).expect("status");
+        assert_eq!(status.applied, [REFERENCE[0]]);
+        assert_eq!(status.unknown, ["20991231000000"]);
+        let mut conn = tolerant.get().expect("checkout");
+        let versions = query_lines(
+            &mut conn,
+            "SELECT version AS line FROM __diesel_schema_migrations ORDER BY version",
+        );
+        assert_eq!(
+            versions,
+            ["20261125000001", "20991231000000"],
+            "both tables agree"
+        );
+    }
+}
+
+#[test]
+fn a_migration_read_from_a_folder_runs_the_text_that_was_hashed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let folder = dir.path().join("2026-03-01-000001_create_first");
+    std::fs::create_dir_all(&folder).expect("folder");
+    std::fs::write(folder.join("up.sql"), "CREATE TABLE first (id INTEGER);").expect("up");
+    std::fs::write(folder.join("down.sql"), "DROP TABLE first;").expect("down");
+    let migrator = datalayer::Migrator::from_dir("folder", dir.path()).expect("read");
+    let checksum = migrator
+        .set(datalayer::config::Backend::Sqlite)
+        .expect("set")
+        .scripts()[0]
+        .checksum
+        .clone();
+    // Edited after it was read: what runs is still what was read (and hashed).
+    std::fs::write(folder.join("up.sql"), "CREATE TABLE second (id INTEGER);").expect("edit");
+    let (engine, _place) = crate::common::fresh_sqlite(&[]);
+    migrator.run_pending(&engine).expect("migrate");
+    let mut conn = engine.get().expect("checkout");
+    assert_eq!(
+        query_lines(
+            &mut conn,
+            "SELECT name AS line FROM sqlite_master WHERE name IN ('first', 'second')"
+        ),
+        ["first"]
+    );
+    assert_eq!(
+        query_lines(
+            &mut conn,
+            "SELECT checksum AS line FROM datalayer_migrations"
+        ),
+        [checksum]
+    );
+}
