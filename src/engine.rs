@@ -64,7 +64,7 @@ use self::checkouts::Checkouts;
 pub use self::connection::{Conn, MultiBackend};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
-use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
+use self::manager::{Manager, PoolEvents, RememberErrors, Shared, Spare};
 pub use self::pool_connection::PoolConnection;
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
@@ -85,13 +85,10 @@ pub struct Engine<C: PoolConnection = Conn> {
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager<C>,
     books: Arc<Books<C>>,
-    /// The connection made by `connect`, kept for the first migration run (boot) if that
-    /// comes within [`SPARE_FOR`] of `spare_made`: it saves opening one more. Read-only
-    /// migration calls (`status`) give it back.
-    spare: std::sync::Mutex<Option<Spare>>,
-    /// Whether `spare` may still hold a connection, and when it was made (read on every
-    /// checkout, so no lock until it is stale).
-    spare_held: std::sync::atomic::AtomicBool,
+    /// When the connection `connect` made was made. It is kept (in `Shared::spare`) for the
+    /// first migration run (boot) if that comes within [`SPARE_FOR`]: it saves opening one
+    /// more. Read-only migration calls (`status`) give it back. It counts against the pool's
+    /// size: the pool's last connection replaces it.
     spare_made: Instant,
     settings: Settings,
     /// How long dropping the engine waits for connection attempts under way.
@@ -222,7 +219,7 @@ impl<C: PoolConnection> Engine<C> {
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
         settings.validate()?;
         check_backend::<C>(settings)?;
-        let shared = Shared::new(&pool_name(settings));
+        let shared = Shared::new(&pool_name(settings), settings);
         let manager = Manager::new(settings, Arc::clone(&shared));
         let target = manager.target().to_string();
         if let Target::Sqlite(sqlite) = &settings.target {
@@ -247,16 +244,22 @@ impl<C: PoolConnection> Engine<C> {
             Target::Postgres(pg) => pg.connect_timeout,
             Target::Sqlite(_) => SQLITE_BUSY_TIMEOUT,
         };
+        if let Ok(mut spare) = shared.spare.lock() {
+            *spare = Some(Spare::Fresh(first));
+            shared
+                .spare_held
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        let books = Arc::new(Books {
+            checkouts: Checkouts::default(),
+            parking: Parking::new(),
+            shared,
+        });
+        reap_parked(&books);
         Ok(Engine {
             pool,
             manager,
-            books: Arc::new(Books {
-                checkouts: Checkouts::default(),
-                parking: Parking::new(),
-                shared,
-            }),
-            spare: std::sync::Mutex::new(Some(Spare::Fresh(first))),
-            spare_held: std::sync::atomic::AtomicBool::new(true),
+            books,
             spare_made: Instant::now(),
             settings: settings.clone(),
             close_limit: connect_timeout + Duration::from_secs(1),
@@ -287,7 +290,11 @@ impl<C: PoolConnection> Engine<C> {
     pub fn get(&self) -> Result<PooledConn<C>, Error> {
         let site = std::panic::Location::caller();
         let start = Instant::now();
-        if self.spare_held.load(std::sync::atomic::Ordering::Relaxed)
+        if self
+            .books
+            .shared
+            .spare_held
+            .load(std::sync::atomic::Ordering::Relaxed)
             && start.saturating_duration_since(self.spare_made) >= SPARE_FOR
         {
             self.close_stale_spare();
@@ -374,12 +381,7 @@ impl<C: PoolConnection> Engine<C> {
     /// Closes the connection kept from `connect` (called once it is too old to serve a
     /// migration run), so an application that never migrates does not hold it for good.
     fn close_stale_spare(&self) {
-        let Ok(mut spare) = self.spare.lock() else {
-            return;
-        };
-        *spare = None;
-        self.spare_held
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.books.shared.drop_spare();
     }
 
     /// The connections checked out right now, longest held first.
@@ -433,17 +435,23 @@ impl<C: PoolConnection> Engine<C> {
         holders
     }
 
-    /// How many connections are open, idle and in use. Connections parked for the thread
-    /// that last used them count as idle.
+    /// How many connections are open, idle, parked and in use, each counted where it is
+    /// (read one after another, so a checkout in between can make them disagree by one).
     pub fn state(&self) -> PoolState {
         let state = self.pool.state();
-        let parked = self.books.parking.parked();
-        let idle = (state.idle_connections + parked).min(state.connections);
+        let shared = &self.books.shared;
+        let spare = u32::from(shared.spare_held.load(std::sync::atomic::Ordering::Acquire));
+        let in_use = shared
+            .counts
+            .in_use
+            .load(std::sync::atomic::Ordering::Relaxed);
         PoolState {
             max_size: self.pool.max_size(),
-            connections: state.connections,
-            idle,
-            in_use: state.connections - idle,
+            connections: state.connections + spare,
+            idle: state.idle_connections,
+            parked: self.books.parking.parked(),
+            in_use: u32::try_from(in_use.max(0)).unwrap_or(u32::MAX),
+            spare,
         }
     }
 
@@ -466,8 +474,10 @@ impl<C: PoolConnection> Engine<C> {
     /// A connection outside the pool, without the application's session limits, for
     /// migrations.
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
-        let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
-        self.spare_held
+        let shared = &self.books.shared;
+        let spare = shared.spare.lock().ok().and_then(|mut spare| spare.take());
+        shared
+            .spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
         match spare {
             Some(_) if self.spare_made.elapsed() >= SPARE_FOR => {}
@@ -491,14 +501,16 @@ impl<C: PoolConnection> Engine<C> {
     /// so that the boot after a `status` still finds the spare; closed if the spare's window
     /// has passed or another is there.
     pub(crate) fn give_back_migration_connection(&self, conn: MigrationConn) {
-        if self.spare_made.elapsed() >= SPARE_FOR {
+        let shared = &self.books.shared;
+        if self.spare_made.elapsed() >= SPARE_FOR || !shared.room_for_spare() {
             return;
         }
-        if let Ok(mut spare) = self.spare.lock()
+        if let Ok(mut spare) = shared.spare.lock()
             && spare.is_none()
         {
             *spare = Some(Spare::Ready(conn));
-            self.spare_held
+            shared
+                .spare_held
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -589,8 +601,28 @@ pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<()
     ])))
 }
 
-/// The connection kept from `connect`: as made, or already readied for migrations.
-enum Spare {
-    Fresh(Conn),
-    Ready(MigrationConn),
+/// Closes parked connections past `DATABASE_POOL_MAX_LIFETIME` or `DATABASE_POOL_IDLE_TIMEOUT`
+/// on a thread of the engine's, since r2d2's reaper sees them as checked out: every
+/// [`Shared::reap_every`], until the engine is dropped.
+fn reap_parked<C: PoolConnection>(books: &Arc<Books<C>>) {
+    let Some(every) = books.shared.reap_every() else {
+        return;
+    };
+    let books = Arc::downgrade(books);
+    let _ = std::thread::Builder::new()
+        .name("datalayer-reaper".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(books) = books.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let expired = books
+                    .parking
+                    .evict(|held| books.shared.retire_if_expired(&held.conn, now));
+                // Dropped here, outside the slots' locks: back to r2d2, which closes them.
+                drop(expired);
+            }
+        });
 }

@@ -32,22 +32,29 @@ impl fmt::Display for Holder {
 /// A snapshot of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolState {
-    /// The most connections the pool will hold.
+    /// The most connections the pool will hold (the spare kept for the first migration run
+    /// included).
     pub max_size: u32,
-    /// Connections open now, idle or in use.
+    /// Connections open now: idle, parked, in use, and the spare.
     pub connections: u32,
     /// Open connections waiting in the pool.
     pub idle: u32,
-    /// Connections checked out now.
+    /// Connections returned by a thread and kept for its next checkout (any thread may take
+    /// them): idle, but not in the pool's own list.
+    pub parked: u32,
+    /// Connections checked out by the application now.
     pub in_use: u32,
+    /// 1 while the connection `Engine::connect` made is kept for the first migration run
+    /// (at most 10 s, and only while the pool has room for it), else 0.
+    pub spare: u32,
 }
 
 impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pool size {}, {} open: {} in use, {} idle",
-            self.max_size, self.connections, self.in_use, self.idle
+            "pool size {}, {} open: {} in use, {} idle, {} parked, {} spare",
+            self.max_size, self.connections, self.in_use, self.idle, self.parked, self.spare
         )
     }
 }

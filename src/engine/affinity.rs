@@ -176,6 +176,21 @@ impl<C: PoolConnection> Parking<C> {
         result
     }
 
+    /// The parked connections for which `expired` says so, taken out of their slots.
+    pub(crate) fn evict(&self, expired: impl Fn(&Held<C>) -> bool) -> Vec<Held<C>> {
+        self.slots()
+            .iter()
+            .filter_map(|slot| {
+                let mut parked = slot.0.lock().ok()?;
+                if parked.as_ref().is_some_and(&expired) {
+                    parked.take()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Every parked connection, for the engine's drop.
     pub(crate) fn drain(&self) -> Vec<Held<C>> {
         self.slots()

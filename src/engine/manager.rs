@@ -54,7 +54,14 @@ pub struct Slot<C> {
 impl<C: PoolConnection> Slot<C> {
     /// Whether it may be handed out again without going through the pool's checks.
     pub(crate) fn reusable(&mut self) -> bool {
-        !self.health.dead.load(Ordering::Acquire) && !self.conn.is_broken()
+        !self.health.dead.load(Ordering::Acquire)
+            && !self.health.retired.load(Ordering::Acquire)
+            && !self.conn.is_broken()
+    }
+
+    /// Marks it for closing when it goes back to the pool (past its lifetime or idle timeout).
+    pub(crate) fn retire(&self) {
+        self.health.retired.store(true, Ordering::Release);
     }
 }
 
@@ -65,6 +72,10 @@ struct Health {
     dead: AtomicBool,
     /// When its last successful query started (or it was made), in [`Shared::now`] units.
     last_ok: AtomicU64,
+    /// When it was made, in [`Shared::now`] units (`DATABASE_POOL_MAX_LIFETIME` counts from it).
+    born: AtomicU64,
+    /// Past its lifetime or idle timeout: closed, not reused, when it goes back to the pool.
+    retired: AtomicBool,
 }
 
 /// The gauges' counters, written on every checkout and return: on cache lines of their own, so
@@ -90,6 +101,31 @@ pub(crate) struct Shared {
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
+    /// The pool's connections, open or being opened; with the spare, at most `max_size`.
+    pool_slots: AtomicU64,
+    max_size: u64,
+    /// The connection `Engine::connect` made, kept for the first migration run.
+    pub(crate) spare: Mutex<Option<Spare>>,
+    /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
+    pub(crate) spare_held: AtomicBool,
+    /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
+    lifetime: Option<u64>,
+    idle_timeout: Option<u64>,
+}
+
+/// The connection kept from `Engine::connect`: as made, or already readied for migrations.
+pub(crate) enum Spare {
+    Fresh(Conn),
+    Ready(MigrationConn),
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spare::Fresh(_) => "Spare::Fresh",
+            Spare::Ready(_) => "Spare::Ready",
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -99,9 +135,16 @@ struct Attempts {
 }
 
 impl Shared {
-    pub(crate) fn new(pool: &str) -> Arc<Shared> {
+    pub(crate) fn new(pool: &str, settings: &Settings) -> Arc<Shared> {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Arc::new(Shared {
             metrics: super::metrics::PoolMetrics::new(pool),
+            pool_slots: AtomicU64::new(0),
+            max_size: u64::from(settings.pool.max_size),
+            spare: Mutex::new(None),
+            spare_held: AtomicBool::new(false),
+            lifetime: settings.pool.max_lifetime.map(nanos),
+            idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch: Instant::now(),
             last_dead: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -171,6 +214,59 @@ impl Shared {
         u64::try_from(instant.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+
+    /// Whether a connection is past `DATABASE_POOL_MAX_LIFETIME` (counted from when it was
+    /// made) or `DATABASE_POOL_IDLE_TIMEOUT` (counted from its last successful query) at `now`
+    /// (a [`Shared::now`] value).
+    fn expired(&self, health: &Health, now: u64) -> bool {
+        let since = |moment: &AtomicU64| now.saturating_sub(moment.load(Ordering::Acquire));
+        self.lifetime
+            .is_some_and(|limit| since(&health.born) >= limit)
+            || self
+                .idle_timeout
+                .is_some_and(|limit| since(&health.last_ok) >= limit)
+    }
+
+    /// Retires `slot` if it has expired at `now`; whether it did.
+    pub(crate) fn retire_if_expired<C: PoolConnection>(
+        &self,
+        slot: &Slot<C>,
+        now: Instant,
+    ) -> bool {
+        let expired = self.expired(&slot.health, self.at(now));
+        if expired {
+            slot.retire();
+        }
+        expired
+    }
+
+    /// How often parked connections are checked against the lifetime and idle timeout: a
+    /// quarter of the shorter one, between 50 ms and 1 s; `None` when neither is set.
+    pub(crate) fn reap_every(&self) -> Option<Duration> {
+        let shorter = match (self.lifetime, self.idle_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some(
+            Duration::from_nanos(shorter / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        )
+    }
+
+    /// Whether the spare may be kept: the pool has room for it beside its own connections.
+    pub(crate) fn room_for_spare(&self) -> bool {
+        self.pool_slots.load(Ordering::Acquire) < self.max_size
+    }
+
+    /// Closes the spare connection.
+    pub(crate) fn drop_spare(&self) {
+        if self.spare_held.swap(false, Ordering::AcqRel)
+            && let Ok(mut spare) = self.spare.lock()
+        {
+            *spare = None;
+        }
     }
 
     fn mark_dead(&self) {
@@ -452,9 +548,16 @@ impl<C: PoolConnection> Manager<C> {
         if slot.health.dead.load(Ordering::Acquire) {
             return Err(ConnectError("the connection was closed".into()));
         }
+        let now = self.shared.at(now);
+        if self.shared.expired(&slot.health, now) {
+            slot.retire();
+            return Err(ConnectError(
+                "past DATABASE_POOL_MAX_LIFETIME or DATABASE_POOL_IDLE_TIMEOUT".into(),
+            ));
+        }
         let last_ok = slot.health.last_ok.load(Ordering::Acquire);
         let window = u64::try_from(VALIDATION_WINDOW.as_nanos()).unwrap_or(u64::MAX);
-        let recent = self.shared.at(now).saturating_sub(last_ok) < window;
+        let recent = now.saturating_sub(last_ok) < window;
         if recent && !self.shared.dead_since(last_ok) {
             return Ok(());
         }
@@ -472,6 +575,33 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
     type Error = ConnectError;
 
     fn connect(&self) -> Result<Slot<C>, ConnectError> {
+        // The spare connection counts against the pool's size: the pool's last one replaces it.
+        let taken = self.shared.pool_slots.fetch_add(1, Ordering::AcqRel) + 1;
+        if taken >= self.shared.max_size {
+            self.shared.drop_spare();
+        }
+        let slot = self.open_slot();
+        if slot.is_err() {
+            self.shared.pool_slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        slot
+    }
+
+    fn is_valid(&self, slot: &mut Slot<C>) -> Result<(), ConnectError> {
+        self.is_valid_at(slot, Instant::now())
+    }
+
+    fn has_broken(&self, slot: &mut Slot<C>) -> bool {
+        std::thread::panicking()
+            || slot.health.dead.load(Ordering::Acquire)
+            || slot.health.retired.load(Ordering::Acquire)
+            || slot.conn.is_broken()
+    }
+}
+
+impl<C: PoolConnection> Manager<C> {
+    /// A new pooled connection with its session setup and instrumentation.
+    fn open_slot(&self) -> Result<Slot<C>, ConnectError> {
         let mut conn: C = self.establish_as()?;
         // Known good as of *before* its last round trips, like a query's start: a thread
         // descheduled after them could otherwise stamp a connection dropped meanwhile as newer
@@ -486,6 +616,7 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
             .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?;
         let health = Arc::new(Health::default());
         health.last_ok.store(answered, Ordering::Release);
+        health.born.store(answered, Ordering::Release);
         conn.set_instrumentation(DeathWatch {
             health: Arc::clone(&health),
             shared: Arc::clone(&self.shared),
@@ -498,16 +629,6 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
             backend_pid,
             health,
         })
-    }
-
-    fn is_valid(&self, slot: &mut Slot<C>) -> Result<(), ConnectError> {
-        self.is_valid_at(slot, Instant::now())
-    }
-
-    fn has_broken(&self, slot: &mut Slot<C>) -> bool {
-        std::thread::panicking()
-            || slot.health.dead.load(Ordering::Acquire)
-            || slot.conn.is_broken()
     }
 }
 
@@ -522,6 +643,7 @@ impl diesel::r2d2::HandleEvent for PoolEvents {
     }
     fn handle_release(&self, _: diesel::r2d2::event::ReleaseEvent) {
         self.0.counts.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.pool_slots.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.closed().increment(1);
     }
 }

@@ -8,6 +8,7 @@ mod config_settings;
 mod docs;
 mod engine;
 mod libpq;
+mod lifetimes;
 mod migration_safety;
 mod migration_sets;
 mod migrations;

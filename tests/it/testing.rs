@@ -155,8 +155,8 @@ fn a_typed_engine_serves_its_own_connection_type_with_the_engine_s_checks() {
     assert_eq!(engine.get().expect("again").backend_pid(), Some(pid));
     let state = engine.state();
     assert_eq!(
-        (state.in_use, state.idle),
-        (0, state.connections),
+        (state.in_use, state.parked, state.idle),
+        (0, 1, 0),
         "{state:?}"
     );
     assert!(

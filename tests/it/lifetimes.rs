@@ -1,0 +1,189 @@
+//! `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` hold for every connection,
+//! parked or not, and the spare connection counts against `DATABASE_POOL_MAX_SIZE`.
+
+use std::time::{Duration, Instant};
+
+use datalayer::Engine;
+use diesel::RunQueryDsl;
+use diesel::sql_types::{Double, Integer};
+
+use crate::common::{Place, database_url, fresh_postgres};
+
+use crate::libpq::Conn as PqConn;
+
+#[derive(diesel::QueryableByName)]
+struct Backend {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+    #[diesel(sql_type = Double)]
+    age: f64,
+}
+
+fn with_pool(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSettings)) -> Engine {
+    let mut settings = engine.settings().clone();
+    change(&mut settings.pool);
+    Engine::connect(&settings).expect("connect")
+}
+
+#[test]
+fn max_lifetime_holds_under_one_client_s_steady_load() {
+    let (base, _db) = fresh_postgres("dl_lifetime", &[]);
+    let lifetime = Duration::from_secs(1);
+    let engine = with_pool(&base, |pool| {
+        pool.max_lifetime = Some(lifetime);
+        pool.max_size = 2;
+    });
+    // One client, one request after another: the connection it returns is parked for it and
+    // taken back by its next request, so r2d2's own reaper never sees it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut pids, mut oldest, mut requests) = (Vec::new(), 0.0_f64, 0);
+    while pids.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} backends served in 15 s: {pids:?}",
+            pids.len()
+        );
+        let mut conn = engine.get().expect("checkout");
+        let row: Backend = diesel::sql_query(
+            "SELECT pg_backend_pid() AS pid, \
+             extract(epoch FROM clock_timestamp() - backend_start)::float8 AS age \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .get_result(&mut *conn)
+        .expect("query");
+        requests += 1;
+        oldest = oldest.max(row.age);
+        if pids.last() != Some(&row.pid) {
+            pids.push(row.pid);
+        }
+    }
+    println!(
+        "max lifetime 1 s: {requests} requests, {} backends, the oldest served at {oldest:.3} s",
+        pids.len()
+    );
+    // Slack: a connection is checked at checkout, so it may serve one request that began just
+    // before its lifetime ended.
+    assert!(
+        oldest < 1.25,
+        "a backend {oldest:.3} s old served a request"
+    );
+}
+
+#[test]
+fn a_parked_connection_is_closed_after_the_idle_timeout_and_the_lifetime() {
+    let (base, place) = fresh_postgres("dl_parked_idle", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
+    let alive = |pid: i32| {
+        watcher
+            .query(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+            ))
+            .expect("pg_stat_activity")
+            .as_deref()
+            == Some("1")
+    };
+    for (name, change) in [
+        (
+            "idle timeout",
+            Box::new(|pool: &mut datalayer::config::PoolSettings| {
+                pool.idle_timeout = Some(Duration::from_millis(800));
+                pool.max_lifetime = None;
+            }) as Box<dyn FnOnce(&mut datalayer::config::PoolSettings)>,
+        ),
+        (
+            "max lifetime",
+            Box::new(|pool: &mut datalayer::config::PoolSettings| {
+                pool.idle_timeout = None;
+                pool.max_lifetime = Some(Duration::from_millis(800));
+            }),
+        ),
+    ] {
+        let engine = std::sync::Arc::new(with_pool(&base, |pool| {
+            change(pool);
+            pool.min_idle = Some(0);
+        }));
+        // A thread uses one connection and stays alive without using it again: its
+        // connection stays parked for it.
+        let (parked_tx, parked_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let user = {
+            let engine = std::sync::Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let pid = engine.get().expect("checkout").backend_pid().expect("pid");
+                parked_tx.send(pid).expect("send");
+                let _ = done_rx.recv();
+            })
+        };
+        let pid = parked_rx.recv().expect("the thread's connection");
+        assert_eq!(engine.state().parked, 1, "{name}: {:?}", engine.state());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let started = Instant::now();
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the parked connection is still open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "{name} 800 ms: parked backend closed after {:.2?}",
+            started.elapsed()
+        );
+        assert_eq!(engine.state().parked, 0, "{name}: {:?}", engine.state());
+        drop(done_tx);
+        user.join().expect("thread");
+    }
+}
+
+#[test]
+fn the_spare_connection_counts_against_the_pool_size() {
+    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_spare"), None);
+    let app = crate::common::unique_name("spare_app");
+    // The pool fills to its size in the background (min idle = max size by default).
+    let settings = crate::common::postgres_settings(
+        &db.name,
+        &[
+            ("DATABASE_POOL_MAX_SIZE", "2"),
+            ("DATABASE_APPLICATION_NAME", &app),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
+    let backends = || {
+        watcher
+            .query(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+            ))
+            .expect("pg_stat_activity")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = engine.state();
+        if state.connections - state.spare == 2 {
+            assert_eq!(
+                state.spare, 0,
+                "the pool's last connection replaced the spare"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not fill: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A closed backend leaves pg_stat_activity a moment after its connection is dropped;
+    // without the rule, the spare would stay open beside the pool's two.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends().as_deref() != Some("2") {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} backends, pool size 2",
+            backends()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
