@@ -254,3 +254,118 @@ fn the_example_server_on_postgres_answers_503_when_the_database_goes_away() {
         "the password never reaches the log:\n{stderr}"
     );
 }
+
+/// Sends `raw` and reads the whole response (the server closes every connection).
+fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let _ = stream.write_all(raw);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Reply {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        headers: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// The server's resident memory, in kB (Linux).
+fn rss_kb(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .expect("/proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn the_example_server_holds_against_oversized_slow_and_nul_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(&[("SERVER_REQUEST_TIMEOUT", "2".into())], dir.path());
+    let addr = running.addr;
+    assert_eq!(http(addr, "GET", "/healthz", "").status, 200);
+    let before = rss_kb(&running.child);
+
+    // A huge Content-Length, then a disconnect before any body: tiny_http allocated it all.
+    {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(b"POST /users HTTP/1.1\r\nContent-Length: 99999999999999\r\n\r\n")
+            .expect("send");
+    }
+    let huge = raw_exchange(
+        addr,
+        b"POST /users HTTP/1.1\r\nContent-Length: 99999999999999\r\n\r\n",
+    );
+    assert_eq!(huge.status, 413, "{}", huge.body);
+    // 100 MB of real body: refused before it is read, so the server does not grow.
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(b"POST /users HTTP/1.1\r\nContent-Length: 104857600\r\n\r\n")
+        .expect("send");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        if stream.write_all(&chunk).is_err() {
+            break; // the server answered 413 and closed
+        }
+    }
+    drop(stream);
+    let after = rss_kb(&running.child);
+    println!("server memory: {before} kB before, {after} kB after the 100 MB body");
+    assert!(after < before + 16 * 1024, "{before} kB -> {after} kB");
+    assert_eq!(
+        http(addr, "GET", "/healthz", "").status,
+        200,
+        "still serving"
+    );
+
+    // Ten clients that send half a body and stall: health checks still answer at once.
+    let stalled: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream
+                .write_all(b"POST /users HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"email\":")
+                .expect("send");
+            stream
+        })
+        .collect();
+    let health = http(addr, "GET", "/healthz", "");
+    assert_eq!(health.status, 200, "{}", health.body);
+    for mut stream in stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
+    }
+
+    // A NUL in a field: PostgreSQL would refuse it; the client learns which field.
+    let nul = http(
+        addr,
+        "POST",
+        "/users",
+        r#"{"email":"ada\u0000@example.com","display_name":"Ada"}"#,
+    );
+    assert_eq!(nul.status, 400, "{}", nul.body);
+    assert!(
+        nul.body.contains("`email` must not contain NUL"),
+        "{}",
+        nul.body
+    );
+    let chunked = raw_exchange(
+        addr,
+        b"POST /users HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(chunked.status, 411, "{}", chunked.body);
+    stop(running);
+}

@@ -1,7 +1,8 @@
 //! A blocking HTTP server linking datalayer: what a real service does with it.
 //!
 //! Boot: settings (environment, then `./.env`), engine, migrations (lock, ledger, drift check).
-//! Then a fixed pool of worker threads serves JSON:
+//! Then it serves JSON, a thread per connection (at most 64, each request under a 10 s deadline,
+//! bodies up to 1 MiB: see `http.rs` for why not tiny_http):
 //!
 //! - `GET /healthz`: ping and pool state; 503 when the database is unreachable
 //! - `POST /users` `{"email", "display_name"}`: 201 with the user; 409 for a taken email
@@ -9,15 +10,17 @@
 //! - `POST /users/{id}/posts` `{"title", "body"}`
 //! - `GET /metrics`: the pool's metrics in Prometheus text format
 //!
-//! Errors: 400 with a message for bad JSON or fields, 404, 409, 503 with `Retry-After` when the
+//! Errors: 400 with a message for bad JSON or fields (a NUL character included: PostgreSQL text
+//! cannot hold one), 404, 408 for a request that does not arrive in time, 411 for a chunked
+//! body, 413 for a body over 1 MiB (refused before it is read), 409, 503 with `Retry-After` when the
 //! pool times out or the database is down, 500 otherwise (details only in the log). Listens on
-//! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080; stops on SIGINT or SIGTERM after
+//! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080 (`SERVER_REQUEST_TIMEOUT`, in
+//! seconds, changes the request deadline); stops on SIGINT or SIGTERM after
 //! the requests in flight, returning its connections.
 //!
 //! `cargo run --example blocking_server -- --listen 127.0.0.1:8080`
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,9 +32,10 @@ use datalayer::models::posts::{self, Cursor, NewPost, Post};
 use datalayer::models::users::{self, NewUser, User};
 use datalayer::{Engine, Error};
 use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response, Server};
+mod http;
 
-const WORKERS: usize = 8;
+use http::{Limits, Request, Response};
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -117,6 +121,11 @@ fn parse_cursor(text: &str) -> Option<Cursor> {
 /// A required, non-empty string field of at most `max` characters.
 fn field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a str, Reply> {
     match body.get(name).and_then(Value::as_str).map(str::trim) {
+        // PostgreSQL text cannot hold NUL: say so, naming the field, instead of a 500.
+        Some(v) if v.contains('\0') => Err(error(
+            400,
+            &format!("`{name}` must not contain NUL characters (\\u0000)"),
+        )),
         Some(v) if !v.is_empty() && v.chars().count() <= max => Ok(v),
         _ => Err(error(
             400,
@@ -125,25 +134,21 @@ fn field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a str, Reply> 
     }
 }
 
-fn json_body(request: &mut Request) -> Result<Value, Reply> {
-    let mut text = String::new();
-    request
-        .as_reader()
-        .take(1 << 20)
-        .read_to_string(&mut text)
+fn json_body(request: &Request) -> Result<Value, Reply> {
+    let text = std::str::from_utf8(&request.body)
         .map_err(|_| error(400, "the body must be UTF-8 JSON"))?;
-    serde_json::from_str(&text).map_err(|e| error(400, &format!("invalid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| error(400, &format!("invalid JSON: {e}")))
 }
 
-fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply {
-    let url = request.url().to_string();
+fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
+    let url = request.target.clone();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = request.method().clone();
+    let method = request.method.as_str();
     let result = (|| -> Result<Reply, Reply> {
         let id = |text: &str| text.parse::<i64>().map_err(|_| error(404, "not found"));
         match (method, parts.as_slice()) {
-            (Method::Get, ["healthz"]) => Ok(match engine.ping() {
+            ("GET", ["healthz"]) => Ok(match engine.ping() {
                 Ok(ping) => reply(
                     200,
                     json!({
@@ -161,12 +166,12 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                     )
                 },
             }),
-            (Method::Get, ["metrics"]) => Ok(Reply {
+            ("GET", ["metrics"]) => Ok(Reply {
                 status: 200,
                 body: Value::String(metrics.render()),
                 retry_after: false,
             }),
-            (Method::Post, ["users"]) => {
+            ("POST", ["users"]) => {
                 let body = json_body(request)?;
                 let email = field(&body, "email", 254)?;
                 if !email.contains('@') {
@@ -184,14 +189,14 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                 .map_err(|e| model_failure(&e))?;
                 Ok(reply(201, user_json(&user)))
             }
-            (Method::Get, ["users", user]) => {
+            ("GET", ["users", user]) => {
                 let mut conn = engine.get().map_err(|e| failure(&e))?;
                 match users::find(&mut conn, id(user)?).map_err(|e| model_failure(&e))? {
                     Some(user) => Ok(reply(200, user_json(&user))),
                     None => Err(error(404, "no such user")),
                 }
             }
-            (Method::Get, ["users", user, "posts"]) => {
+            ("GET", ["users", user, "posts"]) => {
                 let params: BTreeMap<&str, &str> =
                     query.split('&').filter_map(|p| p.split_once('=')).collect();
                 let after = match params.get("after") {
@@ -226,7 +231,7 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
                     }),
                 ))
             }
-            (Method::Post, ["users", user, "posts"]) => {
+            ("POST", ["users", user, "posts"]) => {
                 let author = id(user)?;
                 let body = json_body(request)?;
                 let title = field(&body, "title", 200)?;
@@ -258,21 +263,17 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &mut Request) -> Reply 
     result.unwrap_or_else(|r| r)
 }
 
-fn respond(request: Request, reply: Reply) {
-    let (text, content_type) = match reply.body {
+fn response(reply: Reply) -> Response {
+    let (body, content_type) = match reply.body {
         Value::String(text) if reply.status == 200 => (text, "text/plain; version=0.0.4"),
         body => (body.to_string(), "application/json"),
     };
-    let mut response = Response::from_string(text).with_status_code(reply.status);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
+    Response {
+        status: reply.status,
+        content_type,
+        body,
+        retry_after: reply.retry_after,
     }
-    if reply.retry_after
-        && let Ok(header) = Header::from_bytes("Retry-After", "1")
-    {
-        response.add_header(header);
-    }
-    let _ = request.respond(response);
 }
 
 fn main() -> std::process::ExitCode {
@@ -298,8 +299,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(3);
         }
     };
-    let server = match Server::http(&listen) {
-        Ok(server) => Arc::new(server),
+    let listener = match std::net::TcpListener::bind(&listen) {
+        Ok(listener) => listener,
         Err(e) => {
             tracing::error!("cannot listen on {listen}: {e}");
             return std::process::ExitCode::from(2);
@@ -310,27 +311,25 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let mut limits = Limits::default();
+    if let Some(seconds) = std::env::var("SERVER_REQUEST_TIMEOUT")
+        .ok()
+        .and_then(|text| text.trim_end_matches('s').parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+    {
+        limits.request_deadline = Duration::from_secs_f64(seconds);
+    }
     tracing::info!(
         "listening on http://{listen} ({} at {})",
         engine.backend(),
         engine.target()
     );
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (server, engine, metrics) =
-                (Arc::clone(&server), Arc::clone(&engine), metrics.clone());
-            std::thread::spawn(move || {
-                while !STOP.load(Ordering::SeqCst) {
-                    if let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(100)) {
-                        let reply = route(&engine, &metrics, &mut request);
-                        respond(request, reply);
-                    }
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
+    let handler = {
+        let (engine, metrics) = (Arc::clone(&engine), metrics.clone());
+        Arc::new(move |request: Request| response(route(&engine, &metrics, &request)))
+    };
+    if let Err(e) = http::serve(listener, limits, &STOP, handler) {
+        tracing::error!("serving stopped: {e}");
     }
     let state = engine.state();
     drop(engine);
