@@ -248,3 +248,13 @@ pub fn database_url(name: &str) -> String {
     let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
     format!("{server}/{name}")
 }
+
+/// A new engine on `engine`'s database with its pool settings changed by `change`.
+pub fn with_pool(
+    engine: &datalayer::Engine,
+    change: impl FnOnce(&mut datalayer::config::PoolSettings),
+) -> datalayer::Engine {
+    let mut settings = engine.settings().clone();
+    change(&mut settings.pool);
+    datalayer::Engine::connect(&settings).expect("connect")
+}

@@ -7,7 +7,7 @@ use datalayer::Engine;
 use diesel::RunQueryDsl;
 use diesel::sql_types::{Double, Integer};
 
-use crate::common::{Place, database_url, fresh_postgres};
+use crate::common::{Place, database_url, fresh_postgres, with_pool};
 
 use crate::libpq::Conn as PqConn;
 
@@ -17,12 +17,6 @@ struct Backend {
     pid: i32,
     #[diesel(sql_type = Double)]
     age: f64,
-}
-
-fn with_pool(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSettings)) -> Engine {
-    let mut settings = engine.settings().clone();
-    change(&mut settings.pool);
-    Engine::connect(&settings).expect("connect")
 }
 
 #[test]

@@ -12,13 +12,7 @@ use datalayer::{Engine, Error};
 use diesel::connection::SimpleConnection;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 
-use crate::common::{fresh_postgres, logged, migrated_engines};
-
-fn with(engine: &Engine, change: impl FnOnce(&mut datalayer::config::PoolSettings)) -> Engine {
-    let mut settings = engine.settings().clone();
-    change(&mut settings.pool);
-    Engine::connect(&settings).expect("connect")
-}
+use crate::common::{fresh_postgres, logged, migrated_engines, with_pool as with};
 
 #[test]
 fn echo_logs_each_statement_with_its_duration_but_never_the_binds() {
