@@ -49,6 +49,7 @@ mod connection;
 mod manager;
 pub mod metrics;
 mod pool_connection;
+pub mod transaction;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};

@@ -58,5 +58,15 @@ pub enum ModelError {
     Database(#[from] diesel::result::Error),
 }
 
+/// Lets a model's error tell `Engine::transaction` when to run a transaction again.
+impl crate::engine::transaction::DatabaseFailure for ModelError {
+    fn database_error(&self) -> Option<&diesel::result::Error> {
+        match self {
+            ModelError::Database(error) => Some(error),
+            ModelError::EmailTaken => None,
+        }
+    }
+}
+
 pub use self::posts::{NewPost, Post};
 pub use self::users::{NewUser, User, UserChanges};

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use datalayer::config::Vars;
+use datalayer::engine::transaction::{Isolation, TransactionError};
 use datalayer::models::ModelError;
 use datalayer::models::posts::{self, Cursor, NewPost, Post};
 use datalayer::models::users::{self, NewUser, User};
@@ -239,22 +240,33 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
                     .get("body")
                     .and_then(Value::as_str)
                     .ok_or_else(|| error(400, "`body` must be a string"))?;
-                let mut conn = engine.get().map_err(|e| failure(&e))?;
-                if users::find(&mut conn, author)
-                    .map_err(|e| model_failure(&e))?
-                    .is_none()
-                {
-                    return Err(error(404, "no such user"));
-                }
-                let post = posts::create(
-                    &mut conn,
-                    &NewPost {
-                        author_id: author,
-                        title,
-                        body: text,
-                    },
-                )
-                .map_err(|e| model_failure(&e))?;
+                // The author check and the insert in one transaction, run again if PostgreSQL
+                // aborts it (a deadlock, a serialization failure, a connection lost before
+                // COMMIT): `Ok(None)` is "no such user".
+                let new = NewPost {
+                    author_id: author,
+                    title,
+                    body: text,
+                };
+                let created =
+                    engine.transaction(Isolation::ReadCommitted, |conn| {
+                        match users::find(conn, author)? {
+                            Some(_) => posts::create(conn, &new).map(Some),
+                            None => Ok(None),
+                        }
+                    });
+                let post = match created {
+                    Ok(Some(post)) => post,
+                    Ok(None) => return Err(error(404, "no such user")),
+                    Err(TransactionError::Checkout(e)) => return Err(failure(&e)),
+                    Err(TransactionError::Failed { error, .. }) => {
+                        return Err(model_failure(&error));
+                    }
+                    Err(other) => {
+                        tracing::error!("request failed: {other}");
+                        return Err(error(500, "internal error"));
+                    }
+                };
                 Ok(reply(201, post_json(&post)))
             }
             _ => Err(error(404, "not found")),

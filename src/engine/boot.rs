@@ -94,10 +94,10 @@ pub(crate) fn permanent(message: &str) -> Option<&'static str> {
 }
 
 /// A small xorshift, seeded from the clock and the pid: jitter needs no better randomness.
-struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    fn new() -> Jitter {
+    pub(crate) fn new() -> Jitter {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -106,7 +106,7 @@ impl Jitter {
     }
 
     /// `d` scaled by a factor in [0.75, 1.25).
-    fn apply(&mut self, d: Duration) -> Duration {
+    pub(crate) fn apply(&mut self, d: Duration) -> Duration {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

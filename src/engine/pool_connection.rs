@@ -75,6 +75,10 @@ pub trait PoolConnection:
     /// The server version, the user and the database.
     #[doc(hidden)]
     fn identity(&mut self) -> QueryResult<Identity>;
+
+    /// `BEGIN` at `isolation` (PostgreSQL), or `BEGIN IMMEDIATE` (SQLite).
+    #[doc(hidden)]
+    fn begin_with(&mut self, isolation: super::transaction::Isolation) -> QueryResult<()>;
 }
 
 mod private {
@@ -106,6 +110,10 @@ impl PoolConnection for PgConnection {
             .get_result::<IdentityRow>(self)
             .map(Identity::from)
     }
+
+    fn begin_with(&mut self, isolation: super::transaction::Isolation) -> QueryResult<()> {
+        super::transaction::begin_postgres(self, isolation)
+    }
 }
 
 impl PoolConnection for SqliteConnection {
@@ -123,6 +131,10 @@ impl PoolConnection for SqliteConnection {
         diesel::sql_query(SQLITE_IDENTITY)
             .get_result::<IdentityRow>(self)
             .map(Identity::from)
+    }
+
+    fn begin_with(&mut self, _: super::transaction::Isolation) -> QueryResult<()> {
+        super::transaction::begin_sqlite(self)
     }
 }
 
@@ -149,5 +161,9 @@ impl PoolConnection for Conn {
             Conn::Postgres(pg) => pg.identity(),
             Conn::Sqlite(sqlite) => sqlite.identity(),
         }
+    }
+
+    fn begin_with(&mut self, isolation: super::transaction::Isolation) -> QueryResult<()> {
+        super::transaction::begin_conn(self, isolation)
     }
 }

@@ -19,4 +19,5 @@ mod proxy;
 mod resilience;
 mod server;
 mod testing;
+mod transactions;
 mod url_libpq;
