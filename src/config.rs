@@ -20,6 +20,7 @@
 //! | `DATABASE_USER` | unset | PostgreSQL role; unset means libpq's default (the OS user). |
 //! | `DATABASE_NAME` | unset | PostgreSQL database; unset means libpq's default (the role's name). |
 //! | `DATABASE_PASSWORD` | unset | PostgreSQL password, held as a `SecretString`. May fill in a `DATABASE_URL` that has no password. |
+//! | `DATABASE_PASSWORD_FILE` | unset | A file holding the PostgreSQL password (a container or Kubernetes secret; one trailing newline is trimmed), read again for each new connection, so a rotated secret takes effect as connections reach their lifetime. Not with `DATABASE_PASSWORD` or a password in `DATABASE_URL`; warned about when others may read it. With no password at all, libpq's `PGPASSFILE` / `~/.pgpass` applies. |
 //! | `DATABASE_SSLMODE` | `prefer` | `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full`. |
 //! | `DATABASE_SSLROOTCERT` | unset | CA certificate file for `verify-ca` / `verify-full`; must exist. |
 //! | `DATABASE_APPLICATION_NAME` | `datalayer` | Shown in `pg_stat_activity`. |
@@ -68,6 +69,7 @@
 //! ```
 
 mod duration;
+mod password_file;
 mod postgres_limits;
 mod sources;
 mod url;
@@ -97,6 +99,7 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_USER",
     "DATABASE_NAME",
     "DATABASE_PASSWORD",
+    "DATABASE_PASSWORD_FILE",
     "DATABASE_SSLMODE",
     "DATABASE_SSLROOTCERT",
     "DATABASE_APPLICATION_NAME",
@@ -127,6 +130,7 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_USER",
     "DATABASE_NAME",
     "DATABASE_PASSWORD",
+    "DATABASE_PASSWORD_FILE",
     "DATABASE_SSLMODE",
     "DATABASE_SSLROOTCERT",
     "DATABASE_APPLICATION_NAME",
@@ -299,6 +303,9 @@ pub struct PostgresSettings {
     pub user: Option<String>,
     /// `DATABASE_PASSWORD`; `Debug` prints `[REDACTED]`.
     pub password: Option<SecretString>,
+    /// `DATABASE_PASSWORD_FILE`: where the password is read from for each new connection
+    /// (then `password` holds what it held when the settings were loaded).
+    pub password_file: Option<PathBuf>,
     /// `DATABASE_NAME`; `None` leaves it to libpq.
     pub database: Option<String>,
     /// `DATABASE_SSLMODE`.
@@ -414,6 +421,24 @@ impl Settings {
         }
     }
 
+    /// The connection URL with the password as `DATABASE_PASSWORD_FILE` holds it now (read
+    /// again), or [`Settings::connection_url`] when no file is set.
+    pub(crate) fn current_connection_url(&self) -> Result<ConnectionUrl, String> {
+        let Target::Postgres(pg) = &self.target else {
+            return Ok(self.connection_url());
+        };
+        let Some(path) = &pg.password_file else {
+            return Ok(self.connection_url());
+        };
+        let password = password_file::read(path)
+            .map_err(|why| format!("DATABASE_PASSWORD_FILE {}: {why}", path.display()))?;
+        let mut current = self.clone();
+        if let Target::Postgres(pg) = &mut current.target {
+            pg.password = Some(password);
+        }
+        Ok(current.connection_url())
+    }
+
     /// The connection URL. For PostgreSQL a libpq URL with every part percent-encoded and
     /// `sslmode`, `sslrootcert`, `application_name` and `connect_timeout` as query parameters;
     /// for SQLite the file path (shown as `sqlite://path`).
@@ -508,6 +533,7 @@ struct Raw {
     user: Option<String>,
     name: Option<String>,
     password: Option<SecretString>,
+    password_file: Option<String>,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
     application_name: Option<String>,
@@ -623,6 +649,7 @@ fn parse_url(text: &str) -> Result<UrlTarget, String> {
 struct Loader<'a> {
     vars: &'a Vars,
     problems: Vec<ConfigProblem>,
+    warnings: Vec<String>,
     reported: BTreeSet<&'static str>,
     entries: Vec<Entry>,
 }
@@ -632,6 +659,7 @@ impl<'a> Loader<'a> {
         Loader {
             vars,
             problems: Vec::new(),
+            warnings: Vec::new(),
             reported: BTreeSet::new(),
             entries: Vec::new(),
         }
@@ -713,7 +741,13 @@ impl<'a> Loader<'a> {
             },
             entries: self.entries,
             ignored,
-            warnings: self.vars.warnings.clone(),
+            warnings: self
+                .vars
+                .warnings
+                .iter()
+                .cloned()
+                .chain(self.warnings)
+                .collect(),
         })
     }
 
@@ -895,9 +929,49 @@ impl<'a> Loader<'a> {
             (None, Some(password)) => Some((password.clone(), self.origin("DATABASE_PASSWORD"))),
             (None, None) => None,
         };
-        match &password {
-            Some((_, origin)) => self.entry("DATABASE_PASSWORD", REDACTED, *origin),
-            None => self.entry("DATABASE_PASSWORD", "(unset)", Origin::Default),
+        let password_file = raw.password_file.as_deref().map(PathBuf::from);
+        let password = match (&password_file, password) {
+            (None, password) => password,
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "DATABASE_PASSWORD_FILE",
+                    "cannot be combined with DATABASE_PASSWORD or a password in DATABASE_URL; \
+                     unset one of them",
+                );
+                None
+            }
+            (Some(path), None) => match password_file::read(path) {
+                Ok(secret) => {
+                    if let Some(warning) = password_file::exposed(path) {
+                        self.warnings.push(warning);
+                    }
+                    Some((secret, self.origin("DATABASE_PASSWORD_FILE")))
+                }
+                Err(why) => {
+                    self.problem(
+                        "DATABASE_PASSWORD_FILE",
+                        format!("{}: {why}", path.display()),
+                    );
+                    None
+                }
+            },
+        };
+        match (&password, &password_file) {
+            (Some(_), Some(_)) => self.entry(
+                "DATABASE_PASSWORD",
+                format!("{REDACTED} (from DATABASE_PASSWORD_FILE, read for each connection)"),
+                self.origin("DATABASE_PASSWORD_FILE"),
+            ),
+            (Some((_, origin)), None) => self.entry("DATABASE_PASSWORD", REDACTED, *origin),
+            (None, _) => self.entry("DATABASE_PASSWORD", "(unset)", Origin::Default),
+        }
+        match &password_file {
+            Some(path) => self.entry(
+                "DATABASE_PASSWORD_FILE",
+                path.display().to_string(),
+                self.origin("DATABASE_PASSWORD_FILE"),
+            ),
+            None => self.entry("DATABASE_PASSWORD_FILE", "(unset)", Origin::Default),
         }
 
         let ssl_mode = self.url_or_var(
@@ -987,6 +1061,7 @@ impl<'a> Loader<'a> {
             port,
             user,
             password: password.map(|(p, _)| p),
+            password_file,
             database,
             ssl_mode,
             ssl_root_cert,

@@ -299,6 +299,8 @@ pub struct ConnectError(pub(crate) String);
 pub(crate) struct Manager<C> {
     backend: Backend,
     url: ConnectionUrl,
+    /// The settings, when each new connection must read the password file again.
+    password_file: Option<Arc<Settings>>,
     /// Run on every new pooled connection; empty when there is nothing to set.
     session_sql: String,
     shared: Arc<Shared>,
@@ -312,6 +314,7 @@ impl<C> Clone for Manager<C> {
         Manager {
             backend: self.backend,
             url: self.url.clone(),
+            password_file: self.password_file.clone(),
             session_sql: self.session_sql.clone(),
             shared: Arc::clone(&self.shared),
             echo: self.echo,
@@ -355,9 +358,14 @@ fn session_sql(settings: &Settings) -> String {
 
 impl<C: PoolConnection> Manager<C> {
     pub(crate) fn new(settings: &Settings, shared: Arc<Shared>) -> Manager<C> {
+        let password_file = match &settings.target {
+            Target::Postgres(pg) if pg.password_file.is_some() => Some(Arc::new(settings.clone())),
+            _ => None,
+        };
         Manager {
             backend: settings.backend(),
             url: settings.connection_url(),
+            password_file,
             session_sql: session_sql(settings),
             shared,
             echo: settings.pool.echo,
@@ -382,8 +390,23 @@ impl<C: PoolConnection> Manager<C> {
         if !self.shared.begin_attempt() {
             return Err(ConnectError("the engine is shutting down".into()));
         }
-        let url = self.url.expose_secret();
-        let result = T::establish_to(self.backend, url).and_then(|mut conn| {
+        // A password file is read again for each connection, so a rotated secret is used as
+        // soon as new connections are made.
+        let current;
+        let url = match &self.password_file {
+            None => &self.url,
+            Some(settings) => match settings.current_connection_url() {
+                Ok(url) => {
+                    current = url;
+                    &current
+                }
+                Err(why) => {
+                    self.shared.end_attempt();
+                    return Err(ConnectError(why));
+                }
+            },
+        };
+        let result = T::establish_to(self.backend, url.expose_secret()).and_then(|mut conn| {
             // SQLite opens a file lazily: read its header now, so that a file that is not a
             // database fails here, as a connect error about DATABASE_PATH.
             if self.backend == Backend::Sqlite {
@@ -400,7 +423,7 @@ impl<C: PoolConnection> Manager<C> {
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ");
-            ConnectError(self.url.scrub(&message))
+            ConnectError(url.scrub(&message))
         })
     }
 

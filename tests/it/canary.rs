@@ -32,6 +32,15 @@ fn encoded() -> String {
     utf8_percent_encode(CANARY, NON_ALPHANUMERIC).to_string()
 }
 
+/// A `DATABASE_PASSWORD_FILE` holding the canary (one per test process, in the temp folder).
+fn canary_file() -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("datalayer-canary-{}", std::process::id()));
+    std::fs::write(&path, format!("{CANARY}\n")).expect("write the canary file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path.to_string_lossy().into_owned()
+}
+
 /// Valid configurations that carry the canary in each place a password can live. They point
 /// at a closed local port, so booting fails (exit 3) without traffic leaving the machine,
 /// after retrying for a short deadline (so the retry log lines are checked too).
@@ -59,6 +68,11 @@ fn valid() -> Vec<Vec<(String, String)>> {
             "DATABASE_URL",
             format!("postgres://u@127.0.0.1:1/app?sslpassword={}", encoded()),
         )],
+        vec![
+            pair("DATABASE_HOST", "127.0.0.1".into()),
+            pair("DATABASE_PORT", "1".into()),
+            pair("DATABASE_PASSWORD_FILE", canary_file()),
+        ],
     ];
     for config in &mut configs {
         config.push(pair("DATABASE_CONNECT_DEADLINE", "300ms".into()));
@@ -102,6 +116,12 @@ fn invalid() -> Vec<Vec<(String, String)>> {
             pair("DATABASE_POOL_MIN_IDLE", "99".into()),
         ],
         vec![pair("DATABASE_PASSWORD", CANARY.into())],
+        with_password("DATABASE_PASSWORD_FILE", &canary_file()),
+        vec![
+            pair("DATABASE_HOST", "db".into()),
+            pair("DATABASE_PASSWORD_FILE", canary_file()),
+            pair("DATABASE_PORT", "70000".into()),
+        ],
     ]
 }
 

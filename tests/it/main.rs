@@ -2,6 +2,7 @@
 
 mod canary;
 mod cli;
+mod cluster;
 mod common;
 mod config_errors;
 mod config_settings;
@@ -15,6 +16,7 @@ mod migrations;
 mod models;
 mod netns;
 mod observability;
+mod password_file;
 mod proxy;
 mod resilience;
 mod server;

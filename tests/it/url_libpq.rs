@@ -46,6 +46,7 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
             port: 5432,
             user: Some(user.to_string()),
             password: Some(SecretString::from(password)),
+            password_file: None,
             database: Some(dbname.to_string()),
             ssl_mode: SslMode::Disable,
             ssl_root_cert: None,
