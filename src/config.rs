@@ -23,6 +23,8 @@
 //! | `DATABASE_PASSWORD_FILE` | unset | A file holding the PostgreSQL password (a container or Kubernetes secret; one trailing newline is trimmed), read again for each new connection, so a rotated secret takes effect as connections reach their lifetime. Not with `DATABASE_PASSWORD` or a password in `DATABASE_URL`; warned about when others may read it. With no password at all, libpq's `PGPASSFILE` / `~/.pgpass` applies. |
 //! | `DATABASE_SSLMODE` | `prefer` | `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full`. |
 //! | `DATABASE_SSLROOTCERT` | unset | CA certificate file for `verify-ca` / `verify-full`; must exist. |
+//! | `DATABASE_SSLCERT` | unset | Client certificate file, for `cert` authentication; must exist, and comes with `DATABASE_SSLKEY`. |
+//! | `DATABASE_SSLKEY` | unset | The client certificate's private key file (libpq wants it readable by its owner only); must exist. Shown by path only. |
 //! | `DATABASE_APPLICATION_NAME` | `datalayer` | Shown in `pg_stat_activity`. |
 //! | `DATABASE_CONNECT_TIMEOUT` | `10s` | Limit for one connection attempt; libpq counts whole seconds (rounded up, at least 2). |
 //! | `DATABASE_POOL_MAX_SIZE` | `10` | Most connections the pool holds, at least 1. |
@@ -102,6 +104,8 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_PASSWORD_FILE",
     "DATABASE_SSLMODE",
     "DATABASE_SSLROOTCERT",
+    "DATABASE_SSLCERT",
+    "DATABASE_SSLKEY",
     "DATABASE_APPLICATION_NAME",
     "DATABASE_CONNECT_TIMEOUT",
     "DATABASE_POOL_MAX_SIZE",
@@ -133,6 +137,8 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_PASSWORD_FILE",
     "DATABASE_SSLMODE",
     "DATABASE_SSLROOTCERT",
+    "DATABASE_SSLCERT",
+    "DATABASE_SSLKEY",
     "DATABASE_APPLICATION_NAME",
     "DATABASE_CONNECT_TIMEOUT",
     "DATABASE_TCP_USER_TIMEOUT",
@@ -312,6 +318,10 @@ pub struct PostgresSettings {
     pub ssl_mode: SslMode,
     /// `DATABASE_SSLROOTCERT`.
     pub ssl_root_cert: Option<PathBuf>,
+    /// `DATABASE_SSLCERT`: the client certificate.
+    pub ssl_cert: Option<PathBuf>,
+    /// `DATABASE_SSLKEY`: the client certificate's key.
+    pub ssl_key: Option<PathBuf>,
     /// `DATABASE_APPLICATION_NAME`.
     pub application_name: String,
     /// `DATABASE_CONNECT_TIMEOUT`.
@@ -452,9 +462,17 @@ impl Settings {
             Target::Postgres(pg) => {
                 let connect_timeout = pg.connect_timeout.as_millis().div_ceil(1000).to_string();
                 let root_cert = pg.ssl_root_cert.as_ref().map(|p| p.to_string_lossy());
+                let cert = pg.ssl_cert.as_ref().map(|p| p.to_string_lossy());
+                let key = pg.ssl_key.as_ref().map(|p| p.to_string_lossy());
                 let mut params = vec![("sslmode", pg.ssl_mode.as_str())];
-                if let Some(root_cert) = &root_cert {
-                    params.push(("sslrootcert", root_cert));
+                for (param, file) in [
+                    ("sslrootcert", &root_cert),
+                    ("sslcert", &cert),
+                    ("sslkey", &key),
+                ] {
+                    if let Some(file) = file {
+                        params.push((param, file));
+                    }
                 }
                 params.push(("application_name", &pg.application_name));
                 params.push(("connect_timeout", &connect_timeout));
@@ -536,6 +554,8 @@ struct Raw {
     password_file: Option<String>,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
     pool_max_size: Option<String>,
@@ -1007,6 +1027,50 @@ impl<'a> Loader<'a> {
                     .map_or("(unset)".into(), |p| p.display().to_string())
             },
         );
+        let mut client_file =
+            |param: &str, variable: &'static str, text: Option<&str>, what: &'static str| {
+                self.url_or_var(
+                    &mut url,
+                    param,
+                    variable,
+                    text,
+                    None,
+                    |text| {
+                        if Path::new(text).is_file() {
+                            Ok(Some(PathBuf::from(text)))
+                        } else {
+                            Err(format!("is not a file; give the path of the {what}"))
+                        }
+                    },
+                    |file: &Option<PathBuf>| {
+                        file.as_ref()
+                            .map_or("(unset)".into(), |p| p.display().to_string())
+                    },
+                )
+            };
+        let ssl_cert = client_file(
+            "sslcert",
+            "DATABASE_SSLCERT",
+            raw.sslcert.as_deref(),
+            "client certificate",
+        );
+        let ssl_key = client_file(
+            "sslkey",
+            "DATABASE_SSLKEY",
+            raw.sslkey.as_deref(),
+            "client certificate's private key",
+        );
+        if ssl_cert.is_some() != ssl_key.is_some() {
+            let (variable, other) = if ssl_cert.is_some() {
+                ("DATABASE_SSLKEY", "DATABASE_SSLCERT")
+            } else {
+                ("DATABASE_SSLCERT", "DATABASE_SSLKEY")
+            };
+            self.problem(
+                variable,
+                format!("is needed with {other}; give both or neither"),
+            );
+        }
         let application_name = self.url_or_var(
             &mut url,
             "application_name",
@@ -1065,6 +1129,8 @@ impl<'a> Loader<'a> {
             database,
             ssl_mode,
             ssl_root_cert,
+            ssl_cert,
+            ssl_key,
             application_name,
             connect_timeout,
             tcp_user_timeout,

@@ -49,6 +49,22 @@ const PERMANENT: &[(Matcher, &str)] = &[
         "create the database or fix DATABASE_NAME (or the URL's database)",
     ),
     (
+        |m| m.contains("certificate verify failed"),
+        "the server's certificate is not signed by the CA in DATABASE_SSLROOTCERT: give the CA \
+         file your provider publishes for this server",
+    ),
+    (
+        |m| m.contains("server certificate for") && m.contains("does not match host name"),
+        "the server's certificate is for another host name: connect with the name it was \
+         issued for (DATABASE_HOST, or the URL's host with ?hostaddr= for the address), or use \
+         DATABASE_SSLMODE=verify-ca",
+    ),
+    (
+        |m| m.contains("server does not support SSL"),
+        "the server does not offer TLS: enable ssl on it, or lower DATABASE_SSLMODE (disable or \
+         prefer) on a network you trust",
+    ),
+    (
         |m| {
             m.contains("root certificate file")
                 || m.contains("certificate verify failed")

@@ -47,10 +47,134 @@ pub struct Cluster {
     pub port: u16,
 }
 
+/// Files of a throw-away certificate authority, made with openssl: a server certificate for
+/// the host name `db.test` only, and a client certificate for the role `certuser`.
+pub struct Certificates {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Another CA, which signed nothing the server has.
+    pub other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e} (install openssl; ./scripts/test does)"));
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Certificates {
+    pub fn make(dir: &Path) -> Certificates {
+        let ca = |name: &str, subject: &str| {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    subject,
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        };
+        ca("ca", "/CN=datalayer test CA");
+        ca("other-ca", "/CN=another CA");
+        let signed = |name: &str, subject: &str, extensions: Option<&str>| {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    subject,
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            let mut args = vec![
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+            if let Some(extensions) = extensions {
+                std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("extensions");
+                args.extend(["-extfile".to_string(), format!("{name}.ext")]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            openssl(dir, &args);
+        };
+        signed(
+            "server",
+            "/CN=db.test",
+            Some("subjectAltName=DNS:db.test\n"),
+        );
+        signed("client", "/CN=certuser", None);
+        for key in ["server.key", "client.key"] {
+            std::fs::set_permissions(
+                dir.join(key),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod");
+        }
+        Certificates {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.crt"),
+        }
+    }
+}
+
 impl Cluster {
     pub const PASSWORD: &'static str = "cluster-superuser-pw";
 
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// A cluster with `ssl = on` serving `certificates`' server certificate, asking clients
+    /// for certificates of its CA; the role `certuser` logs in by certificate only.
+    pub fn start_tls(certificates: &Certificates) -> Cluster {
+        Cluster::start_with(Some(certificates))
+    }
+
+    fn start_with(tls: Option<&Certificates>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let owner = |path: &Path| {
             let status = Command::new("chown")
@@ -81,6 +205,33 @@ impl Cluster {
                 "-N",
             ],
         );
+        if let Some(tls) = tls {
+            let copy = |from: &Path, name: &str| {
+                let to = data.join(name);
+                std::fs::copy(from, &to).expect("copy a certificate");
+                owner(&to);
+                to
+            };
+            copy(&tls.server_cert, "server.crt");
+            let key = copy(&tls.server_key, "server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            copy(&tls.ca, "root.crt");
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+            text.push_str(
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                 ssl_ca_file = 'root.crt'\n",
+            );
+            std::fs::write(&conf, text).expect("postgresql.conf");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\n\
+                 hostssl all certuser 127.0.0.1/32 cert\n\
+                 host all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("pg_hba.conf");
+        }
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

@@ -21,5 +21,6 @@ mod proxy;
 mod resilience;
 mod server;
 mod testing;
+mod tls;
 mod transactions;
 mod url_libpq;

@@ -50,6 +50,8 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
             database: Some(dbname.to_string()),
             ssl_mode: SslMode::Disable,
             ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
             application_name: app.to_string(),
             connect_timeout: Duration::from_secs(3),
             tcp_user_timeout: Some(Duration::from_secs(4)),
