@@ -42,6 +42,8 @@
 //! | `DATABASE_SLOW_QUERY_THRESHOLD` | `0` (off) | Log statements slower than this at warn level, with their duration. |
 //! | `DATABASE_MIGRATION_LOCK_TIMEOUT` | `60s` | Longest wait for the migration lock (PostgreSQL advisory lock, or the SQLite file's sidecar lock) when several replicas migrate at once; more than 0. |
 //! | `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` | `5s` | PostgreSQL `lock_timeout` for each migration, so DDL never queues behind a long transaction while every query queues behind it; a migration that times out is retried with backoff. More than 0. |
+//! | `DATABASE_POOLER` | `none` | `transaction` when the engine reaches PostgreSQL through a transaction-mode pooler (PgBouncer `pool_mode = transaction`): no named prepared statements (each query is prepared unnamed), no per-session settings (so the session timeouts are refused: set them on the role), and migrations only over `DATABASE_MIGRATION_URL`. |
+//! | `DATABASE_MIGRATION_URL` | unset | A direct `postgres://` URL (with its password, if any) to the same database, for migrations when `DATABASE_POOLER=transaction`: their session lock must not go through the pooler. A secret, like `DATABASE_URL`. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
 //! | `DATABASE_SCHEMA_CHECK` | `warn` | After migrating, compare the live schema with the committed fingerprint: `warn` logs each difference, `strict` refuses to boot, `off` skips. |
 //!
@@ -123,6 +125,8 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "DATABASE_MIGRATION_LOCK_TIMEOUT",
     "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
+    "DATABASE_POOLER",
+    "DATABASE_MIGRATION_URL",
     "DATABASE_ALLOW_UNKNOWN_MIGRATIONS",
     "DATABASE_SCHEMA_CHECK",
 ];
@@ -146,6 +150,8 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
+    "DATABASE_POOLER",
+    "DATABASE_MIGRATION_URL",
 ];
 
 /// Parts of a connection that `DATABASE_URL` already gives in full.
@@ -337,6 +343,11 @@ pub struct PostgresSettings {
     /// Further libpq parameters carried by `DATABASE_URL` (e.g. `options`,
     /// `target_session_attrs`), passed through in order.
     pub params: UrlParams,
+    /// `DATABASE_POOLER=transaction`: a transaction-mode pooler is between the engine and the
+    /// server.
+    pub transaction_pooler: bool,
+    /// `DATABASE_MIGRATION_URL`: where migrations connect directly, when a pooler is in between.
+    pub migration_url: Option<SecretString>,
 }
 
 /// libpq query parameters passed through from `DATABASE_URL`. `Debug` redacts secret ones
@@ -429,6 +440,35 @@ impl Settings {
             Target::Postgres(_) => Backend::Postgres,
             Target::Sqlite(_) => Backend::Sqlite,
         }
+    }
+
+    /// The settings of the direct connection `DATABASE_MIGRATION_URL` names (its host, port,
+    /// user, database, password and parameters over these settings'; the same password as the
+    /// application when it gives none), or `None` when it is not set.
+    pub(crate) fn migration_settings(&self) -> Option<Settings> {
+        let Target::Postgres(pg) = &self.target else {
+            return None;
+        };
+        let Ok(UrlTarget::Postgres(parsed)) = parse_url(pg.migration_url.as_ref()?.expose_secret())
+        else {
+            return None;
+        };
+        let mut direct = pg.clone();
+        direct.transaction_pooler = false;
+        direct.migration_url = None;
+        direct.host = parsed.host.unwrap_or(direct.host);
+        direct.port = parsed.port.unwrap_or(direct.port);
+        direct.user = parsed.user.or(direct.user);
+        direct.database = parsed.dbname.or(direct.database);
+        if let Some(password) = parsed.password {
+            direct.password = Some(password);
+            direct.password_file = None;
+        }
+        direct.params = UrlParams(parsed.params);
+        Some(Settings {
+            target: Target::Postgres(direct),
+            ..self.clone()
+        })
     }
 
     /// The connection URL with the password as `DATABASE_PASSWORD_FILE` holds it now (read
@@ -573,6 +613,8 @@ struct Raw {
     idle_in_transaction_timeout: Option<String>,
     migration_lock_timeout: Option<String>,
     migration_ddl_lock_timeout: Option<String>,
+    pooler: Option<String>,
+    migration_url: Option<SecretString>,
     allow_unknown_migrations: Option<String>,
     schema_check: Option<String>,
 }
@@ -1109,6 +1151,56 @@ impl<'a> Loader<'a> {
             raw.idle_in_transaction_timeout.as_deref(),
             None,
         );
+        let transaction_pooler = self.var(
+            "DATABASE_POOLER",
+            raw.pooler.as_deref(),
+            false,
+            |text| match text.trim() {
+                "none" => Ok(false),
+                "transaction" => Ok(true),
+                _ => Err("is not a pooler mode; accepted: none, transaction".to_string()),
+            },
+            |on| if *on { "transaction" } else { "none" }.to_string(),
+        );
+        if transaction_pooler {
+            for (variable, set) in [
+                ("DATABASE_STATEMENT_TIMEOUT", statement_timeout.is_some()),
+                ("DATABASE_LOCK_TIMEOUT", lock_timeout.is_some()),
+                (
+                    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+                    idle_in_transaction_timeout.is_some(),
+                ),
+            ] {
+                if set {
+                    self.problem(
+                        variable,
+                        "is a per-session setting, which a transaction pooler \
+                         (DATABASE_POOLER=transaction) does not keep: set it on the role instead \
+                         (ALTER ROLE ... SET ...), or unset it",
+                    );
+                }
+            }
+        }
+        let migration_url = raw.migration_url.clone();
+        if let Some(migration) = &migration_url {
+            match parse_url(migration.expose_secret()) {
+                Ok(UrlTarget::Postgres(_)) => {}
+                Ok(UrlTarget::Sqlite(_)) | Err(_) => self.problem(
+                    "DATABASE_MIGRATION_URL",
+                    "is not a postgres:// URL (it is not quoted: it may hold a password); give \
+                     the direct URL of the same database",
+                ),
+            }
+        }
+        self.entry(
+            "DATABASE_MIGRATION_URL",
+            if migration_url.is_some() {
+                "set (a secret)"
+            } else {
+                "(unset)"
+            },
+            self.origin("DATABASE_MIGRATION_URL"),
+        );
         for (key, _) in &url.params {
             if !postgres_limits::is_libpq_param(key) {
                 self.problem(
@@ -1138,6 +1230,8 @@ impl<'a> Loader<'a> {
             lock_timeout,
             idle_in_transaction_timeout,
             params: UrlParams(url.params),
+            transaction_pooler,
+            migration_url,
         }
     }
 

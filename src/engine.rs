@@ -475,6 +475,18 @@ impl<C: PoolConnection> Engine<C> {
     /// A connection outside the pool, without the application's session limits, for
     /// migrations.
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
+        if self.manager.migrations_need_a_direct_url() {
+            return Err(Error::Config(crate::error::ConfigErrors(vec![
+                crate::error::ConfigProblem {
+                    variable: "DATABASE_MIGRATION_URL".into(),
+                    message: "is needed: migrations hold a session-level lock, which a \
+                              transaction pooler (DATABASE_POOLER=transaction) would strand on \
+                              a server connection that other clients then get; give the direct \
+                              URL of the same database"
+                        .into(),
+                },
+            ])));
+        }
         let shared = &self.books.shared;
         let spare = shared.spare.lock().ok().and_then(|mut spare| spare.take());
         shared
@@ -482,6 +494,7 @@ impl<C: PoolConnection> Engine<C> {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         match spare {
             Some(_) if self.spare_made.elapsed() >= SPARE_FOR => {}
+            Some(_) if !self.manager.spare_serves_migrations() => {}
             Some(Spare::Ready(ready)) => return Ok(ready),
             Some(Spare::Fresh(conn)) => {
                 if let Ok(ready) = self.manager.prepare_for_migrations(conn) {

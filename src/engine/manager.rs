@@ -301,6 +301,10 @@ pub(crate) struct Manager<C> {
     url: ConnectionUrl,
     /// The settings, when each new connection must read the password file again.
     password_file: Option<Arc<Settings>>,
+    /// The direct connection's settings (`DATABASE_MIGRATION_URL`) for migrations.
+    migration: Option<Arc<Settings>>,
+    /// `DATABASE_POOLER=transaction`: no named prepared statements, no backend pid.
+    transaction_pooler: bool,
     /// Run on every new pooled connection; empty when there is nothing to set.
     session_sql: String,
     shared: Arc<Shared>,
@@ -315,6 +319,8 @@ impl<C> Clone for Manager<C> {
             backend: self.backend,
             url: self.url.clone(),
             password_file: self.password_file.clone(),
+            migration: self.migration.clone(),
+            transaction_pooler: self.transaction_pooler,
             session_sql: self.session_sql.clone(),
             shared: Arc::clone(&self.shared),
             echo: self.echo,
@@ -362,10 +368,14 @@ impl<C: PoolConnection> Manager<C> {
             Target::Postgres(pg) if pg.password_file.is_some() => Some(Arc::new(settings.clone())),
             _ => None,
         };
+        let transaction_pooler =
+            matches!(&settings.target, Target::Postgres(pg) if pg.transaction_pooler);
         Manager {
             backend: settings.backend(),
             url: settings.connection_url(),
             password_file,
+            migration: settings.migration_settings().map(Arc::new),
+            transaction_pooler,
             session_sql: session_sql(settings),
             shared,
             echo: settings.pool.echo,
@@ -387,13 +397,22 @@ impl<C: PoolConnection> Manager<C> {
     /// Opens a connection to the configured backend, reporting that backend's own error.
     /// This is the one place the URL's secret is exposed.
     pub(crate) fn establish_as<T: PoolConnection>(&self) -> Result<T, ConnectError> {
+        self.establish_to::<T>(self.password_file.as_deref())
+    }
+
+    /// [`Manager::establish_as`] to the URL of `settings` when given (read again: a password
+    /// file, a migration URL), else to the engine's own.
+    fn establish_to<T: PoolConnection>(
+        &self,
+        settings: Option<&Settings>,
+    ) -> Result<T, ConnectError> {
         if !self.shared.begin_attempt() {
             return Err(ConnectError("the engine is shutting down".into()));
         }
         // A password file is read again for each connection, so a rotated secret is used as
         // soon as new connections are made.
         let current;
-        let url = match &self.password_file {
+        let url = match settings {
             None => &self.url,
             Some(settings) => match settings.current_connection_url() {
                 Ok(url) => {
@@ -429,8 +448,22 @@ impl<C: PoolConnection> Manager<C> {
 
     /// A connection for migrations; see [`Manager::prepare_for_migrations`].
     pub(crate) fn establish_for_migrations(&self) -> Result<MigrationConn, ConnectError> {
-        let conn = self.establish()?;
+        let conn = match &self.migration {
+            Some(direct) => self.establish_to::<Conn>(Some(direct))?,
+            None => self.establish()?,
+        };
         self.prepare_for_migrations(conn)
+    }
+
+    /// Whether the spare connection `Engine::connect` made can serve migrations: only when
+    /// they go where the pool goes.
+    pub(crate) fn spare_serves_migrations(&self) -> bool {
+        self.migration.is_none()
+    }
+
+    /// Whether migrations have nowhere safe to go: a transaction pooler, and no direct URL.
+    pub(crate) fn migrations_need_a_direct_url(&self) -> bool {
+        self.transaction_pooler && self.migration.is_none()
     }
 
     /// Readies a fresh connection (never handed to the application) for migrations: on
@@ -634,9 +667,15 @@ impl<C: PoolConnection> Manager<C> {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
         }
-        let backend_pid = conn
-            .backend_pid()
-            .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?;
+        let backend_pid = if self.transaction_pooler {
+            // A transaction pooler hands each transaction whichever server connection is
+            // free: no named prepared statement may outlive it, and no pid belongs to it.
+            conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+            None
+        } else {
+            conn.backend_pid()
+                .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?
+        };
         let health = Arc::new(Health::default());
         health.last_ok.store(answered, Ordering::Release);
         health.born.store(answered, Ordering::Release);

@@ -73,6 +73,16 @@ fn valid() -> Vec<Vec<(String, String)>> {
             pair("DATABASE_PORT", "1".into()),
             pair("DATABASE_PASSWORD_FILE", canary_file()),
         ],
+        vec![
+            pair("DATABASE_HOST", "127.0.0.1".into()),
+            pair("DATABASE_PORT", "1".into()),
+            pair("DATABASE_PASSWORD", CANARY.into()),
+            pair("DATABASE_POOLER", "transaction".into()),
+            pair(
+                "DATABASE_MIGRATION_URL",
+                format!("postgres://u:{}@127.0.0.1:1/app", encoded()),
+            ),
+        ],
     ];
     for config in &mut configs {
         config.push(pair("DATABASE_CONNECT_DEADLINE", "300ms".into()));
@@ -117,6 +127,7 @@ fn invalid() -> Vec<Vec<(String, String)>> {
         ],
         vec![pair("DATABASE_PASSWORD", CANARY.into())],
         with_password("DATABASE_PASSWORD_FILE", &canary_file()),
+        with_password("DATABASE_MIGRATION_URL", &format!("mysql://u:{CANARY}@h/d")),
         vec![
             pair("DATABASE_HOST", "db".into()),
             pair("DATABASE_PASSWORD_FILE", canary_file()),

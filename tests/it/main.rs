@@ -17,6 +17,7 @@ mod models;
 mod netns;
 mod observability;
 mod password_file;
+mod pgbouncer;
 mod proxy;
 mod resilience;
 mod server;

@@ -59,6 +59,8 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
             lock_timeout: None,
             idle_in_transaction_timeout: None,
             params: UrlParams::default(),
+            transaction_pooler: false,
+            migration_url: None,
         }),
         pool: PoolSettings::default(),
         migrations: MigrationSettings::default(),
