@@ -13,7 +13,19 @@ use serde_json::Value;
 use crate::common::{Place, fresh_postgres};
 use crate::proxy::FaultProxy;
 
+/// The example server's binary, built now: `cargo test` compiles examples under hashed names
+/// and does not refresh `target/debug/examples/blocking_server`, so a test could otherwise run
+/// a stale one (cargo only takes a moment when it is current).
 fn server_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "blocking_server"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build --example blocking_server");
+        assert!(status.success(), "the example server does not build");
+    });
     let exe = std::env::current_exe().expect("test binary path");
     let debug = exe
         .parent()
@@ -367,5 +379,25 @@ fn the_example_server_holds_against_oversized_slow_and_nul_requests() {
         b"POST /users HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     );
     assert_eq!(chunked.status, 411, "{}", chunked.body);
+    stop(running);
+}
+
+#[test]
+fn the_example_server_behind_pgbouncer_in_transaction_mode() {
+    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_server_pgb"), None);
+    let bouncer = crate::pgbouncer::PgBouncer::start(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(
+        &[
+            ("DATABASE_URL", bouncer.url(&db.name)),
+            ("DATABASE_POOLER", "transaction".into()),
+            (
+                "DATABASE_MIGRATION_URL",
+                crate::common::database_url(&db.name),
+            ),
+        ],
+        dir.path(),
+    );
+    exercise(running.addr);
     stop(running);
 }
