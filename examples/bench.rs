@@ -187,6 +187,18 @@ where
 }
 
 fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
+    pgbench_via(config, &config.url, "prepared", script, clients)
+}
+
+/// pgbench at `url` with the query protocol `mode` (`prepared`: named statements; `extended`:
+/// unnamed ones, what a transaction pooler allows).
+fn pgbench_via(
+    config: &Config,
+    url: &str,
+    mode: &str,
+    script: &str,
+    clients: usize,
+) -> Result<f64> {
     let path = std::env::temp_dir().join(format!("datalayer-bench-{}.sql", std::process::id()));
     std::fs::write(&path, script)?;
     let seconds = config.seconds.ceil().max(1.0) as u64;
@@ -194,7 +206,7 @@ fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
         .args([
             "-n",
             "-M",
-            "prepared",
+            mode,
             "-c",
             &clients.to_string(),
             "-j",
@@ -202,7 +214,7 @@ fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
         ])
         .args(["-T", &seconds.to_string(), "-f"])
         .arg(&path)
-        .arg(&config.url)
+        .arg(url)
         .env("PGSSLMODE", "disable")
         .output()?;
     let _ = std::fs::remove_file(&path);
@@ -302,20 +314,24 @@ fn main() -> Result<()> {
         seed_python: std::env::var("BENCH_SEED_PYTHON")
             .ok()
             .filter(|p| !p.is_empty()),
-        cases: env_or("BENCH_CASES", "reads,writes,sqlite,checkout,boot,testdb")
-            .split(',')
-            .map(|c| c.trim().to_string())
-            .collect(),
+        cases: env_or(
+            "BENCH_CASES",
+            "reads,writes,sqlite,checkout,boot,testdb,pgbouncer",
+        )
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .collect(),
     };
     setup(&config)?;
     let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("reads", reads),
         ("writes", writes),
         ("sqlite", sqlite),
         ("checkout", checkout),
         ("boot", boot),
         ("testdb", testdb),
+        ("pgbouncer", pgbouncer),
     ];
     for (name, case) in cases {
         if config.runs(name) {
@@ -588,6 +604,123 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
 fn boot(config: &Config, settings: &Settings) -> Result<()> {
     println!("\n## Boot with nothing pending (PostgreSQL, after connecting)\n");
     boot_cost(settings, &config.url)?;
+    Ok(())
+}
+
+/// A PgBouncer in transaction mode in front of the benchmark's server, run as `postgres`
+/// from a temporary folder; killed on drop.
+struct Bouncer {
+    child: std::process::Child,
+    _dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Bouncer {
+    fn start(pool_size: usize) -> Result<Bouncer> {
+        let dir = std::env::temp_dir().join(format!("dl_bench_pgbouncer_{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let path = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(path("users.txt"), "\"postgres\" \"\"\n")?;
+        std::fs::write(
+            path("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port=5432\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 500\n\
+                 ignore_startup_parameters = extra_float_digits\nlogfile = {}\npidfile = {}\n",
+                path("users.txt"),
+                path("pgbouncer.log"),
+                path("pgbouncer.pid")
+            ),
+        )?;
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()?;
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pgbouncer"])
+            .arg(path("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let bouncer = Bouncer {
+            child,
+            _dir: dir,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("pgbouncer did not listen".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(bouncer)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// Point reads through PgBouncer in transaction mode (8 server connections): the engine with
+/// `DATABASE_POOLER=transaction` (unnamed statements) against pgbench in the same protocol
+/// (`-M extended`), same clients, same PgBouncer, interleaved rounds.
+fn pgbouncer(config: &Config, _: &Settings) -> Result<()> {
+    println!("\n## Point reads through PgBouncer (transaction mode, 8 server connections)\n");
+    let has_pgbouncer = Command::new("sh")
+        .args(["-c", "command -v pgbouncer"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pgbouncer {
+        println!("skipped: pgbouncer is not installed (apt-get install pgbouncer)");
+        return Ok(());
+    }
+    let bouncer = Bouncer::start(8)?;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        bouncer.port, config.dbname
+    );
+    let settings = Settings::from_pairs([
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_POOLER", "transaction"),
+    ])?;
+    let rows = config.rows;
+    let select_script = format!(
+        "\\set id random(1, {rows})\nSELECT id, email, display_name, created_at, updated_at FROM users WHERE id = :id;\n"
+    );
+    let (mut bench_row, mut engine_row) = (vec![], vec![]);
+    for &c in &config.clients {
+        // No settling: PgBouncer keeps its server connections, as it does in production.
+        let [p, e] = interleaved(config.rounds, |case| {
+            Ok(match case {
+                0 => pgbench_via(config, &url, "extended", &select_script, c)?,
+                _ => engine_reads(config.seconds, c, &Engine::connect(&settings)?, rows),
+            })
+        })?;
+        bench_row.push(p);
+        engine_row.push(e);
+        eprint!(".");
+    }
+    eprintln!();
+    let ratios = ratio(&engine_row, &bench_row);
+    print_table(
+        &config.clients,
+        &[
+            ("pgbench -M extended via PgBouncer", bench_row),
+            ("engine via PgBouncer", engine_row),
+            ("engine/pgbench", ratios),
+        ],
+    );
     Ok(())
 }
 
