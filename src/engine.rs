@@ -94,14 +94,19 @@ pub struct Engine<C: PoolConnection = Conn> {
     settings: Settings,
     /// How long dropping the engine waits for connection attempts under way.
     close_limit: Duration,
+    /// Set by [`Engine::close`], so that the drop after it does not wait again.
+    closed: bool,
 }
 
+/// How long dropping an engine waits for checked-out connections to come back.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 impl<C: PoolConnection> Drop for Engine<C> {
-    /// Stops new connection attempts and waits (at most the connect timeout, plus a second)
-    /// for those under way, so that the process can exit safely right after.
+    /// [`Engine::close`] with a wait of 5 s.
     fn drop(&mut self) {
-        drop(self.books.parking.drain());
-        self.books.shared.close(self.close_limit);
+        if !self.closed {
+            self.shut_down(CLOSE_WAIT);
+        }
     }
 }
 
@@ -264,6 +269,7 @@ impl<C: PoolConnection> Engine<C> {
             spare_made: Instant::now(),
             settings: settings.clone(),
             close_limit: connect_timeout + Duration::from_secs(1),
+            closed: false,
         })
     }
 
@@ -383,6 +389,47 @@ impl<C: PoolConnection> Engine<C> {
     /// migration run), so an application that never migrates does not hold it for good.
     fn close_stale_spare(&self) {
         self.books.shared.drop_spare();
+    }
+
+    /// Closes the engine: no new connections; parked and idle ones closed at once; waits at
+    /// most `wait` for the connections checked out to come back (closing each as it does), and
+    /// logs, with where they were checked out, those still held when the wait ends (they are
+    /// closed when returned). Also waits (at most the connect timeout and a second) for
+    /// connection attempts under way, so that the process can exit right after. Dropping the
+    /// engine does the same with a 5 s wait.
+    pub fn close(mut self, wait: Duration) {
+        self.shut_down(wait);
+        self.closed = true;
+    }
+
+    fn shut_down(&mut self, wait: Duration) {
+        let shared = &self.books.shared;
+        drop(self.books.parking.drain());
+        shared.drop_spare();
+        let deadline = Instant::now() + wait;
+        // Shutdown only: a short poll, not a wake-up on every return.
+        while shared
+            .counts
+            .in_use
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let held = self.books.checkouts.holders();
+        if !held.is_empty() {
+            tracing::warn!(
+                "closing the engine with {} connection(s) still checked out after {wait:?}: {}; \
+                 each is closed when returned",
+                held.len(),
+                held.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        shared.close(self.close_limit);
     }
 
     /// The connections checked out right now, longest held first.

@@ -343,8 +343,13 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = http::serve(listener, limits, &STOP, handler) {
         tracing::error!("serving stopped: {e}");
     }
+    // No request is served any more: close the engine (waiting at most 5 s for connections
+    // still checked out, and naming them), so that no backend of ours outlives the process.
     let state = engine.state();
-    drop(engine);
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.close(Duration::from_secs(5)),
+        Err(engine) => drop(engine),
+    }
     tracing::info!(
         "stopped; {} connection(s) were still checked out",
         state.in_use

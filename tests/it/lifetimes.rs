@@ -181,3 +181,61 @@ fn the_spare_connection_counts_against_the_pool_size() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// This test database's backends with application name `app`.
+fn backends(db: &crate::common::TestDb, app: &str) -> u32 {
+    PqConn::connect(&database_url(&db.name))
+        .expect("connect")
+        .query(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ))
+        .expect("pg_stat_activity")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+#[test]
+fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_backend() {
+    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_close"), None);
+    let app = crate::common::unique_name("close_app");
+    let settings = crate::common::postgres_settings(
+        &db.name,
+        &[
+            ("DATABASE_POOL_MAX_SIZE", "3"),
+            ("DATABASE_APPLICATION_NAME", &app),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    let idle = engine.get().expect("checkout");
+    drop(idle);
+    let held_line = line!() + 1;
+    let held = engine.get().expect("checkout");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _ = released.recv();
+        drop(held);
+    });
+    // The holder does not give its connection back: close waits 300 ms, names it, and returns.
+    let log = crate::common::logged(|| engine.close(Duration::from_millis(300)));
+    assert!(
+        log.contains("closing the engine with 1 connection(s) still checked out"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("{}:{held_line}:", file!())), "{log}");
+    assert!(
+        !holder.is_finished(),
+        "close returned while the connection was still held"
+    );
+    release.send(()).expect("release");
+    holder.join().expect("holder");
+    // Every backend goes: the idle one at close, the held one when it came back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&db, &app) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} backend(s) remain",
+            backends(&db, &app)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
