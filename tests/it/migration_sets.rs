@@ -23,6 +23,19 @@ const AUDIT: [&str; 2] = [
     "2026-01-01-000002_create_things",
 ];
 
+/// The reference migrator, after it migrated `engine`'s database and `sql` changed what it
+/// left (to make the database look as another release or a hand left it).
+fn migrated_then(engine: &Engine, sql: &str) -> datalayer::Migrator {
+    let reference = datalayer::models::migrator();
+    reference.run_pending(engine).expect("migrate");
+    engine
+        .get()
+        .expect("checkout")
+        .batch_execute(sql)
+        .expect("change the database");
+    reference
+}
+
 fn ledger(engine: &Engine) -> Vec<String> {
     let mut conn = engine.get().expect("checkout");
     query_lines(
@@ -100,14 +113,11 @@ fn a_version_another_set_applied_is_refused_by_name() {
 #[test]
 fn a_ledger_from_the_previous_release_belongs_to_the_reference_set() {
     for (engine, _place) in fresh_engines("dl_legacy", &[]) {
-        let reference = datalayer::models::migrator();
-        reference.run_pending(&engine).expect("migrate");
         // What the previous release left: the ledger without its migration_set column.
-        engine
-            .get()
-            .expect("checkout")
-            .batch_execute("ALTER TABLE datalayer_migrations DROP COLUMN migration_set")
-            .expect("make the ledger look old");
+        let reference = migrated_then(
+            &engine,
+            "ALTER TABLE datalayer_migrations DROP COLUMN migration_set",
+        );
         let has_set_column = |engine: &Engine| {
             engine
                 .get()
@@ -155,15 +165,10 @@ fn status_on_a_database_never_migrated_writes_nothing() {
 #[test]
 fn status_shows_an_edited_migration() {
     for (engine, _place) in fresh_engines("dl_status_edit", &[]) {
-        let reference = datalayer::models::migrator();
-        reference.run_pending(&engine).expect("migrate");
-        engine
-            .get()
-            .expect("checkout")
-            .batch_execute(
-                "UPDATE datalayer_migrations SET checksum = 'abc' WHERE version = '20261125000002'",
-            )
-            .expect("tamper");
+        let reference = migrated_then(
+            &engine,
+            "UPDATE datalayer_migrations SET checksum = 'abc' WHERE version = '20261125000002'",
+        );
         let status = reference.status(&engine).expect("status");
         assert_eq!(status.edited, [REFERENCE[1]]);
         assert_eq!(status.applied, REFERENCE);
@@ -424,20 +429,15 @@ fn a_role_without_create_on_the_schema_fails_migrate_with_exit_4_naming_the_step
 #[test]
 fn revert_with_unknown_versions_present_reverts_this_set_s_newest() {
     for (engine, _place) in fresh_engines("dl_revert_unknown", &[]) {
-        let reference = datalayer::models::migrator();
-        reference.run_pending(&engine).expect("migrate");
         // A newer release's migration of this set, unknown to this binary.
-        engine
-            .get()
-            .expect("checkout")
-            .batch_execute(
-                "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000');
-                 INSERT INTO datalayer_migrations
-                     (version, name, checksum, applied_at, duration_ms, applied_by, migration_set)
-                 VALUES ('20991231000000', '2099-12-31-000000_later', 'x', CURRENT_TIMESTAMP,
-                         1, 'datalayer 9.9.9', 'datalayer')",
-            )
-            .expect("a newer release's row");
+        let reference = migrated_then(
+            &engine,
+            "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000');
+             INSERT INTO datalayer_migrations
+                 (version, name, checksum, applied_at, duration_ms, applied_by, migration_set)
+             VALUES ('20991231000000', '2099-12-31-000000_later', 'x', CURRENT_TIMESTAMP,
+                     1, 'datalayer 9.9.9', 'datalayer')",
+        );
         let mut settings = engine.settings().clone();
         settings.migrations.allow_unknown = true;
         let tolerant = Engine::connect(&settings).expect("connect");
