@@ -93,6 +93,9 @@ pub(crate) struct Shared {
     epoch: Instant,
     /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
     last_dead: AtomicU64,
+    /// Connections made before this moment ([`Shared::now`] units; 0: none) are retired: a
+    /// connection met a sign of failover (the primary became read-only, or was shut down).
+    retire_before: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
     /// Connections the pool holds open, and how many are checked out (for the gauges).
     pub(crate) counts: Counts,
@@ -147,6 +150,7 @@ impl Shared {
             idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch: Instant::now(),
             last_dead: AtomicU64::new(0),
+            retire_before: AtomicU64::new(0),
             last_error: Mutex::new(None),
             counts: Counts::default(),
             attempts: Mutex::new(Attempts::default()),
@@ -221,8 +225,10 @@ impl Shared {
     /// (a [`Shared::now`] value).
     fn expired(&self, health: &Health, now: u64) -> bool {
         let since = |moment: &AtomicU64| now.saturating_sub(moment.load(Ordering::Acquire));
-        self.lifetime
-            .is_some_and(|limit| since(&health.born) >= limit)
+        health.born.load(Ordering::Acquire) < self.retire_before.load(Ordering::Acquire)
+            || self
+                .lifetime
+                .is_some_and(|limit| since(&health.born) >= limit)
             || self
                 .idle_timeout
                 .is_some_and(|limit| since(&health.last_ok) >= limit)
@@ -266,6 +272,18 @@ impl Shared {
             && let Ok(mut spare) = self.spare.lock()
         {
             *spare = None;
+        }
+    }
+
+    /// Retires every connection made before now: after a failover, connections to the old
+    /// primary answer (read-only) or are about to be cut, and new ones find the new primary.
+    fn retire_all_made_before_now(&self) {
+        let now = self.now();
+        if self.retire_before.fetch_max(now, Ordering::AcqRel) < now {
+            tracing::warn!(
+                "a connection met a sign of failover (a read-only primary, an administrator \
+                 shutdown, a closed connection): every connection made before it is retired"
+            );
         }
     }
 
@@ -539,6 +557,24 @@ struct DeathWatch {
     slow: Option<Duration>,
 }
 
+/// A failover shows as a write refused by a read-only server (SQLSTATE 25006: the old primary
+/// came back as a standby), as the server terminating sessions on an administrator's command
+/// (57P01: a shutdown, or a promotion tool fencing the old primary), or as the server closing
+/// the connection (over TLS the 57P01 message is often lost and only the close is seen).
+/// Diesel exposes 25006 and the close as kinds, 57P01 only as its (English) message.
+fn is_failover_sign(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ReadOnlyTransaction | DatabaseErrorKind::ClosedConnection,
+            _,
+        ) => true,
+        DieselError::DatabaseError(_, info) => info
+            .message()
+            .contains("terminating connection due to administrator command"),
+        _ => false,
+    }
+}
+
 /// Diesel shows a query as `<sql> -- binds: [...]`: keep only the SQL.
 fn sql_only(query: &dyn std::fmt::Display) -> String {
     let text = query.to_string();
@@ -589,6 +625,9 @@ impl Instrumentation for DeathWatch {
                     self.health.dead.store(true, Ordering::Release);
                     self.shared.mark_dead();
                     self.shared.metrics.broken().increment(1);
+                }
+                if is_failover_sign(error) {
+                    self.shared.retire_all_made_before_now();
                 }
                 self.report(query, true);
             }

@@ -239,3 +239,65 @@ fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_back
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Checks out `n` connections at once and returns their backend pids.
+fn pids(engine: &Engine, n: usize) -> Vec<i32> {
+    let held: Vec<_> = (0..n).map(|_| engine.get().expect("checkout")).collect();
+    let mut pids: Vec<i32> = held.iter().map(|c| c.backend_pid().expect("pid")).collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn a_sign_of_failover_retires_every_connection_made_before_it() {
+    use diesel::connection::SimpleConnection;
+    let (base, place) = fresh_postgres("dl_failover_sign", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let engine = with_pool(&base, |pool| pool.max_size = 3);
+    let before = pids(&engine, 3);
+
+    // The primary turned read-only (as an old primary does when it comes back as a standby):
+    // a write is refused with SQLSTATE 25006.
+    {
+        let mut conn = engine.get().expect("checkout");
+        let error = conn
+            .batch_execute("BEGIN READ ONLY; CREATE TABLE t (x integer)")
+            .expect_err("read-only");
+        let _ = conn.batch_execute("ROLLBACK");
+        assert!(
+            error.to_string().contains("read-only transaction"),
+            "{error}"
+        );
+    }
+    let after = pids(&engine, 3);
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "every connection made before the sign was replaced: {before:?} -> {after:?}"
+    );
+
+    // An administrator shutdown (57P01) of one backend does the same for all.
+    let victim = after[0];
+    PqConn::connect(&database_url(&db.name))
+        .expect("connect")
+        .query(&format!("SELECT pg_terminate_backend({victim})"))
+        .expect("terminate");
+    // Every connection is used once: the terminated one's query fails with 57P01.
+    let failed = {
+        let mut held: Vec<_> = (0..3).map(|_| engine.get().expect("checkout")).collect();
+        held.iter_mut()
+            .map(|conn| conn.batch_execute("SELECT 1").is_err())
+            .filter(|failed| *failed)
+            .count()
+    };
+    let last = pids(&engine, 3);
+    assert!(
+        failed <= 1,
+        "only the terminated connection's request may fail: {failed}"
+    );
+    assert!(
+        last.iter().all(|pid| !after.contains(pid)),
+        "every connection made before the shutdown was replaced: {after:?} -> {last:?}"
+    );
+}

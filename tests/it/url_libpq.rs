@@ -171,14 +171,20 @@ fn no_nul_text() -> impl Strategy<Value = String> {
         .prop_map(String::from_iter)
 }
 
+/// A role or database name: PostgreSQL holds at most 63 bytes (longer is a configuration
+/// error).
+fn name_text() -> impl Strategy<Value = String> {
+    no_nul_text().prop_filter("fits a PostgreSQL name", |s| s.len() <= 63)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn libpq_round_trips_arbitrary_strings(
-        user in no_nul_text(),
+        user in name_text(),
         password in no_nul_text(),
-        dbname in no_nul_text(),
+        dbname in name_text(),
         app in no_nul_text(),
         dir in no_nul_text(),
     ) {
