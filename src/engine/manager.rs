@@ -13,6 +13,10 @@
 //!   usually means the server restarted or dropped every backend, so every connection not
 //!   heard from since is suspect (SQLAlchemy invalidates its whole pool for the same reason).
 //!
+//! Beyond that, a sign of failover (a closed connection, a write refused as read-only, an
+//! administrator shutdown) retires every connection of the pool made before it: such a
+//! connection is not handed out again, whether or not it would answer a ping.
+//!
 //! The clock is the start of the last *successful query*, not the return to the pool: a
 //! connection whose query succeeded just before the server dropped it, but that came back
 //! after another one was found dead, must be checked.
