@@ -49,6 +49,8 @@ mod connection;
 mod manager;
 pub mod metrics;
 mod pool_connection;
+mod setup;
+mod shared;
 pub mod transaction;
 
 use std::fmt;
@@ -67,6 +69,8 @@ pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared, Spare};
 pub use self::pool_connection::PoolConnection;
+pub(crate) use self::setup::check_backend;
+use self::setup::{create_sqlite_file, pool_name, reap_parked};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 pub use crate::pool_state::{Holder, PoolState};
@@ -575,115 +579,4 @@ impl<C: PoolConnection> Engine<C> {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-}
-
-/// Creates a missing SQLite database file, and the folders it needs, readable by their owner
-/// only (a database holds the application's data; SQLite gives its WAL and shared-memory
-/// files the database file's permissions). An existing file or folder is left as it is.
-fn create_sqlite_file(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create the folder {}: {e} (check DATABASE_PATH)",
-                    dir.display()
-                )
-            })?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!(
-            "cannot create the database file {}: {e} (check DATABASE_PATH and its folder's \
-             permissions)",
-            path.display()
-        )),
-    }
-}
-
-/// The `pool` label of an engine's metrics: the database it serves, numbered from the second
-/// engine on the same database in this process.
-fn pool_name(settings: &Settings) -> String {
-    static SEEN: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
-    let base = match &settings.target {
-        Target::Postgres(pg) => format!(
-            "{}@{}:{}",
-            pg.database.as_deref().or(pg.user.as_deref()).unwrap_or(""),
-            pg.host,
-            pg.port
-        ),
-        Target::Sqlite(sqlite) => sqlite.path.display().to_string(),
-    };
-    let Ok(mut seen) = SEEN.lock() else {
-        return base;
-    };
-    match seen.iter_mut().find(|(name, _)| *name == base) {
-        Some((_, count)) => {
-            *count += 1;
-            format!("{base}#{count}")
-        }
-        None => {
-            seen.push((base.clone(), 1));
-            base
-        }
-    }
-}
-
-/// A configuration error when `C` cannot reach the backend `settings` choose.
-pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<(), Error> {
-    if C::BACKENDS.contains(&settings.backend()) {
-        return Ok(());
-    }
-    let name = std::any::type_name::<C>();
-    Err(Error::Config(crate::error::ConfigErrors(vec![
-        crate::error::ConfigProblem {
-            variable: "DATABASE_URL".into(),
-            message: format!(
-                "the application's engine hands out {} connections, which cannot reach a {} \
-                 database; configure a {} database",
-                name.rsplit("::").next().unwrap_or(name),
-                settings.backend(),
-                C::BACKENDS
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        },
-    ])))
-}
-
-/// Closes parked connections past `DATABASE_POOL_MAX_LIFETIME` or `DATABASE_POOL_IDLE_TIMEOUT`
-/// on a thread of the engine's, since r2d2's reaper sees them as checked out: every
-/// [`Shared::reap_every`], until the engine is dropped.
-fn reap_parked<C: PoolConnection>(books: &Arc<Books<C>>) {
-    let Some(every) = books.shared.reap_every() else {
-        return;
-    };
-    let books = Arc::downgrade(books);
-    let _ = std::thread::Builder::new()
-        .name("datalayer-reaper".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(books) = books.upgrade() else {
-                    return;
-                };
-                let now = Instant::now();
-                let expired = books
-                    .parking
-                    .evict(|held| books.shared.retire_if_expired(&held.conn, now));
-                // Dropped here, outside the slots' locks: back to r2d2, which closes them.
-                drop(expired);
-            }
-        });
 }

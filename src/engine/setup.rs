@@ -1,0 +1,121 @@
+//! What `Engine::connect` does around building the pool: the backend check, the SQLite file,
+//! the metrics' pool name, and the reaper of parked connections.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Books;
+use super::pool_connection::PoolConnection;
+use crate::config::{Settings, Target};
+use crate::error::Error;
+
+/// Creates a missing SQLite database file, and the folders it needs, readable by their owner
+/// only (a database holds the application's data; SQLite gives its WAL and shared-memory
+/// files the database file's permissions). An existing file or folder is left as it is.
+pub(super) fn create_sqlite_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the folder {}: {e} (check DATABASE_PATH)",
+                    dir.display()
+                )
+            })?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create the database file {}: {e} (check DATABASE_PATH and its folder's \
+             permissions)",
+            path.display()
+        )),
+    }
+}
+
+/// The `pool` label of an engine's metrics: the database it serves, numbered from the second
+/// engine on the same database in this process.
+pub(super) fn pool_name(settings: &Settings) -> String {
+    static SEEN: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+    let base = match &settings.target {
+        Target::Postgres(pg) => format!(
+            "{}@{}:{}",
+            pg.database.as_deref().or(pg.user.as_deref()).unwrap_or(""),
+            pg.host,
+            pg.port
+        ),
+        Target::Sqlite(sqlite) => sqlite.path.display().to_string(),
+    };
+    let Ok(mut seen) = SEEN.lock() else {
+        return base;
+    };
+    match seen.iter_mut().find(|(name, _)| *name == base) {
+        Some((_, count)) => {
+            *count += 1;
+            format!("{base}#{count}")
+        }
+        None => {
+            seen.push((base.clone(), 1));
+            base
+        }
+    }
+}
+
+/// A configuration error when `C` cannot reach the backend `settings` choose.
+pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<(), Error> {
+    if C::BACKENDS.contains(&settings.backend()) {
+        return Ok(());
+    }
+    let name = std::any::type_name::<C>();
+    Err(Error::Config(crate::error::ConfigErrors(vec![
+        crate::error::ConfigProblem {
+            variable: "DATABASE_URL".into(),
+            message: format!(
+                "the application's engine hands out {} connections, which cannot reach a {} \
+                 database; configure a {} database",
+                name.rsplit("::").next().unwrap_or(name),
+                settings.backend(),
+                C::BACKENDS
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        },
+    ])))
+}
+
+/// Closes parked connections past `DATABASE_POOL_MAX_LIFETIME` or `DATABASE_POOL_IDLE_TIMEOUT`
+/// on a thread of the engine's, since r2d2's reaper sees them as checked out: every
+/// `Shared::reap_every`, until the engine is dropped.
+pub(super) fn reap_parked<C: PoolConnection>(books: &Arc<Books<C>>) {
+    let Some(every) = books.shared.reap_every() else {
+        return;
+    };
+    let books = Arc::downgrade(books);
+    let _ = std::thread::Builder::new()
+        .name("datalayer-reaper".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(books) = books.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let expired = books
+                    .parking
+                    .evict(|held| books.shared.retire_if_expired(&held.conn, now));
+                // Dropped here, outside the slots' locks: back to r2d2, which closes them.
+                drop(expired);
+            }
+        });
+}

@@ -1,0 +1,255 @@
+//! What the manager, the error handler, the instrumentation of each connection and the engine
+//! share: the pool's clock and death epoch, lifetimes, connection attempts, the spare
+//! connection, the gauges' counts and the metric keys.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Conn;
+use super::manager::{MigrationConn, Slot};
+use super::pool_connection::PoolConnection;
+use crate::config::Settings;
+
+/// What the instrumentation learns about one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// A query on it failed with a closed connection.
+    pub(crate) dead: AtomicBool,
+    /// When its last successful query started (or it was made), in [`Shared::now`] units.
+    pub(crate) last_ok: AtomicU64,
+    /// When it was made, in [`Shared::now`] units (`DATABASE_POOL_MAX_LIFETIME` counts from it).
+    pub(crate) born: AtomicU64,
+    /// Past its lifetime or idle timeout: closed, not reused, when it goes back to the pool.
+    pub(crate) retired: AtomicBool,
+}
+
+/// The gauges' counters, written on every checkout and return: on cache lines of their own, so
+/// that those writes do not evict what every checkout reads (`epoch`, `last_dead`).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Counts {
+    pub(crate) open: AtomicI64,
+    pub(crate) in_use: AtomicI64,
+}
+
+/// State shared by the manager, the error handler and the instrumentation of each connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
+    last_dead: AtomicU64,
+    /// Connections made before this moment ([`Shared::now`] units; 0: none) are retired: a
+    /// connection met a sign of failover (the primary became read-only, or was shut down).
+    retire_before: AtomicU64,
+    last_error: Mutex<Option<(String, Instant)>>,
+    /// Connections the pool holds open, and how many are checked out (for the gauges).
+    pub(crate) counts: Counts,
+    /// This pool's metric keys.
+    pub(crate) metrics: super::metrics::PoolMetrics,
+    /// Connection attempts under way, and whether the engine is closing (no new attempts).
+    attempts: Mutex<Attempts>,
+    attempts_done: Condvar,
+    /// The pool's connections, open or being opened; with the spare, at most `max_size`.
+    pub(super) pool_slots: AtomicU64,
+    pub(super) max_size: u64,
+    /// The connection `Engine::connect` made, kept for the first migration run.
+    pub(crate) spare: Mutex<Option<Spare>>,
+    /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
+    pub(crate) spare_held: AtomicBool,
+    /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
+    lifetime: Option<u64>,
+    idle_timeout: Option<u64>,
+}
+
+/// The connection kept from `Engine::connect`: as made, or already readied for migrations.
+pub(crate) enum Spare {
+    Fresh(Conn),
+    Ready(MigrationConn),
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spare::Fresh(_) => "Spare::Fresh",
+            Spare::Ready(_) => "Spare::Ready",
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    in_flight: usize,
+    closing: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(pool: &str, settings: &Settings) -> Arc<Shared> {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Arc::new(Shared {
+            metrics: super::metrics::PoolMetrics::new(pool),
+            pool_slots: AtomicU64::new(0),
+            max_size: u64::from(settings.pool.max_size),
+            spare: Mutex::new(None),
+            spare_held: AtomicBool::new(false),
+            lifetime: settings.pool.max_lifetime.map(nanos),
+            idle_timeout: settings.pool.idle_timeout.map(nanos),
+            epoch: Instant::now(),
+            last_dead: AtomicU64::new(0),
+            retire_before: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            counts: Counts::default(),
+            attempts: Mutex::new(Attempts::default()),
+            attempts_done: Condvar::new(),
+        })
+    }
+
+    /// Registers a connection attempt, unless the engine is closing.
+    pub(super) fn begin_attempt(&self) -> bool {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return false;
+        };
+        if attempts.closing {
+            return false;
+        }
+        attempts.in_flight += 1;
+        true
+    }
+
+    pub(super) fn end_attempt(&self) {
+        if let Ok(mut attempts) = self.attempts.lock() {
+            attempts.in_flight -= 1;
+            self.attempts_done.notify_all();
+        }
+    }
+
+    /// Refuses new connection attempts and waits up to `limit` for those under way.
+    ///
+    /// r2d2 opens connections on background threads and does not wait for them when the pool
+    /// is dropped. A process that exits while one of them is inside libpq's TLS handshake
+    /// crashes in OpenSSL's exit handler, so the engine drains them first.
+    pub(crate) fn close(&self, limit: Duration) {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return;
+        };
+        attempts.closing = true;
+        let deadline = Instant::now() + limit;
+        while attempts.in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.attempts_done.wait_timeout(attempts, left) {
+                Ok((guard, _)) => attempts = guard,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Records a checkout (+1) or a return (-1) in the gauges.
+    pub(crate) fn count_in_use(&self, delta: i64) {
+        let in_use = self.counts.in_use.fetch_add(delta, Ordering::Relaxed) + delta;
+        let open = self.counts.open.load(Ordering::Relaxed);
+        self.metrics.in_use().set(in_use as f64);
+        self.metrics.idle().set((open - in_use).max(0) as f64);
+    }
+
+    /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
+    pub(super) fn now(&self) -> u64 {
+        self.at(Instant::now())
+    }
+
+    /// `instant` in [`Shared::now`] units.
+    pub(super) fn at(&self, instant: Instant) -> u64 {
+        u64::try_from(instant.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Whether a connection is past `DATABASE_POOL_MAX_LIFETIME` (counted from when it was
+    /// made) or `DATABASE_POOL_IDLE_TIMEOUT` (counted from its last successful query) at `now`
+    /// (a [`Shared::now`] value).
+    pub(super) fn expired(&self, health: &Health, now: u64) -> bool {
+        let since = |moment: &AtomicU64| now.saturating_sub(moment.load(Ordering::Acquire));
+        health.born.load(Ordering::Acquire) < self.retire_before.load(Ordering::Acquire)
+            || self
+                .lifetime
+                .is_some_and(|limit| since(&health.born) >= limit)
+            || self
+                .idle_timeout
+                .is_some_and(|limit| since(&health.last_ok) >= limit)
+    }
+
+    /// Retires `slot` if it has expired at `now`; whether it did.
+    pub(crate) fn retire_if_expired<C: PoolConnection>(
+        &self,
+        slot: &Slot<C>,
+        now: Instant,
+    ) -> bool {
+        let expired = self.expired(&slot.health, self.at(now));
+        if expired {
+            slot.retire();
+        }
+        expired
+    }
+
+    /// How often parked connections are checked against the lifetime and idle timeout: a
+    /// quarter of the shorter one, between 50 ms and 1 s; `None` when neither is set.
+    pub(crate) fn reap_every(&self) -> Option<Duration> {
+        let shorter = match (self.lifetime, self.idle_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some(
+            Duration::from_nanos(shorter / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        )
+    }
+
+    /// Whether the spare may be kept: the pool has room for it beside its own connections.
+    pub(crate) fn room_for_spare(&self) -> bool {
+        self.pool_slots.load(Ordering::Acquire) < self.max_size
+    }
+
+    /// Closes the spare connection.
+    pub(crate) fn drop_spare(&self) {
+        if self.spare_held.swap(false, Ordering::AcqRel)
+            && let Ok(mut spare) = self.spare.lock()
+        {
+            *spare = None;
+        }
+    }
+
+    /// Retires every connection made before now: after a failover, connections to the old
+    /// primary answer (read-only) or are about to be cut, and new ones find the new primary.
+    pub(super) fn retire_all_made_before_now(&self) {
+        let now = self.now();
+        if self.retire_before.fetch_max(now, Ordering::AcqRel) < now {
+            tracing::warn!(
+                "a connection met a sign of failover (a read-only primary, an administrator \
+                 shutdown, a closed connection): every connection made before it is retired"
+            );
+        }
+    }
+
+    pub(super) fn mark_dead(&self) {
+        self.last_dead.fetch_max(self.now(), Ordering::AcqRel);
+    }
+
+    /// Was a connection found dead at or after `moment` (a [`Shared::now`] value)?
+    pub(super) fn dead_since(&self, moment: u64) -> bool {
+        self.last_dead.load(Ordering::Acquire) >= moment
+    }
+
+    /// The most recent error met while connecting, already free of secrets, and when.
+    pub(crate) fn last_error(&self) -> Option<(String, Instant)> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    pub(super) fn set_last_error(&self, message: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((message, Instant::now()));
+        }
+    }
+}
