@@ -239,6 +239,14 @@ impl<C: PoolConnection> Engine<C> {
             })?;
         }
         let first = boot::first_connection(&manager, settings.pool.connect_deadline)?;
+        // Kept as the spare before the pool exists: the pool starts filling at once, and its
+        // last connection must find the spare there to close it.
+        if let Ok(mut spare) = shared.spare.lock() {
+            *spare = Some(Spare::Fresh(first));
+            shared
+                .spare_held
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let pool_settings = &settings.pool;
         let pool = Pool::builder()
             .max_size(pool_settings.max_size)
@@ -254,12 +262,6 @@ impl<C: PoolConnection> Engine<C> {
             Target::Postgres(pg) => pg.connect_timeout,
             Target::Sqlite(_) => SQLITE_BUSY_TIMEOUT,
         };
-        if let Ok(mut spare) = shared.spare.lock() {
-            *spare = Some(Spare::Fresh(first));
-            shared
-                .spare_held
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
         let books = Arc::new(Books {
             checkouts: Checkouts::default(),
             parking: Parking::new(),
