@@ -12,7 +12,7 @@
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
-//! | `DATABASE_URL` | unset | The whole connection: `postgres://…`, `postgresql://…`, `sqlite://path`, or a SQLite file path. Cannot be combined with `DATABASE_HOST`, `_PORT`, `_USER`, `_NAME` or `_PATH`. |
+//! | `DATABASE_URL` | unset | The whole connection: `postgres://…`, `postgresql://…`, `sqlite://path`, or a SQLite file path. Cannot be combined with `DATABASE_HOST`, `_PORT`, `_USER`, `_NAME` or `_PATH`. Several TCP hosts (`postgres://app@a:5432,b:5432/app?target_session_attrs=read-write`) are tried in order. |
 //! | `DATABASE_BACKEND` | inferred | `postgres` or `sqlite`. Inferred from the URL scheme, else `postgres` when `DATABASE_HOST` is set, else `sqlite`. |
 //! | `DATABASE_PATH` | `data/datalayer.sqlite3` | SQLite database file; it and its folder are created when missing. |
 //! | `DATABASE_HOST` | `localhost` | PostgreSQL host: a name, an IPv4 or IPv6 address, or a unix-socket directory (starts with `/`). |
@@ -310,6 +310,9 @@ pub struct PostgresSettings {
     pub host: Host,
     /// `DATABASE_PORT`.
     pub port: u16,
+    /// Further hosts of a multi-host `DATABASE_URL` (`postgres://a:5432,b:5433/db`), tried in
+    /// order after the first; with `target_session_attrs=read-write` libpq keeps the primary.
+    pub more_hosts: Vec<(Host, u16)>,
     /// `DATABASE_USER`; `None` leaves it to libpq.
     pub user: Option<String>,
     /// `DATABASE_PASSWORD`; `Debug` prints `[REDACTED]`.
@@ -457,6 +460,11 @@ impl Settings {
         direct.migration_url = None;
         direct.host = parsed.host.unwrap_or(direct.host);
         direct.port = parsed.port.unwrap_or(direct.port);
+        direct.more_hosts = parsed
+            .more_hosts
+            .into_iter()
+            .map(|(host, port)| (host, port.unwrap_or(direct.port)))
+            .collect();
         direct.user = parsed.user.or(direct.user);
         direct.database = parsed.dbname.or(direct.database);
         if let Some(password) = parsed.password {
@@ -532,6 +540,7 @@ impl Settings {
                     password: pg.password.as_ref().map(|p| p.expose_secret()),
                     host: &pg.host,
                     port: pg.port,
+                    more_hosts: &pg.more_hosts,
                     dbname: pg.database.as_deref(),
                     params,
                     redact: false,

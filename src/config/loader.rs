@@ -409,6 +409,30 @@ impl<'a> Loader<'a> {
             ),
         };
 
+        let more_hosts: Vec<(Host, u16)> = std::mem::take(&mut url.more_hosts)
+            .into_iter()
+            .map(|(host, other)| (host, other.unwrap_or(port)))
+            .collect();
+        if !more_hosts.is_empty() {
+            if matches!(host, Host::Socket(_)) {
+                self.problem(
+                    "DATABASE_URL",
+                    "lists several hosts with a socket directory among them; give TCP hosts \
+                     (libpq tries them in order)",
+                );
+            }
+            let all = std::iter::once(format!("{host}:{port}"))
+                .chain(more_hosts.iter().map(|(h, p)| format!("{h}:{p}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Some(entry) = self
+                .entries
+                .iter_mut()
+                .find(|e| e.variable == "DATABASE_HOST")
+            {
+                entry.value = format!("{all} (tried in order)");
+            }
+        }
         let user = self.optional("DATABASE_USER", url.user.take(), raw.user.clone());
         let database = self.optional("DATABASE_NAME", url.dbname.take(), raw.name.clone());
         for (variable, value) in [("DATABASE_USER", &user), ("DATABASE_NAME", &database)] {
@@ -653,6 +677,7 @@ impl<'a> Loader<'a> {
         PostgresSettings {
             host,
             port,
+            more_hosts,
             user,
             password: password.map(|(p, _)| p),
             password_file,

@@ -203,6 +203,8 @@ pub(crate) struct UrlParts<'a> {
     pub password: Option<&'a str>,
     pub host: &'a Host,
     pub port: u16,
+    /// Further TCP hosts, written after the first: `a:5432,b:5433`.
+    pub more_hosts: &'a [(Host, u16)],
     pub dbname: Option<&'a str>,
     /// Query parameters, written in order after the socket's `host` and `port`.
     pub params: Vec<(&'a str, &'a str)>,
@@ -233,13 +235,25 @@ pub(crate) fn build_postgres(parts: &UrlParts<'_>) -> String {
     }
     let port = parts.port.to_string();
     let mut query: Vec<(&str, &str)> = Vec::new();
-    match parts.host {
-        Host::Name(name) => url.push_str(&format!("{}:{port}", encode(name))),
-        Host::Ip(IpAddr::V4(ip)) => url.push_str(&format!("{ip}:{port}")),
-        Host::Ip(IpAddr::V6(ip)) => url.push_str(&format!("[{ip}]:{port}")),
-        Host::Socket(dir) => {
+    let tcp = |host: &Host, port: &str| match host {
+        Host::Name(name) => Some(format!("{}:{port}", encode(name))),
+        Host::Ip(IpAddr::V4(ip)) => Some(format!("{ip}:{port}")),
+        Host::Ip(IpAddr::V6(ip)) => Some(format!("[{ip}]:{port}")),
+        Host::Socket(_) => None,
+    };
+    match (parts.host, tcp(parts.host, &port)) {
+        (_, Some(authority)) => url.push_str(&authority),
+        (Host::Socket(dir), None) => {
             query.push(("host", dir));
             query.push(("port", &port));
+        }
+        _ => {}
+    }
+    for (host, port) in parts.more_hosts {
+        // The settings refuse a socket directory among several hosts.
+        if let Some(authority) = tcp(host, &port.to_string()) {
+            url.push(',');
+            url.push_str(&authority);
         }
     }
     url.push('/');
@@ -279,6 +293,8 @@ pub(crate) struct ParsedUrl {
     pub password: Option<SecretString>,
     pub host: Option<Host>,
     pub port: Option<u16>,
+    /// Further `host:port`s of a multi-host URL (`postgres://a:5432,b:5433/db`), in order.
+    pub more_hosts: Vec<(Host, Option<u16>)>,
     pub dbname: Option<String>,
     /// Query parameters other than `host`, `port`, `user`, `password` and `dbname`, in order.
     pub params: Vec<(String, String)>,
@@ -315,10 +331,25 @@ pub(crate) fn parse_postgres(url: &str) -> Result<ParsedUrl, String> {
         }
         None => authority,
     };
-    if hostport.contains(',') {
-        return Err(format!(
-            "lists several hosts, which datalayer does not support; give one host ({ESCAPE_HINT})"
-        ));
+    // Several hosts (libpq tries them in order; with target_session_attrs=read-write it
+    // keeps the one that accepts writes, which is how a failover is followed).
+    let mut hostports = hostport.split(',');
+    let hostport = hostports.next().unwrap_or_default();
+    for other in hostports {
+        let (host, port) = split_host_port(other)?;
+        if host.is_empty() {
+            return Err(format!("lists an empty host among several ({ESCAPE_HINT})"));
+        }
+        let host = decode(host, "host")?;
+        let host = Host::parse(&host).map_err(|why| format!("a host {why} ({ESCAPE_HINT})"))?;
+        let port = port
+            .map(|p| {
+                parse_port(p).ok_or_else(|| {
+                    format!("a port is not a number from 1 to 65535 ({ESCAPE_HINT})")
+                })
+            })
+            .transpose()?;
+        parsed.more_hosts.push((host, port));
     }
     let (host, port) = split_host_port(hostport)?;
     if !host.is_empty() {
@@ -455,6 +486,7 @@ mod tests {
             password: Some("p@ss:w/rd%41 é"),
             host,
             port: 5432,
+            more_hosts: &[],
             dbname: Some("my db"),
             params: vec![("application_name", "a b+c"), ("sslpassword", "k*y")],
             redact: false,
@@ -530,7 +562,7 @@ mod tests {
         let secret = "hunter2";
         for url in [
             "postgres://u:hunter2@h:hunter2/db",
-            "postgres://u:hunter2@h1,h2/db",
+            "postgres://u:hunter2@h1,/db",
             "postgres://u:hun@ter2@h/db",
             "postgres://u:hunter2%zz@h/db",
             "postgres://u:hunter2@[::1/db",
@@ -557,6 +589,7 @@ mod scrub_tests {
             password: Some(password),
             host: &host,
             port: 5432,
+            more_hosts: &[],
             dbname: Some("postgres"),
             params: vec![],
             redact,

@@ -44,6 +44,7 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
         target: Target::Postgres(PostgresSettings {
             host,
             port: 5432,
+            more_hosts: Vec::new(),
             user: Some(user.to_string()),
             password: Some(SecretString::from(password)),
             password_file: None,
@@ -237,4 +238,48 @@ fn postgres_accepts_hostile_names_through_the_url() {
             "via {host}"
         );
     }
+}
+
+/// A multi-host URL, as libpq reads it, and followed by a real connection: libpq tries the
+/// hosts in order, and `target_session_attrs=read-write` keeps the one that accepts writes.
+#[test]
+fn several_hosts_are_written_as_libpq_reads_them_and_tried_in_order() {
+    let settings = Settings::from_pairs([(
+        "DATABASE_URL",
+        "postgres://app@db-a.internal:5433,[::1]:5434,10.0.0.7/app?target_session_attrs=read-write",
+    )])
+    .expect("several hosts");
+    let url = settings.connection_url();
+    let parsed = conninfo_parse(url.expose_secret()).expect("libpq parses it");
+    assert_eq!(parsed["host"], b"db-a.internal,::1,10.0.0.7");
+    assert_eq!(parsed["port"], b"5433,5434,5433");
+    assert_eq!(parsed["target_session_attrs"], b"read-write");
+    assert_round_trips(&settings);
+
+    // Nothing listens on port 1: libpq moves on to the shared server.
+    let admin = crate::common::admin_url();
+    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s);
+    let (_, hostport) = server.split_once('@').expect("user@host:port");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:1,{hostport}/postgres?target_session_attrs=read-write"
+    );
+    let engine = datalayer::Engine::connect(
+        &Settings::from_pairs([("DATABASE_URL", url.as_str())]).expect("settings"),
+    )
+    .expect("the second host answers");
+    assert!(
+        engine
+            .ping()
+            .expect("ping")
+            .server_version
+            .starts_with("PostgreSQL")
+    );
+
+    let error = Settings::from_pairs([("DATABASE_URL", "postgres://app@/app?host=/run/pg")])
+        .map(|_| ())
+        .err();
+    assert!(
+        error.is_none(),
+        "one socket directory stays fine: {error:?}"
+    );
 }
