@@ -236,6 +236,12 @@ impl Cluster {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Cluster::run(dir, port)
+    }
+
+    /// Starts the cluster in `dir`/data on `port`.
+    fn run(dir: tempfile::TempDir, port: u16) -> Cluster {
+        let data = dir.path().join("data");
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             dir.path().display()
@@ -254,6 +260,73 @@ impl Cluster {
             ],
         );
         Cluster { dir, port }
+    }
+
+    /// A streaming replica of this cluster (`pg_basebackup -R`), started on its own port.
+    pub fn replica(&self) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown (the tests run as root)");
+        let data = dir.path().join("data");
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--", "env"])
+            .arg(format!("PGPASSWORD={}", Cluster::PASSWORD))
+            .arg(bin("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+            ])
+            .args(["-X", "stream", "-D"])
+            .arg(&data)
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            output.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Cluster::run(dir, port)
+    }
+
+    /// Promotes this standby and waits until it accepts writes.
+    pub fn promote(&self) {
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.path().join("data").to_string_lossy(),
+                "-w",
+                "promote",
+            ],
+        );
+    }
+
+    /// Stops this cluster (fast shutdown: sessions are terminated).
+    pub fn stop(&self) {
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.path().join("data").to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     /// A superuser libpq connection, for setting the test up.
