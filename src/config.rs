@@ -15,8 +15,8 @@
 //! | `DATABASE_URL` | unset | The whole connection: `postgres://…`, `postgresql://…`, `sqlite://path`, or a SQLite file path. Cannot be combined with `DATABASE_HOST`, `_PORT`, `_USER`, `_NAME` or `_PATH`. Several TCP hosts (`postgres://app@a:5432,b:5432/app?target_session_attrs=read-write`) are tried in order. |
 //! | `DATABASE_BACKEND` | inferred | `postgres` or `sqlite`. Inferred from the URL scheme, else `postgres` when `DATABASE_HOST` is set, else `sqlite`. |
 //! | `DATABASE_PATH` | `data/datalayer.sqlite3` | SQLite database file; it and its folder are created when missing. |
-//! | `DATABASE_HOST` | `localhost` | PostgreSQL host: a name, an IPv4 or IPv6 address, or a unix-socket directory (starts with `/`). |
-//! | `DATABASE_PORT` | `5432` | PostgreSQL port, 1-65535. |
+//! | `DATABASE_HOST` | `localhost` | PostgreSQL host: a name, an IPv4 or IPv6 address, or a unix-socket directory (starts with `/`). Several TCP hosts, `a,b`, are tried in order. |
+//! | `DATABASE_PORT` | `5432` | PostgreSQL port, 1-65535; with several hosts, one for all or one per host (`5432,5433`). |
 //! | `DATABASE_USER` | unset | PostgreSQL role; unset means libpq's default (the OS user). |
 //! | `DATABASE_NAME` | unset | PostgreSQL database; unset means libpq's default (the role's name). |
 //! | `DATABASE_PASSWORD` | unset | PostgreSQL password, held as a `SecretString`. May fill in a `DATABASE_URL` that has no password. |

@@ -382,41 +382,84 @@ impl<'a> Loader<'a> {
             );
         }
         let localhost = Host::Name("localhost".into());
-        let host = match url.host.take() {
+        // The variables may list several hosts (`a,b`) and one port for all or one per host,
+        // as libpq's `host` and `port` do.
+        let show_list = |items: Vec<String>| items.join(",");
+        let (host, var_more_hosts) = match url.host.take() {
             Some(host) => {
                 self.entry("DATABASE_HOST", host.to_string(), Origin::Url);
-                host
+                (host, Vec::new())
             }
-            None => self.var(
-                "DATABASE_HOST",
-                raw.host.as_deref(),
-                localhost,
-                |text| Host::parse(text.trim()).map_err(str::to_string),
-                Host::to_string,
-            ),
+            None => {
+                let mut hosts = self.var(
+                    "DATABASE_HOST",
+                    raw.host.as_deref(),
+                    vec![localhost],
+                    |text| {
+                        text.split(',')
+                            .map(|h| Host::parse(h.trim()).map_err(str::to_string))
+                            .collect::<Result<Vec<_>, _>>()
+                    },
+                    |hosts| show_list(hosts.iter().map(Host::to_string).collect()),
+                );
+                let first = hosts.remove(0);
+                (first, hosts)
+            }
         };
-        let port = match url.port {
+        let (port, var_more_ports) = match url.port {
             Some(port) => {
                 self.entry("DATABASE_PORT", port.to_string(), Origin::Url);
-                port
+                (port, Vec::new())
             }
-            None => self.var(
-                "DATABASE_PORT",
-                raw.port.as_deref(),
-                5432,
-                |text| url::parse_port(text).ok_or_else(|| "is not a port (1-65535)".to_string()),
-                u16::to_string,
-            ),
+            None => {
+                let mut ports = self.var(
+                    "DATABASE_PORT",
+                    raw.port.as_deref(),
+                    vec![5432],
+                    |text| {
+                        text.split(',')
+                            .map(|p| {
+                                url::parse_port(p)
+                                    .ok_or_else(|| "is not a port (1-65535)".to_string())
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    },
+                    |ports| show_list(ports.iter().map(u16::to_string).collect()),
+                );
+                let first = ports.remove(0);
+                (first, ports)
+            }
         };
-
+        if !var_more_ports.is_empty() && var_more_ports.len() != var_more_hosts.len() {
+            self.problem(
+                "DATABASE_PORT",
+                format!(
+                    "gives {} ports for {} hosts; give one port for all, or one per host",
+                    var_more_ports.len() + 1,
+                    var_more_hosts.len() + 1
+                ),
+            );
+        }
+        for (i, other) in var_more_hosts.into_iter().enumerate() {
+            let other_port = var_more_ports.get(i).copied().unwrap_or(port);
+            url.more_hosts.push((other, Some(other_port)));
+        }
+        let several_from =
+            if url.more_hosts.is_empty() || self.vars.origin("DATABASE_HOST").is_none() {
+                "DATABASE_URL"
+            } else {
+                "DATABASE_HOST"
+            };
         let more_hosts: Vec<(Host, u16)> = std::mem::take(&mut url.more_hosts)
             .into_iter()
             .map(|(host, other)| (host, other.unwrap_or(port)))
             .collect();
         if !more_hosts.is_empty() {
-            if matches!(host, Host::Socket(_)) {
+            if matches!(host, Host::Socket(_))
+                || more_hosts.iter().any(|(h, _)| matches!(h, Host::Socket(_)))
+            {
                 self.problem(
-                    "DATABASE_URL",
+                    several_from,
                     "lists several hosts with a socket directory among them; give TCP hosts \
                      (libpq tries them in order)",
                 );

@@ -283,3 +283,35 @@ fn several_hosts_are_written_as_libpq_reads_them_and_tried_in_order() {
         "one socket directory stays fine: {error:?}"
     );
 }
+
+#[test]
+fn several_hosts_as_parts_are_written_as_libpq_reads_them() {
+    let libpq = |pairs: &[(&str, &str)]| {
+        let settings = Settings::from_pairs(pairs.iter().copied()).expect("valid");
+        let parsed = conninfo_parse(settings.connection_url().expose_secret()).expect("parses");
+        (
+            String::from_utf8_lossy(&parsed["host"]).into_owned(),
+            String::from_utf8_lossy(&parsed["port"]).into_owned(),
+        )
+    };
+    assert_eq!(
+        libpq(&[
+            ("DATABASE_HOST", "db-a,db-b"),
+            ("DATABASE_PORT", "5433,5434")
+        ]),
+        ("db-a,db-b".to_string(), "5433,5434".to_string())
+    );
+    assert_eq!(
+        libpq(&[("DATABASE_HOST", "db-a, 10.0.0.7")]),
+        ("db-a,10.0.0.7".to_string(), "5432,5432".to_string())
+    );
+    let problem = |pairs: &[(&str, &str)]| {
+        let error = Settings::from_pairs(pairs.iter().copied()).expect_err("refused");
+        error.config_problems()[0].variable.clone()
+    };
+    assert_eq!(
+        problem(&[("DATABASE_HOST", "a,b"), ("DATABASE_PORT", "1,2,3")]),
+        "DATABASE_PORT"
+    );
+    assert_eq!(problem(&[("DATABASE_HOST", "/run/pg,db")]), "DATABASE_HOST");
+}
