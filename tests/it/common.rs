@@ -258,3 +258,13 @@ pub fn with_pool(
     change(&mut settings.pool);
     datalayer::Engine::connect(&settings).expect("connect")
 }
+
+/// Waits until `condition` holds, polling every 10 ms; fails the test naming `what` if it has
+/// not within `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

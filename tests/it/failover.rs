@@ -75,11 +75,7 @@ fn writes_follow_a_promoted_replica_with_few_failures() {
         })
         .collect();
     let wait_for = |what: &str, condition: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !condition() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::common::wait_for(what, Duration::from_secs(30), condition)
     };
     wait_for("writes run", &|| written.load(Ordering::Acquire) > 200);
 

@@ -123,11 +123,7 @@ fn a_rotated_password_takes_effect_without_a_restart() {
         })
         .collect();
     let wait_for = |what: &str, condition: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !condition() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::common::wait_for(what, Duration::from_secs(20), condition)
     };
     wait_for("the clients run", &|| served.load(Ordering::Acquire) > 100);
 
