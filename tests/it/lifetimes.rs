@@ -151,13 +151,6 @@ fn the_spare_connection_counts_against_the_pool_size() {
     );
     let engine = Engine::connect(&settings).expect("connect");
     let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
-    let backends = || {
-        watcher
-            .query(&format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
-            ))
-            .expect("pg_stat_activity")
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = engine.state();
@@ -176,21 +169,16 @@ fn the_spare_connection_counts_against_the_pool_size() {
     }
     // A closed backend leaves pg_stat_activity a moment after its connection is dropped;
     // without the rule, the spare would stay open beside the pool's two.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backends().as_deref() != Some("2") {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} backends, pool size 2",
-            backends()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::common::wait_for(
+        "the spare closed: pool size 2",
+        Duration::from_secs(5),
+        || backends(&watcher, &app) == 2,
+    );
 }
 
-/// This test database's backends with application name `app`.
-fn backends(db: &crate::common::TestDb, app: &str) -> u32 {
-    PqConn::connect(&database_url(&db.name))
-        .expect("connect")
+/// How many backends with application name `app` `watcher` sees.
+fn backends(watcher: &PqConn, app: &str) -> u32 {
+    watcher
         .query(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
         ))
@@ -234,15 +222,12 @@ fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_back
     release.send(()).expect("release");
     holder.join().expect("holder");
     // Every backend goes: the idle one at close, the held one when it came back.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backends(&db, &app) != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} backend(s) remain",
-            backends(&db, &app)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
+    crate::common::wait_for(
+        "no backend of the engine remains",
+        Duration::from_secs(5),
+        || backends(&watcher, &app) == 0,
+    );
 }
 
 /// Checks out `n` connections at once and returns their backend pids.
