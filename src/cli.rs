@@ -161,7 +161,12 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
         print(&config_table(&loaded));
         return Ok(());
     }
-    let engine = Engine::connect(&one_shot(&loaded.settings))?;
+    let mut settings = one_shot(&loaded.settings);
+    if !matches!(command, Command::Check) {
+        // Only `check` reports on the read replica; the others never read from it.
+        settings.replica = None;
+    }
+    let engine = Engine::connect(&settings)?;
     match command {
         Command::Config => unreachable!("handled above"),
         Command::Check => {
@@ -174,6 +179,22 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
                 ping.database,
                 ping.latency,
             ));
+            if let Some(replica) = engine.replica_state() {
+                print(&format!(
+                    "replica   {}
+          {replica}
+",
+                    replica.target
+                ));
+                if !replica.reachable {
+                    return Err(Failure::from(Error::Connect {
+                        target: replica.target,
+                        reason: replica
+                            .reason
+                            .unwrap_or_else(|| "the read replica cannot be reached".into()),
+                    }));
+                }
+            }
         }
         Command::Migrate { accept_checksum } => {
             for version in &accept_checksum {
@@ -257,8 +278,12 @@ fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Failure> {
         0 => String::new(),
         n => format!("; schema drift: {n} difference(s), see the warnings"),
     };
+    let replica = engine
+        .replica_state()
+        .map(|state| format!("; replica {}: {state}", state.target))
+        .unwrap_or_default();
     print(&format!(
-        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}{drift}\n",
+        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}{drift}{replica}\n",
         engine.backend(),
         engine.target(),
         report.applied.len(),

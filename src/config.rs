@@ -44,6 +44,12 @@
 //! | `DATABASE_MIGRATION_DDL_LOCK_TIMEOUT` | `5s` | PostgreSQL `lock_timeout` for each migration, so DDL never queues behind a long transaction while every query queues behind it; a migration that times out is retried with backoff. More than 0. |
 //! | `DATABASE_POOLER` | `none` | `transaction` when the engine reaches PostgreSQL through a transaction-mode pooler (PgBouncer `pool_mode = transaction`): no named prepared statements (each query is prepared unnamed), no per-session settings (so the session timeouts are refused: set them on the role), and migrations only over `DATABASE_MIGRATION_URL`. |
 //! | `DATABASE_MIGRATION_URL` | unset | A direct `postgres://` URL (with its password, if any) to the same database, for migrations when `DATABASE_POOLER=transaction`: their session lock must not go through the pooler. A secret, like `DATABASE_URL`. |
+//! | `DATABASE_REPLICA_URL` | unset | A read replica's `postgres://` URL (a secret, like `DATABASE_URL`): [`crate::Engine::read`] checks connections out of a second pool on it. Its host(s), port(s), user, password and database replace the primary's; TLS, timeouts and the application name are the primary's (so those parameters are refused in it). Not with `DATABASE_REPLICA_HOST` / `_PORT`. Unset (and no `DATABASE_REPLICA_HOST`/`_PORT`): reads go to the primary. |
+//! | `DATABASE_REPLICA_HOST` | the primary's | A read replica reached with every setting of the primary but its host: a name, an address, a socket directory, or several TCP hosts (`a,b`). |
+//! | `DATABASE_REPLICA_PORT` | the primary's | The read replica's port (one for all its hosts, or one per host). |
+//! | `DATABASE_REPLICA_POOL_MAX_SIZE` | `DATABASE_POOL_MAX_SIZE` | Most connections the replica's pool holds, at least 1 (its minimum idle is the primary's, capped at this). |
+//! | `DATABASE_REPLICA_MAX_LAG` | `5s` | Reads go to the primary while the replica replays more than this behind (measured on the replica: the age of its last replayed transaction while WAL it received waits to be replayed), and while it cannot be reached. More than 0. |
+//! | `DATABASE_REPLICA_CHECK_INTERVAL` | `1s` | How often a background thread measures the replica's lag on a connection of its own (checkouts never query it); a replica that recovers serves reads again after the next check. 50ms or more. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
 //! | `DATABASE_SCHEMA_CHECK` | `warn` | After migrating, compare the live schema with the committed fingerprint: `warn` logs each difference, `strict` refuses to boot, `off` skips. |
 //!
@@ -126,6 +132,12 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
     "DATABASE_POOLER",
     "DATABASE_MIGRATION_URL",
+    "DATABASE_REPLICA_URL",
+    "DATABASE_REPLICA_HOST",
+    "DATABASE_REPLICA_PORT",
+    "DATABASE_REPLICA_POOL_MAX_SIZE",
+    "DATABASE_REPLICA_MAX_LAG",
+    "DATABASE_REPLICA_CHECK_INTERVAL",
     "DATABASE_ALLOW_UNKNOWN_MIGRATIONS",
     "DATABASE_SCHEMA_CHECK",
 ];
@@ -151,6 +163,12 @@ const POSTGRES_ONLY: &[&str] = &[
     "DATABASE_MIGRATION_DDL_LOCK_TIMEOUT",
     "DATABASE_POOLER",
     "DATABASE_MIGRATION_URL",
+    "DATABASE_REPLICA_URL",
+    "DATABASE_REPLICA_HOST",
+    "DATABASE_REPLICA_PORT",
+    "DATABASE_REPLICA_POOL_MAX_SIZE",
+    "DATABASE_REPLICA_MAX_LAG",
+    "DATABASE_REPLICA_CHECK_INTERVAL",
 ];
 
 /// Parts of a connection that `DATABASE_URL` already gives in full.
@@ -236,6 +254,31 @@ pub struct Settings {
     pub pool: PoolSettings,
     /// How migrations are serialized, checked and verified.
     pub migrations: MigrationSettings,
+    /// A read replica for [`crate::Engine::read`]; `None` sends reads to the primary.
+    pub replica: Option<ReplicaSettings>,
+}
+
+/// A read replica: where it is, its pool's size, and when reads leave it for the primary.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// The replica's connection: the primary's settings with `DATABASE_REPLICA_URL`'s parts, or
+    /// `DATABASE_REPLICA_HOST` / `_PORT`, in their place.
+    pub target: PostgresSettings,
+    /// `DATABASE_REPLICA_POOL_MAX_SIZE`, at least 1.
+    pub max_size: u32,
+    /// `DATABASE_REPLICA_MAX_LAG`, more than zero.
+    pub max_lag: Duration,
+    /// `DATABASE_REPLICA_CHECK_INTERVAL`, at least 50 ms.
+    pub check_interval: Duration,
+}
+
+impl ReplicaSettings {
+    /// The shortest `DATABASE_REPLICA_CHECK_INTERVAL`.
+    pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+    /// `DATABASE_REPLICA_MAX_LAG`'s default.
+    pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
+    /// `DATABASE_REPLICA_CHECK_INTERVAL`'s default.
+    pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 /// What `DATABASE_SCHEMA_CHECK` asks for after migrating.
@@ -413,6 +456,7 @@ impl Default for Settings {
             }),
             pool: PoolSettings::default(),
             migrations: MigrationSettings::default(),
+            replica: None,
         }
     }
 }
@@ -474,7 +518,23 @@ impl Settings {
         direct.params = UrlParams(parsed.params);
         Some(Settings {
             target: Target::Postgres(direct),
+            replica: None,
             ..self.clone()
+        })
+    }
+
+    /// The settings the read replica's pool is built from: these, with the replica's
+    /// connection and pool size, and no replica of its own; `None` without a replica.
+    pub fn replica_settings(&self) -> Option<Settings> {
+        let replica = self.replica.as_ref()?;
+        let mut pool = self.pool.clone();
+        pool.max_size = replica.max_size;
+        pool.min_idle = pool.min_idle.map(|n| n.min(replica.max_size));
+        Some(Settings {
+            target: Target::Postgres(replica.target.clone()),
+            pool,
+            migrations: self.migrations.clone(),
+            replica: None,
         })
     }
 

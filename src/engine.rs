@@ -49,6 +49,7 @@ mod connection;
 mod manager;
 pub mod metrics;
 mod pool_connection;
+mod replica;
 mod setup;
 mod shared;
 pub mod transaction;
@@ -69,6 +70,8 @@ pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared, Spare};
 pub use self::pool_connection::PoolConnection;
+use self::replica::Replica;
+pub use self::replica::ReplicaState;
 pub(crate) use self::setup::check_backend;
 use self::setup::{create_sqlite_file, pool_name, reap_parked};
 use crate::config::{Backend, Settings, Target};
@@ -100,6 +103,8 @@ pub struct Engine<C: PoolConnection = Conn> {
     close_limit: Duration,
     /// Set by [`Engine::close`], so that the drop after it does not wait again.
     closed: bool,
+    /// The read replica's pool and its lag watch, when the settings name a replica.
+    replica: Option<Box<Replica<C>>>,
 }
 
 /// How long dropping an engine waits for checked-out connections to come back.
@@ -120,6 +125,7 @@ impl<C: PoolConnection> fmt::Debug for Engine<C> {
             .field("backend", &self.backend())
             .field("target", &self.target())
             .field("state", &self.state())
+            .field("replica", &self.replica_state())
             .finish()
     }
 }
@@ -230,7 +236,7 @@ impl<C: PoolConnection> Engine<C> {
         settings.validate()?;
         check_backend::<C>(settings)?;
         let shared = Shared::new(&pool_name(settings), settings);
-        let manager = Manager::new(settings, Arc::clone(&shared));
+        let manager = Manager::new(settings, Arc::clone(&shared), false);
         let target = manager.target().to_string();
         if let Target::Sqlite(sqlite) = &settings.target {
             create_sqlite_file(&sqlite.path).map_err(|reason| Error::Connect {
@@ -247,11 +253,31 @@ impl<C: PoolConnection> Engine<C> {
                 .spare_held
                 .store(true, std::sync::atomic::Ordering::Release);
         }
+        let mut engine = Engine::assemble(settings, shared, manager, settings.pool.timeout);
+        if let (Some(replica), Some(replica_settings)) =
+            (&settings.replica, settings.replica_settings())
+        {
+            check_backend::<C>(&replica_settings)?;
+            engine.replica = Some(Box::new(Replica::start(replica, &replica_settings)));
+        }
+        Ok(engine)
+    }
+
+    /// The pool around `manager`, with the books checkouts keep; no replica. r2d2 retries a
+    /// connection that failed to open after a delay that doubles up to `retry_cap` (its
+    /// "connection timeout", which bounds nothing else here: checkouts keep their own
+    /// deadline).
+    fn assemble(
+        settings: &Settings,
+        shared: Arc<Shared>,
+        manager: Manager<C>,
+        retry_cap: Duration,
+    ) -> Engine<C> {
         let pool_settings = &settings.pool;
         let pool = Pool::builder()
             .max_size(pool_settings.max_size)
             .min_idle(pool_settings.min_idle)
-            .connection_timeout(pool_settings.timeout)
+            .connection_timeout(retry_cap)
             .idle_timeout(pool_settings.idle_timeout)
             .max_lifetime(pool_settings.max_lifetime)
             .test_on_check_out(true)
@@ -268,7 +294,7 @@ impl<C: PoolConnection> Engine<C> {
             shared,
         });
         reap_parked(&books);
-        Ok(Engine {
+        Engine {
             pool,
             manager,
             books,
@@ -276,7 +302,8 @@ impl<C: PoolConnection> Engine<C> {
             settings: settings.clone(),
             close_limit: connect_timeout + Duration::from_secs(1),
             closed: false,
-        })
+            replica: None,
+        }
     }
 
     /// The settings the engine was built from.
@@ -301,8 +328,48 @@ impl<C: PoolConnection> Engine<C> {
     /// PostgreSQL, when the server answers) its `pg_stat_activity` state.
     #[track_caller]
     pub fn get(&self) -> Result<PooledConn<C>, Error> {
+        self.get_from(std::panic::Location::caller(), Instant::now(), None)
+    }
+
+    /// Checks a connection out for reading: from the read replica's pool while the replica
+    /// is reachable and no more than `DATABASE_REPLICA_MAX_LAG` behind, else from the
+    /// primary's, as [`Engine::get`] does. Without a replica setting it *is* `get`.
+    ///
+    /// A replica connection's sessions are read-only (`default_transaction_read_only`), so a
+    /// write through one fails instead of reaching the primary's data by another way.
+    /// A checkout from the replica's pool that meets connection errors gives up at once and
+    /// the read goes to the primary; the lag check brings reads back when the replica
+    /// recovers.
+    #[track_caller]
+    pub fn read(&self) -> Result<PooledConn<C>, Error> {
         let site = std::panic::Location::caller();
         let start = Instant::now();
+        if let Some(replica) = &self.replica {
+            if replica.serving(start) {
+                let give_up = |now: Instant| replica.failing(start, now);
+                match replica.engine.get_from(site, start, Some(&give_up)) {
+                    Ok(conn) => return Ok(conn),
+                    Err(error) => replica.checkout_failed(start, &error),
+                }
+            }
+            replica.fell_back();
+        }
+        self.get_from(site, start, None)
+    }
+
+    /// Where reads go and why, with the replica pool's state; `None` without a replica.
+    pub fn replica_state(&self) -> Option<ReplicaState> {
+        self.replica.as_ref().map(|replica| replica.state())
+    }
+
+    /// [`Engine::get`] for the caller `site`, started at `start`; a wait gives up early when
+    /// `give_up` says so (given the time).
+    fn get_from(
+        &self,
+        site: &'static std::panic::Location<'static>,
+        start: Instant,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> Result<PooledConn<C>, Error> {
         if self
             .books
             .shared
@@ -316,7 +383,7 @@ impl<C: PoolConnection> Engine<C> {
         if let Some(threshold) = leak_threshold {
             self.books.checkouts.warn_overdue(threshold);
         }
-        let (checked_out, waited) = self.checkout(start);
+        let (checked_out, waited) = self.checkout(start, give_up);
         let metrics = &self.books.shared.metrics;
         metrics.checkout_wait().record(waited.as_secs_f64());
         match checked_out {
@@ -349,7 +416,11 @@ impl<C: PoolConnection> Engine<C> {
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
     /// this thread's own parked connection (validated against `start`).
-    fn checkout(&self, start: Instant) -> (Option<Held<C>>, Duration) {
+    fn checkout(
+        &self,
+        start: Instant,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> (Option<Held<C>>, Duration) {
         use diesel::r2d2::ManageConnection;
         let own = self.books.parking.take_own().and_then(|mut held| {
             self.manager
@@ -379,8 +450,9 @@ impl<C: PoolConnection> Engine<C> {
                 if let Some(conn) = self.books.parking.steal().and_then(valid) {
                     return Some(conn);
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                let now = Instant::now();
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
                     return None;
                 }
                 if let Ok(conn) = self.pool.get_timeout(left.min(Duration::from_millis(20))) {
@@ -409,6 +481,22 @@ impl<C: PoolConnection> Engine<C> {
     }
 
     fn shut_down(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        if let Some(replica) = &mut self.replica {
+            replica.stop_checking();
+        }
+        self.shut_down_pool(wait);
+        if let Some(replica) = &mut self.replica {
+            replica
+                .engine
+                .shut_down_pool(deadline.saturating_duration_since(Instant::now()));
+            replica.engine.closed = true;
+            replica.join_checker(self.close_limit);
+        }
+    }
+
+    /// [`Engine::shut_down`] for this engine's own pool.
+    fn shut_down_pool(&mut self, wait: Duration) {
         let shared = &self.books.shared;
         drop(self.books.parking.drain());
         shared.drop_spare();

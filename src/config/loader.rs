@@ -16,6 +16,8 @@ use super::{
 };
 use crate::error::{ConfigErrors, ConfigProblem, Error};
 
+mod replica;
+
 /// The raw variables as envy reads them. Everything is a string, so that a parse failure is
 /// reported by us, naming the variable, and never by envy echoing a value; secrets stay
 /// secret-typed from the first moment.
@@ -53,6 +55,12 @@ struct Raw {
     migration_ddl_lock_timeout: Option<String>,
     pooler: Option<String>,
     migration_url: Option<SecretString>,
+    replica_url: Option<SecretString>,
+    replica_host: Option<String>,
+    replica_port: Option<String>,
+    replica_pool_max_size: Option<String>,
+    replica_max_lag: Option<String>,
+    replica_check_interval: Option<String>,
     allow_unknown_migrations: Option<String>,
     schema_check: Option<String>,
 }
@@ -227,6 +235,7 @@ impl<'a> Loader<'a> {
             }
         };
         let pool = self.pool(&raw);
+        let replica = self.replica(&raw, &target, &pool);
         let migrations = self.migrations(&raw, backend);
         if !self.problems.is_empty() {
             let order = |p: &ConfigProblem| VARIABLES.iter().position(|v| *v == p.variable);
@@ -238,6 +247,7 @@ impl<'a> Loader<'a> {
                 target,
                 pool,
                 migrations,
+                replica,
             },
             entries: self.entries,
             ignored,
@@ -382,68 +392,23 @@ impl<'a> Loader<'a> {
             );
         }
         let localhost = Host::Name("localhost".into());
-        // The variables may list several hosts (`a,b`) and one port for all or one per host,
-        // as libpq's `host` and `port` do.
-        let show_list = |items: Vec<String>| items.join(",");
         let (host, var_more_hosts) = match url.host.take() {
             Some(host) => {
                 self.entry("DATABASE_HOST", host.to_string(), Origin::Url);
                 (host, Vec::new())
             }
-            None => {
-                let mut hosts = self.var(
-                    "DATABASE_HOST",
-                    raw.host.as_deref(),
-                    vec![localhost],
-                    |text| {
-                        text.split(',')
-                            .map(|h| Host::parse(h.trim()).map_err(str::to_string))
-                            .collect::<Result<Vec<_>, _>>()
-                    },
-                    |hosts| show_list(hosts.iter().map(Host::to_string).collect()),
-                );
-                let first = hosts.remove(0);
-                (first, hosts)
-            }
+            None => self.hosts("DATABASE_HOST", raw.host.as_deref(), localhost),
         };
         let (port, var_more_ports) = match url.port {
             Some(port) => {
                 self.entry("DATABASE_PORT", port.to_string(), Origin::Url);
                 (port, Vec::new())
             }
-            None => {
-                let mut ports = self.var(
-                    "DATABASE_PORT",
-                    raw.port.as_deref(),
-                    vec![5432],
-                    |text| {
-                        text.split(',')
-                            .map(|p| {
-                                url::parse_port(p)
-                                    .ok_or_else(|| "is not a port (1-65535)".to_string())
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    },
-                    |ports| show_list(ports.iter().map(u16::to_string).collect()),
-                );
-                let first = ports.remove(0);
-                (first, ports)
-            }
+            None => self.ports("DATABASE_PORT", raw.port.as_deref(), 5432),
         };
-        if !var_more_ports.is_empty() && var_more_ports.len() != var_more_hosts.len() {
-            self.problem(
-                "DATABASE_PORT",
-                format!(
-                    "gives {} ports for {} hosts; give one port for all, or one per host",
-                    var_more_ports.len() + 1,
-                    var_more_hosts.len() + 1
-                ),
-            );
-        }
-        for (i, other) in var_more_hosts.into_iter().enumerate() {
-            let other_port = var_more_ports.get(i).copied().unwrap_or(port);
-            url.more_hosts.push((other, Some(other_port)));
-        }
+        let from_vars = self.pair_ports("DATABASE_PORT", port, var_more_hosts, &var_more_ports);
+        url.more_hosts
+            .extend(from_vars.into_iter().map(|(h, p)| (h, Some(p))));
         let several_from =
             if url.more_hosts.is_empty() || self.vars.origin("DATABASE_HOST").is_none() {
                 "DATABASE_URL"
@@ -454,28 +419,7 @@ impl<'a> Loader<'a> {
             .into_iter()
             .map(|(host, other)| (host, other.unwrap_or(port)))
             .collect();
-        if !more_hosts.is_empty() {
-            if matches!(host, Host::Socket(_))
-                || more_hosts.iter().any(|(h, _)| matches!(h, Host::Socket(_)))
-            {
-                self.problem(
-                    several_from,
-                    "lists several hosts with a socket directory among them; give TCP hosts \
-                     (libpq tries them in order)",
-                );
-            }
-            let all = std::iter::once(format!("{host}:{port}"))
-                .chain(more_hosts.iter().map(|(h, p)| format!("{h}:{p}")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Some(entry) = self
-                .entries
-                .iter_mut()
-                .find(|e| e.variable == "DATABASE_HOST")
-            {
-                entry.value = format!("{all} (tried in order)");
-            }
-        }
+        self.check_several_hosts(several_from, "DATABASE_HOST", &host, port, &more_hosts);
         let user = self.optional("DATABASE_USER", url.user.take(), raw.user.clone());
         let database = self.optional("DATABASE_NAME", url.dbname.take(), raw.name.clone());
         for (variable, value) in [("DATABASE_USER", &user), ("DATABASE_NAME", &database)] {
@@ -738,6 +682,126 @@ impl<'a> Loader<'a> {
             params: UrlParams(url.params),
             transaction_pooler,
             migration_url,
+        }
+    }
+
+    /// A host list variable (`a,b`, as libpq's `host`): the first host and the others.
+    fn hosts(
+        &mut self,
+        variable: &'static str,
+        text: Option<&str>,
+        default: Host,
+    ) -> (Host, Vec<Host>) {
+        let mut hosts = self.var(
+            variable,
+            text,
+            vec![default],
+            |text| {
+                text.split(',')
+                    .map(|h| Host::parse(h.trim()).map_err(str::to_string))
+                    .collect::<Result<Vec<_>, _>>()
+            },
+            |hosts| {
+                hosts
+                    .iter()
+                    .map(Host::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        );
+        let first = hosts.remove(0);
+        (first, hosts)
+    }
+
+    /// A port list variable (one for all hosts, or one per host): the first port and the
+    /// others.
+    fn ports(
+        &mut self,
+        variable: &'static str,
+        text: Option<&str>,
+        default: u16,
+    ) -> (u16, Vec<u16>) {
+        let mut ports = self.var(
+            variable,
+            text,
+            vec![default],
+            |text| {
+                text.split(',')
+                    .map(|p| {
+                        url::parse_port(p).ok_or_else(|| "is not a port (1-65535)".to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            },
+            |ports| {
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        );
+        let first = ports.remove(0);
+        (first, ports)
+    }
+
+    /// Pairs the hosts after the first with their ports: `port` for all, or one each from
+    /// `more_ports`; another count is a problem of `port_variable`.
+    fn pair_ports(
+        &mut self,
+        port_variable: &'static str,
+        port: u16,
+        more_hosts: Vec<Host>,
+        more_ports: &[u16],
+    ) -> Vec<(Host, u16)> {
+        if !more_ports.is_empty() && more_ports.len() != more_hosts.len() {
+            self.problem(
+                port_variable,
+                format!(
+                    "gives {} ports for {} hosts; give one port for all, or one per host",
+                    more_ports.len() + 1,
+                    more_hosts.len() + 1
+                ),
+            );
+        }
+        more_hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, other)| (other, more_ports.get(i).copied().unwrap_or(port)))
+            .collect()
+    }
+
+    /// Several hosts may not include a socket directory; the entry of `host_variable` shows
+    /// them all, in the order libpq tries them.
+    fn check_several_hosts(
+        &mut self,
+        from: &'static str,
+        host_variable: &'static str,
+        host: &Host,
+        port: u16,
+        more_hosts: &[(Host, u16)],
+    ) {
+        if more_hosts.is_empty() {
+            return;
+        }
+        if matches!(host, Host::Socket(_))
+            || more_hosts.iter().any(|(h, _)| matches!(h, Host::Socket(_)))
+        {
+            self.problem(
+                from,
+                "lists several hosts with a socket directory among them; give TCP hosts \
+                 (libpq tries them in order)",
+            );
+        }
+        let all = std::iter::once(format!("{host}:{port}"))
+            .chain(more_hosts.iter().map(|(h, p)| format!("{h}:{p}")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.variable == host_variable)
+        {
+            entry.value = format!("{all} (tried in order)");
         }
     }
 

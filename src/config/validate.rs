@@ -4,12 +4,17 @@
 
 use std::time::Duration;
 
-use super::{PoolSettings, Settings};
+use super::{PoolSettings, ReplicaSettings, Settings};
 use crate::error::{ConfigErrors, ConfigProblem, Error};
 
 pub(super) const POOL_SIZE_RULE: &str = "is not a pool size; give a whole number of at least 1";
 pub(super) const POOL_TIMEOUT_RULE: &str =
     "would make every checkout fail at once; give a positive wait such as 30s";
+
+pub(super) const REPLICA_MAX_LAG_RULE: &str =
+    "would send every read to the primary; give the staleness reads may tolerate, such as 5s";
+pub(super) const REPLICA_CHECK_INTERVAL_RULE: &str =
+    "is below 50ms; the lag check would load the replica; give 50ms or more, such as 1s";
 
 pub(super) fn min_idle_rule(min_idle: u32, max_size: u32) -> String {
     format!("{min_idle} is above DATABASE_POOL_MAX_SIZE ({max_size}); give at most {max_size}")
@@ -55,7 +60,27 @@ impl Settings {
     /// applies, so that the pool is never built in a state it would panic on. `Engine::connect`
     /// calls it; the error lists every problem, naming each setting by its variable.
     pub fn validate(&self) -> Result<(), Error> {
-        let problems = self.pool.problems();
+        let mut problems = self.pool.problems();
+        if let Some(replica) = &self.replica {
+            if replica.max_size == 0 {
+                problems.push(ConfigProblem {
+                    variable: "DATABASE_REPLICA_POOL_MAX_SIZE".into(),
+                    message: format!("\"0\" {POOL_SIZE_RULE}"),
+                });
+            }
+            if replica.max_lag.is_zero() {
+                problems.push(ConfigProblem {
+                    variable: "DATABASE_REPLICA_MAX_LAG".into(),
+                    message: REPLICA_MAX_LAG_RULE.into(),
+                });
+            }
+            if replica.check_interval < ReplicaSettings::MIN_CHECK_INTERVAL {
+                problems.push(ConfigProblem {
+                    variable: "DATABASE_REPLICA_CHECK_INTERVAL".into(),
+                    message: REPLICA_CHECK_INTERVAL_RULE.into(),
+                });
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -143,7 +143,10 @@ fn session_sql(settings: &Settings) -> String {
 }
 
 impl<C: PoolConnection> Manager<C> {
-    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>) -> Manager<C> {
+    /// The manager of the pool `settings` describe; `read_only` for a read replica's pool,
+    /// whose sessions then refuse writes (`default_transaction_read_only`; not behind a
+    /// transaction pooler, which keeps no session setting, where the standby refuses them).
+    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>, read_only: bool) -> Manager<C> {
         let password_file = match &settings.target {
             Target::Postgres(pg) if pg.password_file.is_some() => Some(Arc::new(settings.clone())),
             _ => None,
@@ -156,7 +159,16 @@ impl<C: PoolConnection> Manager<C> {
             password_file,
             migration: settings.migration_settings().map(Arc::new),
             transaction_pooler,
-            session_sql: session_sql(settings),
+            session_sql: if read_only && !transaction_pooler {
+                format!(
+                    "{} SET default_transaction_read_only = on;",
+                    session_sql(settings)
+                )
+                .trim_start()
+                .to_string()
+            } else {
+                session_sql(settings)
+            },
             shared,
             echo: settings.pool.echo,
             slow: settings.pool.slow_query_threshold,

@@ -12,10 +12,14 @@
 //! | `datalayer_pool_connections_broken_total` | counter | connections found dead (closed by the server, failed validation) |
 //! | `datalayer_pool_connections_in_use` | gauge | connections checked out now |
 //! | `datalayer_pool_connections_idle` | gauge | open connections not checked out (parked ones included) |
+//! | `datalayer_replica_up` | gauge | 1 while reads go to the read replica, 0 while they go to the primary |
+//! | `datalayer_replica_lag_seconds` | gauge | the replica's lag at its last check |
+//! | `datalayer_replica_fallbacks_total` | counter | reads the primary served because the replica was down or too far behind |
 //!
 //! Every metric carries the label `pool` ([`POOL_LABEL`]): the database it serves
 //! (`<database>@<host>:<port>` on PostgreSQL, the file on SQLite), with `#2`, `#3`... added for
-//! a second or third engine on the same database in one process.
+//! a second or third engine on the same database in one process. A read replica's pool reports
+//! under its own name, and the `datalayer_replica_*` metrics carry that name too.
 
 /// Counter: connections checked out.
 pub const CHECKOUTS: &str = "datalayer_pool_checkouts_total";
@@ -33,6 +37,13 @@ pub const BROKEN: &str = "datalayer_pool_connections_broken_total";
 pub const IN_USE: &str = "datalayer_pool_connections_in_use";
 /// Gauge: open connections not checked out.
 pub const IDLE: &str = "datalayer_pool_connections_idle";
+
+/// Gauge: 1 while reads go to the read replica.
+pub const REPLICA_UP: &str = "datalayer_replica_up";
+/// Gauge: the replica's lag at its last check, in seconds.
+pub const REPLICA_LAG: &str = "datalayer_replica_lag_seconds";
+/// Counter: reads the primary served instead of the replica.
+pub const REPLICA_FALLBACKS: &str = "datalayer_replica_fallbacks_total";
 
 /// The label every metric carries, naming its pool: two engines in one process (a primary and
 /// a replica, two applications' databases) report apart.

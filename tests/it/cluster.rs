@@ -241,25 +241,32 @@ impl Cluster {
 
     /// Starts the cluster in `dir`/data on `port`.
     fn run(dir: tempfile::TempDir, port: u16) -> Cluster {
-        let data = dir.path().join("data");
+        let cluster = Cluster { dir, port };
+        cluster.start_again();
+        cluster
+    }
+
+    /// Starts this (stopped) cluster on its port and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let dir = self.dir.path();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.path().display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            dir.display()
         );
         as_postgres(
             "pg_ctl",
             &[
                 "-D",
-                &data.to_string_lossy(),
+                &dir.join("data").to_string_lossy(),
                 "-o",
                 &options,
                 "-w",
                 "-l",
-                &dir.path().join("log").to_string_lossy(),
+                &dir.join("log").to_string_lossy(),
                 "start",
             ],
         );
-        Cluster { dir, port }
     }
 
     /// A streaming replica of this cluster (`pg_basebackup -R`), started on its own port.

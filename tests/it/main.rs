@@ -20,6 +20,7 @@ mod observability;
 mod password_file;
 mod pgbouncer;
 mod proxy;
+mod replicas;
 mod resilience;
 mod server;
 mod testing;

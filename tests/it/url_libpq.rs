@@ -65,6 +65,7 @@ fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> 
         }),
         pool: PoolSettings::default(),
         migrations: MigrationSettings::default(),
+        replica: None,
     }
 }
 
