@@ -600,7 +600,24 @@ impl<C: PoolConnection> Engine<C> {
     /// Times a `SELECT 1` round trip on a pooled connection, then reads the server version,
     /// the user and the database in one more query.
     pub fn ping(&self) -> Result<Ping, Error> {
-        let mut conn = self.get()?;
+        Engine::ping_on(self.get()?)
+    }
+
+    /// [`Engine::ping`] for a health check: the checkout gives up after `limit` (at most the
+    /// pool timeout), or as soon as opening a connection fails, instead of waiting out the
+    /// pool timeout while the database is down or failing over.
+    #[track_caller]
+    pub fn ping_within(&self, limit: Duration) -> Result<Ping, Error> {
+        let start = Instant::now();
+        let shared = &self.books.shared;
+        let give_up = |now: Instant| {
+            now.saturating_duration_since(start) >= limit
+                || shared.last_error().is_some_and(|(_, at)| at >= start)
+        };
+        Engine::ping_on(self.get_from(std::panic::Location::caller(), start, Some(&give_up))?)
+    }
+
+    fn ping_on(mut conn: PooledConn<C>) -> Result<Ping, Error> {
         let start = Instant::now();
         conn.batch_execute("SELECT 1")?;
         let latency = start.elapsed();

@@ -4,7 +4,11 @@
 //! Then it serves JSON, a thread per connection (at most 64, each request under a 10 s deadline,
 //! bodies up to 1 MiB: see `http.rs` for why not tiny_http):
 //!
-//! - `GET /healthz`: ping and pool state; 503 when the database is unreachable
+//! - `GET /healthz`: ping (at most 2 s) and pool state, and the read replica's when there is
+//!   one; 503 when the primary cannot serve (down, or no node accepts writes during a
+//!   failover), 200 with `"status": "degraded"` while reads fall back from the replica
+//! - `GET` requests read through `Engine::read` (the replica when configured: a read right
+//!   after a write may not see it yet, by up to `DATABASE_REPLICA_MAX_LAG`); writes use `get`
 //! - `POST /users` `{"email", "display_name"}`: 201 with the user; 409 for a taken email
 //! - `GET /users/{id}`; `GET /users/{id}/posts?after=CURSOR&limit=N` (keyset pagination)
 //! - `POST /users/{id}/posts` `{"title", "body"}`
@@ -38,6 +42,10 @@ mod http;
 use http::{Limits, Request, Response};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// How long `/healthz` waits for a connection (less if opening one fails): a probe must get an
+/// answer while the database is down or failing over, not hang for the pool timeout.
+const HEALTH_LIMIT: Duration = Duration::from_secs(2);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -149,16 +157,29 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
     let result = (|| -> Result<Reply, Reply> {
         let id = |text: &str| text.parse::<i64>().map_err(|_| error(404, "not found"));
         match (method, parts.as_slice()) {
-            ("GET", ["healthz"]) => Ok(match engine.ping() {
-                Ok(ping) => reply(
-                    200,
-                    json!({
-                        "status": "ok",
-                        "latency_ms": ping.latency.as_secs_f64() * 1e3,
-                        "server": ping.server_version,
-                        "pool": format!("{}", engine.state()),
-                    }),
-                ),
+            ("GET", ["healthz"]) => Ok(match engine.ping_within(HEALTH_LIMIT) {
+                Ok(ping) => {
+                    let replica = engine.replica_state();
+                    let degraded = replica.as_ref().is_some_and(|r| !r.serving);
+                    reply(
+                        200,
+                        json!({
+                            "status": if degraded { "degraded" } else { "ok" },
+                            "latency_ms": ping.latency.as_secs_f64() * 1e3,
+                            "server": ping.server_version,
+                            "pool": format!("{}", engine.state()),
+                            "replica": replica.map(|r| json!({
+                                "target": r.target,
+                                "serving": r.serving,
+                                "reachable": r.reachable,
+                                "lag_ms": r.lag.map(|lag| lag.as_secs_f64() * 1e3),
+                                "reason": r.reason,
+                                "fallbacks": r.fallbacks,
+                                "pool": format!("{}", r.pool),
+                            })),
+                        }),
+                    )
+                }
                 Err(e) => Reply {
                     retry_after: true,
                     ..reply(
@@ -191,7 +212,7 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
                 Ok(reply(201, user_json(&user)))
             }
             ("GET", ["users", user]) => {
-                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                let mut conn = engine.read().map_err(|e| failure(&e))?;
                 match users::find(&mut conn, id(user)?).map_err(|e| model_failure(&e))? {
                     Some(user) => Ok(reply(200, user_json(&user))),
                     None => Err(error(404, "no such user")),
@@ -215,7 +236,7 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
                     None => 20,
                 };
                 let author = id(user)?;
-                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                let mut conn = engine.read().map_err(|e| failure(&e))?;
                 if users::find(&mut conn, author)
                     .map_err(|e| model_failure(&e))?
                     .is_none()

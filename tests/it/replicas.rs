@@ -70,6 +70,11 @@ struct Read {
     port: Option<u16>,
 }
 
+/// What each read asks: the server's port (a primary and a replica on ports of their own).
+fn by_port(conn: &mut datalayer::Conn) -> Result<u16, String> {
+    port_of(conn)
+}
+
 /// Reader threads, each doing a read about every 2 ms and logging it.
 struct Reads {
     stop: Arc<AtomicBool>,
@@ -79,6 +84,14 @@ struct Reads {
 
 impl Reads {
     fn start(engine: &Arc<Engine>) -> Reads {
+        Reads::start_with(engine, by_port)
+    }
+
+    /// Readers whose reads are told apart by `probe`.
+    fn start_with(
+        engine: &Arc<Engine>,
+        probe: fn(&mut datalayer::Conn) -> Result<u16, String>,
+    ) -> Reads {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..READERS)
@@ -91,7 +104,7 @@ impl Reads {
                         let port = engine
                             .read()
                             .map_err(|e| e.to_string())
-                            .and_then(|mut conn| port_of(&mut conn))
+                            .and_then(|mut conn| probe(&mut conn))
                             .ok();
                         log.lock().expect("log").push(Read { started, port });
                         // Pacing, so that four readers leave the two cores to the servers.
@@ -274,7 +287,7 @@ fn reads_leave_a_lagging_replica_and_return_when_it_catches_up() {
     let left_after = left.saturating_duration_since(paused);
     println!(
         "replica lagging (DATABASE_REPLICA_MAX_LAG 1s, check every {INTERVAL:?}): reads left it \
-         {left_after:.0?} after replay paused; back {returned:.0?} after replay resumed; {} \
+         {left_after:.2?} after replay paused; back {returned:.0?} after replay resumed; {} \
          reads, {failed} failed; {} reads fell back",
         log.len(),
         engine.replica_state().expect("replica").fallbacks
@@ -290,6 +303,82 @@ fn reads_leave_a_lagging_replica_and_return_when_it_catches_up() {
         returned <= INTERVAL * 2,
         "back within two check intervals: {returned:?}"
     );
+}
+
+/// 1 on a read-only session (the replica's), 0 otherwise.
+fn by_read_only(conn: &mut datalayer::Conn) -> Result<u16, String> {
+    #[derive(diesel::QueryableByName)]
+    struct ReadOnly {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        read_only: bool,
+    }
+    diesel::sql_query("SELECT current_setting('default_transaction_read_only')::bool AS read_only")
+        .get_result::<ReadOnly>(conn)
+        .map(|row| u16::from(row.read_only))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn reads_leave_a_replica_that_vanishes_within_the_tcp_user_timeout() {
+    use crate::netns::Netns;
+    use crate::proxy::FaultProxy;
+    // The "replica" is the test's own database reached through a proxy in a network
+    // namespace whose link can be cut: packets dropped, no reset, no FIN. Its sessions are
+    // read-only, which tells its reads apart.
+    let (_, place) = fresh_postgres("replica_vanish", &[]);
+    let db = match &place {
+        crate::common::Place::Postgres(db) => db.name.clone(),
+        crate::common::Place::Sqlite(_) => unreachable!("postgres"),
+    };
+    let netns = Arc::new(Netns::create());
+    let proxy = FaultProxy::start_in(crate::resilience::upstream(), Arc::clone(&netns));
+    let proxy_port = proxy.addr.port().to_string();
+    let proxy_host = proxy.addr.ip().to_string();
+    let interval = format!("{}ms", INTERVAL.as_millis());
+    let settings = crate::common::postgres_settings(
+        &db,
+        &[
+            ("DATABASE_SSLMODE", "disable"),
+            ("DATABASE_TCP_USER_TIMEOUT", "2s"),
+            ("DATABASE_CONNECT_TIMEOUT", "2s"),
+            ("DATABASE_REPLICA_HOST", &proxy_host),
+            ("DATABASE_REPLICA_PORT", &proxy_port),
+            ("DATABASE_REPLICA_CHECK_INTERVAL", &interval),
+            ("DATABASE_POOL_MAX_SIZE", "4"),
+        ],
+    );
+    let engine = Arc::new(Engine::connect(&settings).expect("connect"));
+    assert!(engine.replica_state().expect("replica").serving);
+    let (replica, primary) = (1, 0);
+    let reads = Reads::start_with(&engine, by_read_only);
+    wait_for(
+        "reads served by the replica",
+        Duration::from_secs(30),
+        || reads.count(|r| r.port == Some(replica)) > 100,
+    );
+    let cut = Instant::now();
+    proxy.blackhole();
+    let settled = cut + Duration::from_secs(3);
+    wait_for("reads after the limit", Duration::from_secs(20), || {
+        reads.count(|r| r.started >= settled + Duration::from_millis(300)) > 50
+    });
+    let first_on_primary = reads
+        .first_on(primary, cut)
+        .expect("the primary served reads")
+        .saturating_duration_since(cut);
+    let late = reads.count(|r| r.started >= settled && r.port != Some(primary));
+    proxy.pass();
+    let log = reads.finish();
+    let failed = log.iter().filter(|r| r.port.is_none()).count();
+    println!(
+        "replica vanished (tcp_user_timeout 2s): the primary served reads {first_on_primary:.2?} \
+         after the cut; {failed} reads failed (those in flight on the replica)"
+    );
+    assert_eq!(
+        late, 0,
+        "reads that started 2 s + 1 s after the cut went elsewhere"
+    );
+    assert!(failed <= READERS, "{failed} failed");
 }
 
 /// A port nothing listens on.

@@ -401,3 +401,64 @@ fn the_example_server_behind_pgbouncer_in_transaction_mode() {
     exercise(running.addr);
     stop(running);
 }
+
+#[test]
+fn the_example_servers_healthz_says_503_during_a_failover_and_200_after() {
+    use crate::cluster::Cluster;
+    let primary = Cluster::start();
+    let replica = primary.replica();
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&target_session_attrs=read-write",
+        Cluster::PASSWORD,
+        primary.port,
+        replica.port
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(
+        &[
+            ("DATABASE_URL", url),
+            ("DATABASE_POOL_TIMEOUT", "10s".into()),
+        ],
+        dir.path(),
+    );
+    assert_eq!(http(running.addr, "GET", "/healthz", "").status, 200);
+
+    // The gap: the primary is gone and the standby is not promoted yet; nothing takes writes.
+    primary.stop();
+    let stopped = Instant::now();
+    crate::common::wait_for(
+        "/healthz says 503 while no node accepts writes",
+        Duration::from_secs(10),
+        || http(running.addr, "GET", "/healthz", "").status == 503,
+    );
+    let first_503 = stopped.elapsed();
+    let during = http(running.addr, "GET", "/healthz", "");
+    assert_eq!(during.status, 503, "{}", during.body);
+    assert!(
+        during.headers.contains("Retry-After: 1"),
+        "{}",
+        during.headers
+    );
+
+    replica.promote();
+    let promoted = Instant::now();
+    crate::common::wait_for(
+        "/healthz says 200 once the promoted node accepts writes",
+        Duration::from_secs(10),
+        || http(running.addr, "GET", "/healthz", "").status == 200,
+    );
+    let back = promoted.elapsed();
+    let write = http(
+        running.addr,
+        "POST",
+        "/users",
+        r#"{"email":"after@example.com","display_name":"After"}"#,
+    );
+    assert_eq!(write.status, 201, "{}", write.body);
+    println!(
+        "failover behind the example server: /healthz 503 {first_503:.2?} after the primary \
+         stopped; 200 {back:.2?} after the promotion returned"
+    );
+    assert!(back <= Duration::from_secs(2), "{back:?}");
+    stop(running);
+}
