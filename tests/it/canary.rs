@@ -83,6 +83,20 @@ fn valid() -> Vec<Vec<(String, String)>> {
                 format!("postgres://u:{}@127.0.0.1:1/app", encoded()),
             ),
         ],
+        vec![
+            pair("DATABASE_HOST", "127.0.0.1".into()),
+            pair("DATABASE_PORT", "1".into()),
+            pair(
+                "DATABASE_REPLICA_URL",
+                format!("postgres://u:{}@127.0.0.1:1/app", encoded()),
+            ),
+        ],
+        vec![
+            pair("DATABASE_HOST", "127.0.0.1".into()),
+            pair("DATABASE_PORT", "1".into()),
+            pair("DATABASE_PASSWORD", CANARY.into()),
+            pair("DATABASE_REPLICA_PORT", "2".into()),
+        ],
     ];
     for config in &mut configs {
         config.push(pair("DATABASE_CONNECT_DEADLINE", "300ms".into()));
@@ -133,6 +147,13 @@ fn invalid() -> Vec<Vec<(String, String)>> {
             pair("DATABASE_PASSWORD_FILE", canary_file()),
             pair("DATABASE_PORT", "70000".into()),
         ],
+        with_password(
+            "DATABASE_REPLICA_URL",
+            &format!("postgres://u:{e}@r/d?sslmode=disable"),
+        ),
+        with_password("DATABASE_REPLICA_URL", &format!("mysql://u:{CANARY}@r/d")),
+        with_password("DATABASE_REPLICA_URL", &format!("postgres://u:{e}%zz@r/d")),
+        with_password("DATABASE_REPLICA_MAX_LAG", "0"),
     ]
 }
 
@@ -144,6 +165,8 @@ fn library_output_never_shows_the_password() {
         let loaded = vars.load().unwrap_or_else(|e| panic!("valid: {e}"));
         let settings = &loaded.settings;
         let url = settings.connection_url();
+        // The read replica's URL, when there is one, carries the same secret.
+        let replica = settings.replica_settings().map(|r| r.connection_url());
         for (what, shown) in [
             ("Settings Debug", format!("{settings:?}")),
             ("Settings pretty Debug", format!("{settings:#?}")),
@@ -151,10 +174,23 @@ fn library_output_never_shows_the_password() {
             ("URL Display", format!("{url}")),
             ("URL Debug", format!("{url:?}")),
             ("URL redacted", url.redacted().to_string()),
+            ("replica URL Display", format!("{replica:?}")),
+            (
+                "replica URL redacted",
+                replica
+                    .as_ref()
+                    .map(|u| u.redacted().to_string())
+                    .unwrap_or_default(),
+            ),
         ] {
             assert_clean(&shown, what);
         }
-        assert!(url.redacted().contains("***"), "{}", url.redacted());
+        let redacted = format!(
+            "{} {}",
+            url.redacted(),
+            replica.as_ref().map(|u| u.redacted()).unwrap_or_default()
+        );
+        assert!(redacted.contains("***"), "{redacted}");
         let error = datalayer::Engine::connect(settings).expect_err("nothing listens on port 1");
         assert_clean(&format!("{error} {error:?}"), "connect error");
     }

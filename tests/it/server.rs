@@ -462,3 +462,73 @@ fn the_example_servers_healthz_says_503_during_a_failover_and_200_after() {
     assert!(back <= Duration::from_secs(2), "{back:?}");
     stop(running);
 }
+
+#[test]
+fn the_example_server_reports_its_read_replica_in_healthz_and_metrics() {
+    use crate::cluster::Cluster;
+    let primary = Cluster::start();
+    let replica = primary.replica();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(
+        &[
+            (
+                "DATABASE_URL",
+                format!(
+                    "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+                    Cluster::PASSWORD,
+                    primary.port
+                ),
+            ),
+            ("DATABASE_REPLICA_PORT", replica.port.to_string()),
+            ("DATABASE_REPLICA_CHECK_INTERVAL", "100ms".into()),
+        ],
+        dir.path(),
+    );
+    let health = http(running.addr, "GET", "/healthz", "");
+    assert_eq!(health.status, 200, "{}", health.body);
+    let body = health.json();
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["replica"]["serving"], true, "{body}");
+    let target = body["replica"]["target"].as_str().unwrap_or_default();
+    assert!(
+        target.contains(&format!(":{}/", replica.port)) && target.contains("***"),
+        "{body}"
+    );
+    // Reads go to the replica; a user written on the primary shows once replayed.
+    let created = http(
+        running.addr,
+        "POST",
+        "/users",
+        r#"{"email":"r@example.com","display_name":"R"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_i64().expect("id");
+    crate::common::wait_for(
+        "the replica replays the write",
+        Duration::from_secs(10),
+        || http(running.addr, "GET", &format!("/users/{id}"), "").status == 200,
+    );
+    let metrics = http(running.addr, "GET", "/metrics", "").body;
+    let up = metrics
+        .lines()
+        .find(|l| l.starts_with("datalayer_replica_up{"))
+        .unwrap_or_else(|| panic!("no datalayer_replica_up in:\n{metrics}"));
+    assert!(
+        up.contains(&format!(":{}\"", replica.port)) && up.ends_with(" 1"),
+        "{up}"
+    );
+
+    replica.stop();
+    crate::common::wait_for(
+        "/healthz says degraded once the replica is gone",
+        Duration::from_secs(10),
+        || http(running.addr, "GET", "/healthz", "").json()["status"] == "degraded",
+    );
+    let read = http(running.addr, "GET", &format!("/users/{id}"), "");
+    assert_eq!(
+        read.status, 200,
+        "reads fall back to the primary: {}",
+        read.body
+    );
+    stop(running);
+}
