@@ -395,6 +395,28 @@ pub struct PostgresSettings {
     pub migration_url: Option<SecretString>,
 }
 
+impl PostgresSettings {
+    /// Takes the hosts, ports, user, database and password that `parsed` gives (a password
+    /// also replaces the password file) in place of these; returns its other parameters.
+    fn take_place_from(&mut self, parsed: url::ParsedUrl) -> Vec<(String, String)> {
+        self.host = parsed.host.unwrap_or_else(|| self.host.clone());
+        self.port = parsed.port.unwrap_or(self.port);
+        let port = self.port;
+        self.more_hosts = parsed
+            .more_hosts
+            .into_iter()
+            .map(|(host, other)| (host, other.unwrap_or(port)))
+            .collect();
+        self.user = parsed.user.or(self.user.take());
+        self.database = parsed.dbname.or(self.database.take());
+        if let Some(password) = parsed.password {
+            self.password = Some(password);
+            self.password_file = None;
+        }
+        parsed.params
+    }
+}
+
 /// libpq query parameters passed through from `DATABASE_URL`. `Debug` redacts secret ones
 /// (`sslpassword`).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -502,20 +524,7 @@ impl Settings {
         let mut direct = pg.clone();
         direct.transaction_pooler = false;
         direct.migration_url = None;
-        direct.host = parsed.host.unwrap_or(direct.host);
-        direct.port = parsed.port.unwrap_or(direct.port);
-        direct.more_hosts = parsed
-            .more_hosts
-            .into_iter()
-            .map(|(host, port)| (host, port.unwrap_or(direct.port)))
-            .collect();
-        direct.user = parsed.user.or(direct.user);
-        direct.database = parsed.dbname.or(direct.database);
-        if let Some(password) = parsed.password {
-            direct.password = Some(password);
-            direct.password_file = None;
-        }
-        direct.params = UrlParams(parsed.params);
+        direct.params = UrlParams(direct.take_place_from(parsed));
         Some(Settings {
             target: Target::Postgres(direct),
             replica: None,

@@ -336,6 +336,27 @@ impl Cluster {
         );
     }
 
+    /// The superuser's URL of this cluster's `postgres` database, without TLS.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+            Cluster::PASSWORD,
+            self.port
+        )
+    }
+
+    /// [`Cluster::url`] listing this node and `standby`, keeping whichever takes writes
+    /// (`target_session_attrs=read-write`): how an application follows a failover.
+    pub fn failover_url(&self, standby: &Cluster) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&\
+             target_session_attrs=read-write",
+            Cluster::PASSWORD,
+            self.port,
+            standby.port
+        )
+    }
+
     /// A superuser libpq connection, for setting the test up.
     pub fn admin(&self) -> crate::libpq::Conn {
         crate::libpq::Conn::connect(&format!(

@@ -19,12 +19,7 @@ fn writes_follow_a_promoted_replica_with_few_failures() {
         .query("CREATE TABLE events (id SERIAL PRIMARY KEY, at TIMESTAMPTZ DEFAULT now())")
         .expect("table");
     let replica = primary.replica();
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&target_session_attrs=read-write",
-        Cluster::PASSWORD,
-        primary.port,
-        replica.port
-    );
+    let url = primary.failover_url(&replica);
     let settings = Settings::from_pairs([
         ("DATABASE_URL", url.as_str()),
         ("DATABASE_POOL_MAX_SIZE", "4"),

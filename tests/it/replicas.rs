@@ -44,11 +44,7 @@ fn primary_and_replica() -> (Cluster, Cluster) {
 }
 
 fn settings(primary: &Cluster, replica: &Cluster, extra: &[(&str, &str)]) -> Settings {
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
-        Cluster::PASSWORD,
-        primary.port
-    );
+    let url = primary.url();
     let replica_port = replica.port.to_string();
     let interval = format!("{}ms", INTERVAL.as_millis());
     let mut pairs = vec![
@@ -561,14 +557,7 @@ fn check_reports_the_replica_and_fails_when_it_cannot_be_reached() {
     let (primary, replica) = primary_and_replica();
     let dir = tempfile::tempdir().expect("temp dir");
     let env = [
-        (
-            "DATABASE_URL",
-            format!(
-                "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
-                Cluster::PASSWORD,
-                primary.port
-            ),
-        ),
+        ("DATABASE_URL", primary.url()),
         ("DATABASE_REPLICA_PORT", replica.port.to_string()),
     ];
     let output = run_cli(dir.path(), &["check"], &env);

@@ -407,12 +407,7 @@ fn the_example_servers_healthz_says_503_during_a_failover_and_200_after() {
     use crate::cluster::Cluster;
     let primary = Cluster::start();
     let replica = primary.replica();
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&target_session_attrs=read-write",
-        Cluster::PASSWORD,
-        primary.port,
-        replica.port
-    );
+    let url = primary.failover_url(&replica);
     let dir = tempfile::tempdir().expect("temp dir");
     let running = start(
         &[
@@ -471,14 +466,7 @@ fn the_example_server_reports_its_read_replica_in_healthz_and_metrics() {
     let dir = tempfile::tempdir().expect("temp dir");
     let running = start(
         &[
-            (
-                "DATABASE_URL",
-                format!(
-                    "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
-                    Cluster::PASSWORD,
-                    primary.port
-                ),
-            ),
+            ("DATABASE_URL", primary.url()),
             ("DATABASE_REPLICA_PORT", replica.port.to_string()),
             ("DATABASE_REPLICA_CHECK_INTERVAL", "100ms".into()),
         ],

@@ -84,21 +84,7 @@ impl Loader<'_> {
             }
             match parse_url(url.expose_secret()) {
                 Ok(UrlTarget::Postgres(parsed)) => {
-                    replica.host = parsed.host.unwrap_or(replica.host);
-                    replica.port = parsed.port.unwrap_or(replica.port);
-                    let port = replica.port;
-                    replica.more_hosts = parsed
-                        .more_hosts
-                        .into_iter()
-                        .map(|(host, other)| (host, other.unwrap_or(port)))
-                        .collect();
-                    replica.user = parsed.user.or(replica.user);
-                    replica.database = parsed.dbname.or(replica.database);
-                    if let Some(password) = parsed.password {
-                        replica.password = Some(password);
-                        replica.password_file = None;
-                    }
-                    for (key, value) in parsed.params {
+                    for (key, value) in replica.take_place_from(parsed) {
                         if let Some((_, variable)) =
                             FROM_THE_PRIMARY.iter().find(|(k, _)| *k == key)
                         {
