@@ -919,10 +919,7 @@ impl<'a> Loader<'a> {
             "DATABASE_POOL_MAX_SIZE",
             raw.pool_max_size.as_deref(),
             defaults.max_size,
-            |text| match text.trim().parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(validate::POOL_SIZE_RULE.to_string()),
-            },
+            pool_size,
             u32::to_string,
         );
         let min_idle = self.var(
@@ -1065,6 +1062,14 @@ impl Loader<'_> {
 }
 
 /// `true`/`false` and the usual spellings.
+/// A pool size: a whole number of at least 1.
+fn pool_size(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(validate::POOL_SIZE_RULE.to_string()),
+    }
+}
+
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),

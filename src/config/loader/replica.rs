@@ -4,7 +4,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::{Loader, Raw, UrlTarget, nonzero_duration, parse_url, quote};
+use super::{Loader, Raw, UrlTarget, nonzero_duration, parse_url, pool_size, quote};
 use crate::config::{
     Origin, PoolSettings, ReplicaSettings, Settings, Target, duration, postgres_limits, validate,
 };
@@ -149,10 +149,7 @@ impl Loader<'_> {
             "DATABASE_REPLICA_POOL_MAX_SIZE",
             raw.replica_pool_max_size.as_deref(),
             pool.max_size,
-            |text| match text.trim().parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(validate::POOL_SIZE_RULE.to_string()),
-            },
+            pool_size,
             u32::to_string,
         );
         let max_lag = self.var(
