@@ -12,18 +12,21 @@
 //! - sqlite: point reads through the engine vs a plain `SqliteConnection`;
 //! - checkout + return of an idle connection (ns/op) and a boot with nothing pending;
 //! - per-test setup: `datalayer::testing`'s database cloned from a migrated template against
-//!   creating a database and migrating it, on PostgreSQL and SQLite.
+//!   creating a database and migrating it, on PostgreSQL and SQLite;
+//! - overload: more threads than connections, with latency percentiles (`overload.rs`).
 //!
 //! Environment: `BENCH_SECONDS` per case and round (default 3), `BENCH_CLIENTS` (default
 //! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
 //! between runs), `BENCH_DROP` (set: drop that database at the end, for smoke runs) and
-//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`, `testdb`;
-//! default all)
+//! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`, `testdb`,
+//! `pgbouncer`, `overload`; default all)
 //! and `BENCH_ROUNDS` (default 3: the cases of one row run one after another that many times
 //! over, and each figure is the median of its rounds).
 //! Everything runs with `sslmode=disable`,
 //! pgbench included, so TLS costs nobody.
+
+mod overload;
 
 use std::io::Write as _;
 use std::process::Command;
@@ -187,7 +190,7 @@ where
 }
 
 fn pgbench(config: &Config, script: &str, clients: usize) -> Result<f64> {
-    pgbench_via(config, &config.url, "prepared", script, clients)
+    pgbench_via(config, &config.url, "prepared", script, clients, &[])
 }
 
 /// pgbench at `url` with the query protocol `mode` (`prepared`: named statements; `extended`:
@@ -198,6 +201,7 @@ fn pgbench_via(
     mode: &str,
     script: &str,
     clients: usize,
+    extra: &[String],
 ) -> Result<f64> {
     let path = std::env::temp_dir().join(format!("datalayer-bench-{}.sql", std::process::id()));
     std::fs::write(&path, script)?;
@@ -212,6 +216,7 @@ fn pgbench_via(
             "-j",
             &clients.to_string(),
         ])
+        .args(extra)
         .args(["-T", &seconds.to_string(), "-f"])
         .arg(&path)
         .arg(url)
@@ -316,7 +321,7 @@ fn main() -> Result<()> {
             .filter(|p| !p.is_empty()),
         cases: env_or(
             "BENCH_CASES",
-            "reads,writes,sqlite,checkout,boot,testdb,pgbouncer",
+            "reads,writes,sqlite,checkout,boot,testdb,pgbouncer,overload",
         )
         .split(',')
         .map(|c| c.trim().to_string())
@@ -324,7 +329,7 @@ fn main() -> Result<()> {
     };
     setup(&config)?;
     let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
-    let cases: [(&str, Case); 7] = [
+    let cases: [(&str, Case); 8] = [
         ("reads", reads),
         ("writes", writes),
         ("sqlite", sqlite),
@@ -332,6 +337,7 @@ fn main() -> Result<()> {
         ("boot", boot),
         ("testdb", testdb),
         ("pgbouncer", pgbouncer),
+        ("overload", overload::overload),
     ];
     for (name, case) in cases {
         if config.runs(name) {
@@ -703,7 +709,7 @@ fn pgbouncer(config: &Config, _: &Settings) -> Result<()> {
         // No settling: PgBouncer keeps its server connections, as it does in production.
         let [p, e] = interleaved(config.rounds, |case| {
             Ok(match case {
-                0 => pgbench_via(config, &url, "extended", &select_script, c)?,
+                0 => pgbench_via(config, &url, "extended", &select_script, c, &[])?,
                 _ => engine_reads(config.seconds, c, &Engine::connect(&settings)?, rows),
             })
         })?;
