@@ -46,6 +46,7 @@ mod checkouts;
 // The MultiConnection derive generates public items without docs.
 #[allow(missing_docs)]
 mod connection;
+mod line;
 mod manager;
 pub mod metrics;
 mod pool_connection;
@@ -66,6 +67,7 @@ use diesel::sql_types::Text;
 use self::affinity::Parking;
 use self::checkouts::Checkouts;
 pub use self::connection::{Conn, MultiBackend};
+use self::line::{Line, POLL};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared, Spare};
@@ -134,6 +136,8 @@ impl<C: PoolConnection> fmt::Debug for Engine<C> {
 pub(crate) struct Books<C: PoolConnection> {
     checkouts: Checkouts,
     parking: Arc<Parking<C>>,
+    /// The threads waiting for a connection, first come first served.
+    line: Line<C>,
     shared: Arc<Shared>,
 }
 
@@ -200,8 +204,10 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         held.books.checkouts.release(self.id, self.leak_threshold);
         held.books.shared.count_in_use(-1);
         let healthy = !std::thread::panicking() && held.conn.reusable();
-        if healthy {
-            drop(Parking::park(held));
+        if healthy && let Some(held) = Parking::park(held) {
+            // Not parked: someone is waiting, and the first in line gets it.
+            let books = Arc::clone(&held.books);
+            drop(books.line.hand_off(held));
         }
     }
 }
@@ -291,6 +297,7 @@ impl<C: PoolConnection> Engine<C> {
         let books = Arc::new(Books {
             checkouts: Checkouts::default(),
             parking: Parking::new(),
+            line: Line::new(),
             shared,
         });
         reap_parked(&books);
@@ -441,25 +448,52 @@ impl<C: PoolConnection> Engine<C> {
             conn,
             books: Arc::clone(&self.books),
         };
-        if let Some(conn) = self.pool.try_get() {
-            return (Some(hold(conn)), start.elapsed());
+        // A newcomer does not pass those waiting in line (see `line.rs`).
+        let line = &self.books.line;
+        if line.waiting() == 0 {
+            if let Some(conn) = self.pool.try_get() {
+                return (Some(hold(conn)), start.elapsed());
+            }
+            if let Some(conn) = self.books.parking.steal().and_then(valid) {
+                return (Some(conn), start.elapsed());
+            }
         }
         let deadline = start + self.settings.pool.timeout;
-        let conn = self.books.parking.waiting(|| {
-            loop {
-                if let Some(conn) = self.books.parking.steal().and_then(valid) {
-                    return Some(conn);
-                }
-                let now = Instant::now();
-                let left = deadline.saturating_duration_since(now);
-                if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
-                    return None;
-                }
-                if let Ok(conn) = self.pool.get_timeout(left.min(Duration::from_millis(20))) {
-                    return Some(hold(conn));
+        let ticket = line.join();
+        let conn = loop {
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
+                // One handed over at the last moment is still served.
+                break line.leave(&ticket).and_then(valid);
+            }
+            if line.is_first(&ticket) {
+                // The first in line also takes what reaches the pool rather than the line:
+                // connections parked before anyone waited, new ones (opening one when the
+                // pool has room), replacements.
+                let found = self.books.parking.steal().and_then(valid).or_else(|| {
+                    let state = self.pool.state();
+                    if state.connections < self.pool.max_size() || state.idle_connections > 0 {
+                        self.pool.get_timeout(left.min(POLL)).ok().map(hold)
+                    } else {
+                        None
+                    }
+                });
+                if let Some(conn) = found {
+                    if let Some(extra) = line.leave(&ticket) {
+                        drop(line.hand_off(extra));
+                    }
+                    break Some(conn);
                 }
             }
-        });
+            if let Some(handed) = line.wait(&ticket, left.min(POLL)) {
+                match valid(handed) {
+                    Some(conn) => break Some(conn),
+                    // Closed on its way back to the pool; this thread keeps its turn.
+                    None => line.rejoin_first(&ticket),
+                }
+            }
+        };
         (conn, start.elapsed())
     }
 
@@ -594,6 +628,7 @@ impl<C: PoolConnection> Engine<C> {
             parked: self.books.parking.parked(),
             in_use: u32::try_from(in_use.max(0)).unwrap_or(u32::MAX),
             spare,
+            waiting: u32::try_from(self.books.line.waiting()).unwrap_or(u32::MAX),
         }
     }
 

@@ -47,14 +47,22 @@ pub struct PoolState {
     /// 1 while the connection `Engine::connect` made is kept for the first migration run
     /// (at most 10 s, and only while the pool has room for it), else 0.
     pub spare: u32,
+    /// Threads waiting in line for a connection (served first come, first served).
+    pub waiting: u32,
 }
 
 impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pool size {}, {} open: {} in use, {} idle, {} parked, {} spare",
-            self.max_size, self.connections, self.in_use, self.idle, self.parked, self.spare
+            "pool size {}, {} open: {} in use, {} idle, {} parked, {} spare; {} waiting",
+            self.max_size,
+            self.connections,
+            self.in_use,
+            self.idle,
+            self.parked,
+            self.spare,
+            self.waiting
         )
     }
 }

@@ -8,8 +8,9 @@
 //! So a returned connection is *parked* in a slot of the returning thread instead of going back
 //! to r2d2, and that thread's next checkout takes it back (after the usual cheap validation).
 //! It stays available to everyone: a thread that finds the pool empty steals parked
-//! connections before it waits, and waits in short slices so that one parked meanwhile is
-//! found. Nothing is parked while any thread is waiting for the pool, nor a broken connection.
+//! connections before it joins the line of waiting threads (`line.rs`), and the first in line
+//! looks for them while it waits. Nothing is parked while any thread is waiting for the pool
+//! (the connection goes to the first in line instead), nor a broken connection.
 //! No counter is shared by the threads' fast path (a shared counter written on every park and
 //! take cost the SQLite reads at 2 threads a tenth of their throughput): counting parked
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
@@ -17,7 +18,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::Held;
@@ -29,7 +30,6 @@ struct Parked<C: PoolConnection>(Mutex<Option<Held<C>>>);
 /// An engine's parked connections.
 pub(crate) struct Parking<C: PoolConnection> {
     slots: Mutex<Vec<Weak<Parked<C>>>>,
-    waiting: AtomicUsize,
     id: u64,
 }
 
@@ -85,7 +85,6 @@ impl<C: PoolConnection> Parking<C> {
     pub(crate) fn new() -> Arc<Parking<C>> {
         Arc::new(Parking {
             slots: Mutex::new(Vec::new()),
-            waiting: AtomicUsize::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -147,7 +146,7 @@ impl<C: PoolConnection> Parking<C> {
     /// parked.
     pub(crate) fn park(conn: Held<C>) -> Option<Held<C>> {
         let parking = &conn.books.parking;
-        if parking.waiting.load(Ordering::Acquire) > 0 {
+        if conn.books.line.waiting() > 0 {
             return Some(conn);
         }
         let Some(slot) = parking.my_slot() else {
@@ -166,14 +165,6 @@ impl<C: PoolConnection> Parking<C> {
     /// A connection parked by any thread.
     pub(crate) fn steal(&self) -> Option<Held<C>> {
         self.slots().iter().find_map(|slot| self.empty(slot))
-    }
-
-    /// Marks this thread as waiting for the pool while `wait` runs, so nothing gets parked.
-    pub(crate) fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        let result = wait();
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        result
     }
 
     /// The parked connections for which `expired` says so, taken out of their slots.

@@ -153,6 +153,7 @@ fn an_exhausted_pool_says_how_long_it_waited_and_what_it_held() {
             parked: 0,
             in_use: 4,
             spare: 0,
+            waiting: 0,
         }
     );
     let message = error.to_string();
@@ -248,4 +249,36 @@ fn settings_built_in_code_are_checked_before_the_pool_is_built() {
         Engine::connect(&settings).expect_err("refused").to_string(),
         from_env.to_string()
     );
+}
+
+#[test]
+fn waiting_threads_are_served_in_the_order_they_arrived() {
+    use std::sync::{Arc, Mutex};
+    for (engine, _place) in crate::common::fresh_engines("dl_fifo", &[]) {
+        let engine = Arc::new(crate::common::with_pool(&engine, |pool| {
+            pool.max_size = 1;
+            pool.min_idle = Some(1);
+        }));
+        let held = engine.get().expect("the only connection");
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for i in 0..6u32 {
+            let (waiter, served) = (Arc::clone(&engine), Arc::clone(&served));
+            threads.push(std::thread::spawn(move || {
+                let conn = waiter.get().expect("served in turn");
+                served.lock().expect("order").push(i);
+                drop(conn);
+            }));
+            // The next thread arrives once this one is in line.
+            crate::common::wait_for("the thread joins the line", Duration::from_secs(10), || {
+                engine.state().waiting == i + 1
+            });
+        }
+        drop(held);
+        for thread in threads {
+            thread.join().expect("no panic");
+        }
+        assert_eq!(*served.lock().expect("order"), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(engine.state().waiting, 0);
+    }
 }
