@@ -141,6 +141,16 @@ pub(crate) struct Books<C: PoolConnection> {
     shared: Arc<Shared>,
 }
 
+impl<C: PoolConnection> Books<C> {
+    /// Sets `db.client.connection.pending_requests` to the line's length.
+    fn report_waiting(&self) {
+        self.shared
+            .metrics
+            .pending()
+            .set(self.line.waiting() as f64);
+    }
+}
+
 /// A connection out of r2d2's hands (checked out or parked), with its own handle on the
 /// engine's books. The handle travels with the connection into the parking slot and back, so
 /// the fast path never touches the `Arc`'s count, which every thread would otherwise write.
@@ -158,6 +168,8 @@ pub struct PooledConn<C: PoolConnection = Conn> {
     held: Option<Held<C>>,
     id: u64,
     leak_threshold: Option<Duration>,
+    /// When it was handed over, for `db.client.connection.use_time`.
+    since: Instant,
 }
 
 impl<C: PoolConnection> PooledConn<C> {
@@ -202,12 +214,18 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
             return;
         };
         held.books.checkouts.release(self.id, self.leak_threshold);
-        held.books.shared.count_in_use(-1);
+        let shared = &held.books.shared;
+        shared.count_in_use(-1);
+        shared
+            .metrics
+            .use_time()
+            .record(self.since.elapsed().as_secs_f64());
         let healthy = !std::thread::panicking() && held.conn.reusable();
         if healthy && let Some(held) = Parking::park(held) {
             // Not parked: someone is waiting, and the first in line gets it.
             let books = Arc::clone(&held.books);
             drop(books.line.hand_off(held));
+            books.report_waiting();
         }
     }
 }
@@ -301,6 +319,8 @@ impl<C: PoolConnection> Engine<C> {
             shared,
         });
         reap_parked(&books);
+        books.shared.report_limits();
+        books.report_waiting();
         Engine {
             pool,
             manager,
@@ -397,13 +417,15 @@ impl<C: PoolConnection> Engine<C> {
             Some(held) => {
                 metrics.checkouts().increment(1);
                 self.books.shared.count_in_use(1);
+                let since = start + waited;
                 Ok(PooledConn {
                     id: self
                         .books
                         .checkouts
-                        .register(site, held.conn.backend_pid, start + waited),
+                        .register(site, held.conn.backend_pid, since),
                     held: Some(held),
                     leak_threshold,
+                    since,
                 })
             }
             None => Err({
@@ -460,6 +482,7 @@ impl<C: PoolConnection> Engine<C> {
         }
         let deadline = start + self.settings.pool.timeout;
         let ticket = line.join();
+        self.books.report_waiting();
         let conn = loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
@@ -494,6 +517,7 @@ impl<C: PoolConnection> Engine<C> {
                 }
             }
         };
+        self.books.report_waiting();
         (conn, start.elapsed())
     }
 

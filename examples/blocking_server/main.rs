@@ -4,6 +4,9 @@
 //! Then it serves JSON, a thread per connection (at most 64, each request under a 10 s deadline,
 //! bodies up to 1 MiB: see `http.rs` for why not tiny_http):
 //!
+//! - `GET /livez`: 200 while the process serves (liveness: says nothing of the database)
+//! - `GET /readyz`: 200 once booted (migrations done) while the pool hands out a working
+//!   connection within 500 ms, else 503 (readiness)
 //! - `GET /healthz`: ping (at most 2 s) and pool state, and the read replica's when there is
 //!   one; 503 when the primary cannot serve (down, or no node accepts writes during a
 //!   failover), 200 with `"status": "degraded"` while reads fall back from the replica
@@ -12,21 +15,22 @@
 //! - `POST /users` `{"email", "display_name"}`: 201 with the user; 409 for a taken email
 //! - `GET /users/{id}`; `GET /users/{id}/posts?after=CURSOR&limit=N` (keyset pagination)
 //! - `POST /users/{id}/posts` `{"title", "body"}`
-//! - `GET /metrics`: the pool's metrics in Prometheus text format
+//! - `GET /metrics`: the pool's metrics (OpenTelemetry's names) in Prometheus text format, by
+//!   `metrics-exporter-prometheus`
 //!
 //! Errors: 400 with a message for bad JSON or fields (a NUL character included: PostgreSQL text
 //! cannot hold one), 404, 408 for a request that does not arrive in time, 411 for a chunked
 //! body, 413 for a body over 1 MiB (refused before it is read), 409, 503 with `Retry-After` when the
 //! pool times out or the database is down, 500 otherwise (details only in the log). Listens on
 //! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080 (`SERVER_REQUEST_TIMEOUT`, in
-//! seconds, changes the request deadline); stops on SIGINT or SIGTERM after
+//! seconds, changes the request deadline); stops on SIGINT or SIGTERM (`signal-hook`) after
 //! the requests in flight, returning its connections.
 //!
 //! `cargo run --example blocking_server -- --listen 127.0.0.1:8080`
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -36,20 +40,19 @@ use datalayer::models::ModelError;
 use datalayer::models::posts::{self, Cursor, NewPost, Post};
 use datalayer::models::users::{self, NewUser, User};
 use datalayer::{Engine, Error};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 mod http;
 
 use http::{Limits, Request, Response};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
 /// How long `/healthz` waits for a connection (less if opening one fails): a probe must get an
 /// answer while the database is down or failing over, not hang for the pool timeout.
 const HEALTH_LIMIT: Duration = Duration::from_secs(2);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// How long `/readyz` waits for a connection: a readiness probe answers within its own
+/// timeout (Kubernetes' default is 1 s) whatever the database does.
+const READY_LIMIT: Duration = Duration::from_millis(500);
 
 /// A JSON reply.
 struct Reply {
@@ -149,7 +152,7 @@ fn json_body(request: &Request) -> Result<Value, Reply> {
     serde_json::from_str(text).map_err(|e| error(400, &format!("invalid JSON: {e}")))
 }
 
-fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
+fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Reply {
     let url = request.target.clone();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -185,6 +188,21 @@ fn route(engine: &Engine, metrics: &Prometheus, request: &Request) -> Reply {
                     ..reply(
                         503,
                         json!({ "status": "unavailable", "error": failure(&e).body["error"] }),
+                    )
+                },
+            }),
+            // Liveness: the process serves requests; it says nothing of the database, so that
+            // an outage does not get every replica restarted.
+            ("GET", ["livez"]) => Ok(reply(200, json!({ "status": "live" }))),
+            // Readiness: booted (migrations done: the server listens only after) and the pool
+            // hands out a working connection within READY_LIMIT.
+            ("GET", ["readyz"]) => Ok(match engine.ping_within(READY_LIMIT) {
+                Ok(_) => reply(200, json!({ "status": "ready" })),
+                Err(e) => Reply {
+                    retry_after: true,
+                    ..reply(
+                        503,
+                        json!({ "status": "not ready", "error": failure(&e).body["error"] }),
                     )
                 },
             }),
@@ -321,10 +339,13 @@ fn main() -> std::process::ExitCode {
         .and_then(|i| args.get(i + 1).cloned())
         .or_else(|| std::env::var("SERVER_ADDR").ok())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let metrics = Prometheus::default();
-    if metrics::set_global_recorder(metrics.clone()).is_err() {
-        tracing::warn!("a metrics recorder was already installed");
-    }
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!("cannot install the metrics recorder: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let engine = match boot() {
         Ok(engine) => Arc::new(engine),
         Err(e) => {
@@ -339,10 +360,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            tracing::error!("cannot handle signal {signal}: {e}");
+            return std::process::ExitCode::from(1);
+        }
     }
     let mut limits = Limits::default();
     if let Some(seconds) = std::env::var("SERVER_REQUEST_TIMEOUT")
@@ -361,7 +384,7 @@ fn main() -> std::process::ExitCode {
         let (engine, metrics) = (Arc::clone(&engine), metrics.clone());
         Arc::new(move |request: Request| response(route(&engine, &metrics, &request)))
     };
-    if let Err(e) = http::serve(listener, limits, &STOP, handler) {
+    if let Err(e) = http::serve(listener, limits, &stop, handler) {
         tracing::error!("serving stopped: {e}");
     }
     // No request is served any more: close the engine (waiting at most 5 s for connections
@@ -387,146 +410,4 @@ fn boot() -> Result<Engine, Error> {
     let report = datalayer::models::migrator().boot(&engine)?;
     tracing::info!("{} migration(s) applied", report.applied.len());
     Ok(engine)
-}
-
-/// A minimal Prometheus recorder: counters, gauges, and histograms as sum and count. Clones
-/// share the values, so one is installed globally and another renders `/metrics`.
-#[derive(Default, Clone)]
-struct Prometheus {
-    values: Arc<Mutex<BTreeMap<Series, Arc<Metric>>>>,
-}
-
-/// A metric's name, and its labels as Prometheus writes them (`{pool="app@db:5432"}`).
-type Series = (String, String);
-
-#[derive(Default)]
-struct Metric {
-    kind: Mutex<&'static str>,
-    value: AtomicU64,
-    count: AtomicU64,
-}
-
-impl metrics::CounterFn for Metric {
-    fn increment(&self, n: u64) {
-        self.value.fetch_add(n, Ordering::Relaxed);
-    }
-    fn absolute(&self, n: u64) {
-        self.value.store(n, Ordering::Relaxed);
-    }
-}
-
-impl metrics::GaugeFn for Metric {
-    fn increment(&self, v: f64) {
-        self.set(f64::from_bits(self.value.load(Ordering::Relaxed)) + v);
-    }
-    fn decrement(&self, v: f64) {
-        self.increment(-v);
-    }
-    fn set(&self, v: f64) {
-        self.value.store(v.to_bits(), Ordering::Relaxed);
-    }
-}
-
-impl metrics::HistogramFn for Metric {
-    fn record(&self, v: f64) {
-        let mut sum = self.value.load(Ordering::Relaxed);
-        loop {
-            let next = (f64::from_bits(sum) + v).to_bits();
-            match self
-                .value
-                .compare_exchange_weak(sum, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(actual) => sum = actual,
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Prometheus {
-    fn metric(&self, key: &metrics::Key, kind: &'static str) -> Arc<Metric> {
-        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let labels: Vec<String> = key
-            .labels()
-            .map(|label| {
-                let value = label
-                    .value()
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                format!("{}=\"{value}\"", label.key())
-            })
-            .collect();
-        let labels = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{}}}", labels.join(","))
-        };
-        let metric = Arc::clone(values.entry((key.name().to_string(), labels)).or_default());
-        *metric.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
-        metric
-    }
-
-    fn render(&self) -> String {
-        let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::new();
-        let mut typed = "";
-        for ((name, labels), metric) in values.iter() {
-            let kind = *metric.kind.lock().unwrap_or_else(|e| e.into_inner());
-            let raw = metric.value.load(Ordering::Relaxed);
-            if typed != name {
-                let shown = if kind == "histogram" { "summary" } else { kind };
-                out.push_str(&format!("# TYPE {name} {shown}\n"));
-            }
-            match kind {
-                "counter" => out.push_str(&format!("{name}{labels} {raw}\n")),
-                "gauge" => out.push_str(&format!("{name}{labels} {}\n", f64::from_bits(raw))),
-                _ => out.push_str(&format!(
-                    "{name}_sum{labels} {}\n{name}_count{labels} {}\n",
-                    f64::from_bits(raw),
-                    metric.count.load(Ordering::Relaxed)
-                )),
-            }
-            typed = name;
-        }
-        out
-    }
-}
-
-impl metrics::Recorder for Prometheus {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::from_arc(self.metric(key, "counter"))
-    }
-    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::from_arc(self.metric(key, "gauge"))
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::from_arc(self.metric(key, "histogram"))
-    }
 }

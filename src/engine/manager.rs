@@ -471,6 +471,7 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
 impl<C: PoolConnection> Manager<C> {
     /// A new pooled connection with its session setup and instrumentation.
     fn open_slot(&self) -> Result<Slot<C>, ConnectError> {
+        let began = Instant::now();
         let mut conn: C = self.establish_as()?;
         // Known good as of *before* its last round trips, like a query's start: a thread
         // descheduled after them could otherwise stamp a connection dropped meanwhile as newer
@@ -489,6 +490,10 @@ impl<C: PoolConnection> Manager<C> {
             conn.backend_pid()
                 .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?
         };
+        self.shared
+            .metrics
+            .create_time()
+            .record(began.elapsed().as_secs_f64());
         let health = Arc::new(Health::default());
         health.last_ok.store(answered, Ordering::Release);
         health.born.store(answered, Ordering::Release);
@@ -515,6 +520,7 @@ impl diesel::r2d2::HandleEvent for PoolEvents {
     fn handle_acquire(&self, _: diesel::r2d2::event::AcquireEvent) {
         self.0.counts.open.fetch_add(1, Ordering::Relaxed);
         self.0.metrics.opened().increment(1);
+        self.0.report_limits();
     }
     fn handle_release(&self, _: diesel::r2d2::event::ReleaseEvent) {
         self.0.counts.open.fetch_sub(1, Ordering::Relaxed);

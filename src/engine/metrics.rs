@@ -1,53 +1,71 @@
 //! The pool's metrics, through the `metrics` facade: an application installs its own recorder
-//! (Prometheus, StatsD, ...) and these appear in it; without one they cost an atomic load.
-//! [`crate::Engine::state`] works with or without a recorder.
+//! (Prometheus, OpenTelemetry, StatsD, ...) and these appear in it; without one they cost an
+//! atomic load. [`crate::Engine::state`] works with or without a recorder.
+//!
+//! The names and attributes are OpenTelemetry's semantic conventions for database client
+//! connection pools; an exporter that cannot write dots writes underscores (Prometheus:
+//! `db_client_connection_count{db_client_connection_pool_name="...",db_client_connection_state="idle"}`).
 //!
 //! | name | kind | what |
 //! | --- | --- | --- |
-//! | `datalayer_pool_checkouts_total` | counter | connections checked out |
-//! | `datalayer_pool_checkout_wait_seconds` | histogram | how long each checkout waited (0 when the thread's own parked connection served it) |
-//! | `datalayer_pool_checkout_timeouts_total` | counter | checkouts that gave up (`Error::PoolTimeout`) |
-//! | `datalayer_pool_connections_opened_total` | counter | connections the pool opened |
-//! | `datalayer_pool_connections_closed_total` | counter | connections the pool closed |
-//! | `datalayer_pool_connections_broken_total` | counter | connections found dead (closed by the server, failed validation) |
-//! | `datalayer_pool_connections_in_use` | gauge | connections checked out now |
-//! | `datalayer_pool_connections_idle` | gauge | open connections not checked out (parked ones included) |
-//! | `datalayer_replica_up` | gauge | 1 while reads go to the read replica, 0 while they go to the primary |
-//! | `datalayer_replica_lag_seconds` | gauge | the replica's lag at its last check |
-//! | `datalayer_replica_fallbacks_total` | counter | reads the primary served because the replica was down or too far behind |
+//! | `db.client.connection.count` | gauge | connections open, by `db.client.connection.state`: `used` (checked out) or `idle` (in the pool or parked for a thread) |
+//! | `db.client.connection.max` | gauge | `DATABASE_POOL_MAX_SIZE` |
+//! | `db.client.connection.idle.min` | gauge | the idle connections the pool keeps (`DATABASE_POOL_MIN_IDLE`, by default the max size) |
+//! | `db.client.connection.pending_requests` | gauge | threads waiting in line for a connection |
+//! | `db.client.connection.timeouts` | counter | checkouts that gave up (`Error::PoolTimeout`) |
+//! | `db.client.connection.create_time` | histogram (s) | how long opening a connection took, session setup included |
+//! | `db.client.connection.wait_time` | histogram (s) | how long each checkout waited (0 when the thread's own parked connection served it) |
+//! | `db.client.connection.use_time` | histogram (s) | how long each connection was held, checkout to return |
+//! | `datalayer.pool.checkouts` | counter | connections checked out |
+//! | `datalayer.pool.connections.opened` | counter | connections the pool opened |
+//! | `datalayer.pool.connections.closed` | counter | connections the pool closed |
+//! | `datalayer.pool.connections.broken` | counter | connections found dead (closed by the server, failed validation) |
+//! | `datalayer.replica.up` | gauge | 1 while reads go to the read replica, 0 while they go to the primary |
+//! | `datalayer.replica.lag` | gauge (s) | the replica's lag at its last check |
+//! | `datalayer.replica.fallbacks` | counter | reads the primary served because the replica was down or too far behind |
 //!
-//! Every metric carries the label `pool` ([`POOL_LABEL`]): the database it serves
-//! (`<database>@<host>:<port>` on PostgreSQL, the file on SQLite), with `#2`, `#3`... added for
-//! a second or third engine on the same database in one process. A read replica's pool reports
-//! under its own name, and the `datalayer_replica_*` metrics carry that name too.
+//! Every metric carries the attribute `db.client.connection.pool.name` ([`POOL_LABEL`]): the
+//! database it serves (`<database>@<host>:<port>` on PostgreSQL, the file on SQLite), with `#2`,
+//! `#3`... added for a second or third engine on the same database in one process. A read
+//! replica's pool reports under its own name, and the `datalayer.replica.*` metrics carry that
+//! name too. OpenTelemetry has no conventions for the `datalayer.*` ones.
 
-/// Counter: connections checked out.
-pub const CHECKOUTS: &str = "datalayer_pool_checkouts_total";
-/// Histogram: seconds each checkout waited.
-pub const CHECKOUT_WAIT: &str = "datalayer_pool_checkout_wait_seconds";
+/// Gauge: connections open, by [`STATE_LABEL`].
+pub const COUNT: &str = "db.client.connection.count";
+/// Gauge: the most connections the pool holds.
+pub const MAX: &str = "db.client.connection.max";
+/// Gauge: the idle connections the pool keeps.
+pub const IDLE_MIN: &str = "db.client.connection.idle.min";
+/// Gauge: threads waiting for a connection.
+pub const PENDING_REQUESTS: &str = "db.client.connection.pending_requests";
 /// Counter: checkouts that timed out.
-pub const CHECKOUT_TIMEOUTS: &str = "datalayer_pool_checkout_timeouts_total";
+pub const TIMEOUTS: &str = "db.client.connection.timeouts";
+/// Histogram: seconds to open a connection.
+pub const CREATE_TIME: &str = "db.client.connection.create_time";
+/// Histogram: seconds each checkout waited.
+pub const WAIT_TIME: &str = "db.client.connection.wait_time";
+/// Histogram: seconds each connection was held.
+pub const USE_TIME: &str = "db.client.connection.use_time";
+/// Counter: connections checked out.
+pub const CHECKOUTS: &str = "datalayer.pool.checkouts";
 /// Counter: connections opened by the pool.
-pub const OPENED: &str = "datalayer_pool_connections_opened_total";
+pub const OPENED: &str = "datalayer.pool.connections.opened";
 /// Counter: connections closed by the pool.
-pub const CLOSED: &str = "datalayer_pool_connections_closed_total";
+pub const CLOSED: &str = "datalayer.pool.connections.closed";
 /// Counter: connections found dead.
-pub const BROKEN: &str = "datalayer_pool_connections_broken_total";
-/// Gauge: connections checked out now.
-pub const IN_USE: &str = "datalayer_pool_connections_in_use";
-/// Gauge: open connections not checked out.
-pub const IDLE: &str = "datalayer_pool_connections_idle";
-
+pub const BROKEN: &str = "datalayer.pool.connections.broken";
 /// Gauge: 1 while reads go to the read replica.
-pub const REPLICA_UP: &str = "datalayer_replica_up";
+pub const REPLICA_UP: &str = "datalayer.replica.up";
 /// Gauge: the replica's lag at its last check, in seconds.
-pub const REPLICA_LAG: &str = "datalayer_replica_lag_seconds";
+pub const REPLICA_LAG: &str = "datalayer.replica.lag";
 /// Counter: reads the primary served instead of the replica.
-pub const REPLICA_FALLBACKS: &str = "datalayer_replica_fallbacks_total";
+pub const REPLICA_FALLBACKS: &str = "datalayer.replica.fallbacks";
 
-/// The label every metric carries, naming its pool: two engines in one process (a primary and
-/// a replica, two applications' databases) report apart.
-pub const POOL_LABEL: &str = "pool";
+/// The attribute every metric carries, naming its pool: two engines in one process (a primary
+/// and a replica, two applications' databases) report apart.
+pub const POOL_LABEL: &str = "db.client.connection.pool.name";
+/// The attribute of [`COUNT`]: `used` or `idle`.
+pub const STATE_LABEL: &str = "db.client.connection.state";
 
 /// The metadata every datalayer metric is registered with.
 static METADATA: ::metrics::Metadata<'static> =
@@ -57,7 +75,7 @@ static METADATA: ::metrics::Metadata<'static> =
 /// macros would hash the name and labels on every call, which was a fifth of an idle checkout.
 #[derive(Debug)]
 pub(crate) struct PoolMetrics {
-    keys: [::metrics::Key; 8],
+    keys: [::metrics::Key; 14],
 }
 
 /// A function returning the current recorder's handle for one of the pool's metrics.
@@ -73,35 +91,48 @@ macro_rules! handle {
 impl PoolMetrics {
     /// The keys of the pool named `pool`.
     pub(crate) fn new(pool: &str) -> PoolMetrics {
-        let key = |name: &'static str| {
-            let key = ::metrics::Key::from_parts(
-                name,
-                vec![::metrics::Label::new(POOL_LABEL, pool.to_string())],
-            );
+        let key = |name: &'static str, state: Option<&'static str>| {
+            let mut labels = vec![::metrics::Label::new(POOL_LABEL, pool.to_string())];
+            if let Some(state) = state {
+                labels.push(::metrics::Label::new(STATE_LABEL, state));
+            }
+            let key = ::metrics::Key::from_parts(name, labels);
             // Hash it now, not on the first checkout.
             let _ = key.get_hash();
             key
         };
         PoolMetrics {
             keys: [
-                key(CHECKOUTS),
-                key(CHECKOUT_WAIT),
-                key(CHECKOUT_TIMEOUTS),
-                key(OPENED),
-                key(CLOSED),
-                key(BROKEN),
-                key(IN_USE),
-                key(IDLE),
+                key(COUNT, Some("used")),
+                key(COUNT, Some("idle")),
+                key(MAX, None),
+                key(IDLE_MIN, None),
+                key(PENDING_REQUESTS, None),
+                key(TIMEOUTS, None),
+                key(CREATE_TIME, None),
+                key(WAIT_TIME, None),
+                key(USE_TIME, None),
+                key(CHECKOUTS, None),
+                key(OPENED, None),
+                key(CLOSED, None),
+                key(BROKEN, None),
+                key(REPLICA_FALLBACKS, None),
             ],
         }
     }
 
-    handle!(checkouts, 0, Counter, register_counter);
-    handle!(checkout_wait, 1, Histogram, register_histogram);
-    handle!(checkout_timeouts, 2, Counter, register_counter);
-    handle!(opened, 3, Counter, register_counter);
-    handle!(closed, 4, Counter, register_counter);
-    handle!(broken, 5, Counter, register_counter);
-    handle!(in_use, 6, Gauge, register_gauge);
-    handle!(idle, 7, Gauge, register_gauge);
+    handle!(in_use, 0, Gauge, register_gauge);
+    handle!(idle, 1, Gauge, register_gauge);
+    handle!(max, 2, Gauge, register_gauge);
+    handle!(idle_min, 3, Gauge, register_gauge);
+    handle!(pending, 4, Gauge, register_gauge);
+    handle!(checkout_timeouts, 5, Counter, register_counter);
+    handle!(create_time, 6, Histogram, register_histogram);
+    handle!(checkout_wait, 7, Histogram, register_histogram);
+    handle!(use_time, 8, Histogram, register_histogram);
+    handle!(checkouts, 9, Counter, register_counter);
+    handle!(opened, 10, Counter, register_counter);
+    handle!(closed, 11, Counter, register_counter);
+    handle!(broken, 12, Counter, register_counter);
+    handle!(replica_fallbacks, 13, Counter, register_counter);
 }

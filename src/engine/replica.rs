@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use diesel::RunQueryDsl;
 
 use super::manager::{Manager, Shared};
-use super::metrics::{POOL_LABEL, REPLICA_FALLBACKS, REPLICA_LAG, REPLICA_UP};
+use super::metrics::{POOL_LABEL, REPLICA_LAG, REPLICA_UP};
 use super::pool_connection::PoolConnection;
 use super::setup::pool_name;
 use super::{Conn, Engine};
@@ -235,7 +235,12 @@ impl<C: PoolConnection> Replica<C> {
     /// Counts a read the primary served instead.
     pub(super) fn fell_back(&self) {
         self.watch.fallbacks.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(REPLICA_FALLBACKS, POOL_LABEL => self.watch.pool.clone()).increment(1);
+        self.engine
+            .books
+            .shared
+            .metrics
+            .replica_fallbacks()
+            .increment(1);
     }
 
     pub(super) fn state(&self) -> ReplicaState {

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     /// The pool's connections, open or being opened; with the spare, at most `max_size`.
     pub(super) pool_slots: AtomicU64,
     pub(super) max_size: u64,
+    /// The idle connections the pool keeps (`DATABASE_POOL_MIN_IDLE`, else the max size).
+    min_idle: u64,
     /// The connection `Engine::connect` made, kept for the first migration run.
     pub(crate) spare: Mutex<Option<Spare>>,
     /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
@@ -90,6 +92,7 @@ impl Shared {
             metrics: super::metrics::PoolMetrics::new(pool),
             pool_slots: AtomicU64::new(0),
             max_size: u64::from(settings.pool.max_size),
+            min_idle: u64::from(settings.pool.min_idle.unwrap_or(settings.pool.max_size)),
             spare: Mutex::new(None),
             spare_held: AtomicBool::new(false),
             lifetime: settings.pool.max_lifetime.map(nanos),
@@ -144,6 +147,13 @@ impl Shared {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Sets the gauges of the pool's limits (again when a connection opens, so that a recorder
+    /// installed after the engine was made shows them too).
+    pub(crate) fn report_limits(&self) {
+        self.metrics.max().set(self.max_size as f64);
+        self.metrics.idle_min().set(self.min_idle as f64);
     }
 
     /// Records a checkout (+1) or a return (-1) in the gauges.

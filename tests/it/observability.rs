@@ -81,15 +81,26 @@ fn slow_statements_are_reported_at_warn_level() {
     );
 }
 
-/// A metric's name, and its `pool` label when it has one: `name{pool}`.
+/// A metric's name, its `state` attribute when it has one, and its pool's name:
+/// `name.state{pool}`.
 fn keyed(key: &Key) -> String {
-    let pool = key
-        .labels()
-        .find(|l| l.key() == names::POOL_LABEL)
-        .map(|l| format!("{{{}}}", l.value()))
+    let label = |name: &str| {
+        key.labels()
+            .find(|l| l.key() == name)
+            .map(|l| l.value().to_string())
+    };
+    let pool = label(names::POOL_LABEL)
+        .map(|pool| format!("{{{pool}}}"))
         .unwrap_or_default();
-    format!("{}{pool}", key.name())
+    let state = label(names::STATE_LABEL)
+        .map(|state| format!(".{state}"))
+        .unwrap_or_default();
+    format!("{}{state}{pool}", key.name())
 }
+
+/// `db.client.connection.count` by state, as [`keyed`] names them.
+const USED: &str = "db.client.connection.count.used";
+const IDLE: &str = "db.client.connection.count.idle";
 
 /// A recorder that keeps every counter, gauge and histogram in memory, by name and pool.
 #[derive(Default)]
@@ -176,20 +187,26 @@ fn checkouts_waits_timeouts_and_gauges_reach_the_recorder() {
     metrics::with_local_recorder(&memory, || {
         let first = small.get().expect("checkout");
         let second = small.get().expect("checkout");
-        assert_eq!(memory.gauge(names::IN_USE), 2.0);
+        assert_eq!(memory.gauge(USED), 2.0);
         let third = small.get();
         assert!(matches!(third, Err(Error::PoolTimeout { .. })));
         drop((first, second));
-        assert_eq!(memory.gauge(names::IN_USE), 0.0);
+        assert_eq!(memory.gauge(USED), 0.0);
     });
     assert_eq!(memory.counter(names::CHECKOUTS), 2);
-    assert_eq!(memory.counter(names::CHECKOUT_TIMEOUTS), 1);
+    assert_eq!(memory.counter(names::TIMEOUTS), 1);
     assert_eq!(
-        memory.samples(names::CHECKOUT_WAIT),
+        memory.samples(names::WAIT_TIME),
         3,
         "every checkout's wait, the failed one too"
     );
-    assert!(memory.gauge(names::IDLE) >= 0.0);
+    assert_eq!(memory.samples(names::USE_TIME), 2, "every return");
+    assert_eq!(
+        memory.gauge(names::PENDING_REQUESTS),
+        0.0,
+        "the line is empty"
+    );
+    assert!(memory.gauge(IDLE) >= 0.0);
     assert!(small.state().in_use == 0, "{:?}", small.state());
 }
 
@@ -203,7 +220,7 @@ fn two_engines_in_one_process_report_their_own_gauges() {
         let held: Vec<_> = (0..3).map(|_| first.get().expect("checkout")).collect();
         let one = second.get().expect("checkout");
         let other = again.get().expect("checkout");
-        let pools = memory.pools(names::IN_USE);
+        let pools = memory.pools(USED);
         assert_eq!(pools.len(), 3, "{pools:?}");
         let of = |engine: &Engine| {
             let db = match &engine.settings().target {
@@ -220,12 +237,49 @@ fn two_engines_in_one_process_report_their_own_gauges() {
         assert_eq!(second_pools.len(), 1, "{pools:?}");
         assert_eq!(first_pools.len(), 2, "two engines, two names: {pools:?}");
         assert!(first_pools.iter().any(|p| p.ends_with("#2")), "{pools:?}");
-        assert_eq!(memory.gauge_of(names::IN_USE, &second_pools[0]), 1.0);
+        assert_eq!(memory.gauge_of(USED, &second_pools[0]), 1.0);
         let counts: Vec<f64> = first_pools
             .iter()
-            .map(|p| memory.gauge_of(names::IN_USE, p))
+            .map(|p| memory.gauge_of(USED, p))
             .collect();
         assert!(counts.contains(&3.0) && counts.contains(&1.0), "{counts:?}");
         drop((held, one, other));
     });
+}
+
+/// A process-wide in-memory recorder, for what the pool does on r2d2's own threads (opening
+/// connections), which a thread-local recorder cannot see. Tests read their own pool's metrics
+/// from it by name.
+fn global() -> &'static Memory {
+    static GLOBAL: std::sync::OnceLock<&'static Memory> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let memory: &'static Memory = Box::leak(Box::default());
+        metrics::set_global_recorder(memory).expect("no other global recorder in the tests");
+        memory
+    })
+}
+
+#[test]
+fn the_pools_limits_and_connection_opening_reach_the_recorder() {
+    let memory = global();
+    let (_engine, db) = fresh_postgres("dl_metrics_limits", &[("DATABASE_POOL_MIN_IDLE", "1")]);
+    let crate::common::Place::Postgres(db) = &db else {
+        unreachable!("postgres")
+    };
+    let pool = memory
+        .pools(names::MAX)
+        .into_iter()
+        .find(|p| p.starts_with(&format!("{}@", db.name)))
+        .expect("the engine's pool reported its size");
+    assert_eq!(memory.gauge_of(names::MAX, &pool), 4.0);
+    assert_eq!(memory.gauge_of(names::IDLE_MIN, &pool), 1.0);
+    crate::common::wait_for(
+        "r2d2 opens the idle connection, timed",
+        Duration::from_secs(10),
+        || {
+            let map = memory.histograms.lock().expect("lock");
+            map.get(&format!("{}{{{pool}}}", names::CREATE_TIME))
+                .is_some_and(|h| !h.0.lock().expect("lock").is_empty())
+        },
+    );
 }

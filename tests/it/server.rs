@@ -195,16 +195,26 @@ fn exercise(addr: SocketAddr) {
     );
     let metrics = http(addr, "GET", "/metrics", "");
     assert_eq!(metrics.status, 200);
-    assert!(
-        metrics
-            .body
-            .contains("# TYPE datalayer_pool_checkouts_total counter\n")
-            && metrics
-                .body
-                .contains("datalayer_pool_checkouts_total{pool=\""),
-        "every metric names its pool: {}",
-        metrics.body
-    );
+    // OpenTelemetry's names, as Prometheus writes them (dots become underscores).
+    for line in [
+        "# TYPE datalayer_pool_checkouts counter\n",
+        "datalayer_pool_checkouts{db_client_connection_pool_name=\"",
+        "# TYPE db_client_connection_count gauge\n",
+        "db_client_connection_state=\"used\"",
+        "db_client_connection_state=\"idle\"",
+        "# TYPE db_client_connection_wait_time summary\n",
+        "# TYPE db_client_connection_use_time summary\n",
+        "db_client_connection_max{",
+        "db_client_connection_pending_requests{",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "{line:?} missing from: {}",
+            metrics.body
+        );
+    }
+    assert_eq!(http(addr, "GET", "/livez", "").status, 200);
+    assert_eq!(http(addr, "GET", "/readyz", "").status, 200);
     assert_eq!(http(addr, "GET", "/nowhere", "").status, 404);
 }
 
