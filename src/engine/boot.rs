@@ -110,6 +110,8 @@ pub(crate) fn permanent(message: &str) -> Option<&'static str> {
 }
 
 /// A small xorshift, seeded from the clock and the pid: jitter needs no better randomness.
+/// Kept instead of `rand` (or `fastrand`): it spreads retries of replicas booting at once, which
+/// only needs seeds that differ between processes, and a dependency for ten lines buys nothing.
 pub(crate) struct Jitter(u64);
 
 impl Jitter {

@@ -90,6 +90,7 @@ pub(crate) struct Manager<C> {
     shared: Arc<Shared>,
     echo: bool,
     slow: Option<Duration>,
+    about: Arc<About>,
     connection: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -105,6 +106,7 @@ impl<C> Clone for Manager<C> {
             shared: Arc::clone(&self.shared),
             echo: self.echo,
             slow: self.slow,
+            about: Arc::clone(&self.about),
             connection: std::marker::PhantomData,
         }
     }
@@ -172,6 +174,7 @@ impl<C: PoolConnection> Manager<C> {
             shared,
             echo: settings.pool.echo,
             slow: settings.pool.slow_query_threshold,
+            about: Arc::new(About::of(settings)),
             connection: std::marker::PhantomData,
         }
     }
@@ -329,6 +332,45 @@ struct DeathWatch {
     started: u64,
     echo: bool,
     slow: Option<Duration>,
+    /// What each query's span says of the database.
+    about: Arc<About>,
+    /// The span of the query under way.
+    span: Option<tracing::Span>,
+}
+
+/// OpenTelemetry's database attributes of a pool's queries.
+#[derive(Debug)]
+pub(crate) struct About {
+    /// `postgresql` or `sqlite`.
+    system: &'static str,
+    /// The database name (PostgreSQL) or file (SQLite).
+    namespace: String,
+    /// The first host, on PostgreSQL.
+    address: Option<String>,
+    port: Option<u16>,
+}
+
+impl About {
+    fn of(settings: &Settings) -> About {
+        match &settings.target {
+            Target::Postgres(pg) => About {
+                system: "postgresql",
+                namespace: pg
+                    .database
+                    .clone()
+                    .or_else(|| pg.user.clone())
+                    .unwrap_or_default(),
+                address: Some(pg.host.to_string()),
+                port: Some(pg.port),
+            },
+            Target::Sqlite(sqlite) => About {
+                system: "sqlite",
+                namespace: sqlite.path.display().to_string(),
+                address: None,
+                port: None,
+            },
+        }
+    }
 }
 
 /// A failover shows as a write refused by a read-only server (SQLSTATE 25006: the old primary
@@ -346,6 +388,24 @@ fn is_failover_sign(error: &DieselError) -> bool {
             .message()
             .contains("terminating connection due to administrator command"),
         _ => false,
+    }
+}
+
+/// A failed query's `error.type`: the kind of error, never its message (which can quote data).
+fn error_type(error: &DieselError) -> &'static str {
+    match error {
+        DieselError::DatabaseError(kind, _) => match kind {
+            DatabaseErrorKind::UniqueViolation => "unique_violation",
+            DatabaseErrorKind::ForeignKeyViolation => "foreign_key_violation",
+            DatabaseErrorKind::NotNullViolation => "not_null_violation",
+            DatabaseErrorKind::CheckViolation => "check_violation",
+            DatabaseErrorKind::SerializationFailure => "serialization_failure",
+            DatabaseErrorKind::ReadOnlyTransaction => "read_only_transaction",
+            DatabaseErrorKind::ClosedConnection => "closed_connection",
+            _ => "database_error",
+        },
+        DieselError::NotFound => "not_found",
+        _ => "error",
     }
 }
 
@@ -383,10 +443,30 @@ impl DeathWatch {
 impl Instrumentation for DeathWatch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
-            InstrumentationEvent::StartQuery { .. } => self.started = self.shared.now(),
+            InstrumentationEvent::StartQuery { query, .. } => {
+                self.started = self.shared.now();
+                // A span per query, child of whatever span the caller is in; the statement
+                // only with DATABASE_ECHO (the text can be long, and the binds never go in).
+                let about = &self.about;
+                let span = tracing::info_span!(
+                    target: "datalayer::query",
+                    "db.query",
+                    db.system = about.system,
+                    db.namespace = about.namespace.as_str(),
+                    server.address = about.address.as_deref(),
+                    server.port = about.port,
+                    db.query.text = tracing::field::Empty,
+                    error.type = tracing::field::Empty,
+                );
+                if self.echo && !span.is_disabled() {
+                    span.record("db.query.text", sql_only(query).as_str());
+                }
+                self.span = Some(span);
+            }
             InstrumentationEvent::FinishQuery {
                 query, error: None, ..
             } => {
+                self.span = None;
                 self.health.last_ok.store(self.started, Ordering::Release);
                 self.report(query, false);
             }
@@ -395,6 +475,9 @@ impl Instrumentation for DeathWatch {
                 error: Some(error),
                 ..
             } => {
+                if let Some(span) = self.span.take() {
+                    span.record("error.type", error_type(error));
+                }
                 if let DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) = error {
                     self.health.dead.store(true, Ordering::Release);
                     self.shared.mark_dead();
@@ -503,6 +586,8 @@ impl<C: PoolConnection> Manager<C> {
             started: 0,
             echo: self.echo,
             slow: self.slow,
+            about: Arc::clone(&self.about),
+            span: None,
         });
         Ok(Slot {
             conn: Box::new(conn),

@@ -206,6 +206,15 @@ pub fn query_lines(conn: &mut datalayer::Conn, sql: &str) -> Vec<String> {
 /// Captures what is logged on this thread while `run` runs (a thread-local tracing
 /// subscriber), as plain text.
 pub fn logged(run: impl FnOnce()) -> String {
+    captured(run, false)
+}
+
+/// [`logged`], with a line for each span as it closes, with its fields.
+pub fn logged_with_spans(run: impl FnOnce()) -> String {
+    captured(run, true)
+}
+
+fn captured(run: impl FnOnce(), spans: bool) -> String {
     #[derive(Clone, Default)]
     struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
     impl std::io::Write for Captured {
@@ -228,6 +237,11 @@ pub fn logged(run: impl FnOnce()) -> String {
         .with_writer(captured.clone())
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
+        .with_span_events(if spans {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .finish();
     tracing::subscriber::with_default(subscriber, run);
     let bytes = captured.0.lock().expect("lock").clone();

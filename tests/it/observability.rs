@@ -283,3 +283,49 @@ fn the_pools_limits_and_connection_opening_reach_the_recorder() {
         },
     );
 }
+
+#[test]
+fn every_query_runs_in_a_span_with_the_databases_attributes() {
+    let (engine, place) = fresh_postgres("dl_spans", &[]);
+    let crate::common::Place::Postgres(db) = &place else {
+        unreachable!("postgres")
+    };
+    let quiet = crate::common::logged_with_spans(|| {
+        let mut conn = engine.get().expect("checkout");
+        conn.batch_execute("SELECT 1 AS spanned").expect("query");
+        let _ = conn.batch_execute("SELECT * FROM no_such_table");
+    });
+    let spans: Vec<&str> = quiet.lines().filter(|l| l.contains("db.query")).collect();
+    assert_eq!(spans.len(), 2, "one span per query:\n{quiet}");
+    for span in &spans {
+        for attribute in [
+            "db.system=\"postgresql\"",
+            &format!("db.namespace=\"{}\"", db.name),
+            "server.address=",
+            "server.port=",
+        ] {
+            assert!(span.contains(attribute), "{attribute} in {span}");
+        }
+        assert!(
+            !span.contains("SELECT"),
+            "no statement without DATABASE_ECHO: {span}"
+        );
+    }
+    assert!(
+        spans[1].contains("error.type=\"database_error\""),
+        "{}",
+        spans[1]
+    );
+
+    let echoing = with(&engine, |pool| pool.echo = true);
+    let echoed = crate::common::logged_with_spans(|| {
+        let mut conn = echoing.get().expect("checkout");
+        conn.batch_execute("SELECT 1 AS spanned").expect("query");
+    });
+    assert!(
+        echoed
+            .lines()
+            .any(|l| l.contains("db.query") && l.contains("db.query.text=\"SELECT 1 AS spanned\"")),
+        "{echoed}"
+    );
+}
