@@ -1,8 +1,8 @@
 //! Durations as the environment writes them: `500ms`, `30s`, `10m`, `1h`, or a bare whole number
 //! of seconds.
 //!
-//! Kept instead of `humantime`: that crate also accepts `1h 30m`, fractions-free compounds, and
-//! units (`us`, `ns`, days, months) none of these settings should take, and its errors cannot
+//! Kept instead of `humantime`: that crate also accepts compound durations (`1h 30m`) and units
+//! (`us`, `ns`, days, months) that none of these settings should take, and its errors cannot
 //! name the variable; this grammar is the documented one, and its messages are ours.
 
 use std::time::Duration;
