@@ -26,9 +26,10 @@
 //! Everything runs with `sslmode=disable`,
 //! pgbench included, so TLS costs nobody.
 
+mod chart;
 mod overload;
+mod progress;
 
-use std::io::Write as _;
 use std::process::Command;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -339,11 +340,18 @@ fn main() -> Result<()> {
         ("pgbouncer", pgbouncer),
         ("overload", overload::overload),
     ];
+    for (name, _) in &cases {
+        if config.runs(name) {
+            progress::plan(planned_runs(&config, name));
+        }
+    }
     for (name, case) in cases {
         if config.runs(name) {
             case(&config, &settings)?;
         }
     }
+    progress::finish();
+    draw_charts(&config)?;
     if std::env::var_os("BENCH_DROP").is_some() {
         let mut admin =
             PgConnection::establish(&format!("{}/postgres?sslmode=disable", config.server))?;
@@ -357,16 +365,87 @@ fn main() -> Result<()> {
 
 type Case = fn(&Config, &Settings) -> Result<()>;
 
+/// What the charts are drawn from: the point reads' throughput by case, and the overload
+/// latencies (p50, p99, p99.9, max in ms) by case and C.
+#[derive(Default)]
+struct Figures {
+    reads: Option<(Vec<usize>, Vec<(String, Vec<f64>)>)>,
+    overload: Vec<(String, [f64; 4])>,
+}
+
+static FIGURES: std::sync::Mutex<Figures> = std::sync::Mutex::new(Figures {
+    reads: None,
+    overload: Vec::new(),
+});
+
+/// How many timed runs each case makes, for the progress line's estimate.
+fn planned_runs(config: &Config, case: &str) -> usize {
+    let rounds = config.rounds.max(1);
+    let clients = config.clients.len();
+    match case {
+        "reads" => clients * rounds * 5,
+        "writes" => 2 * rounds * 2,
+        "sqlite" => config.clients.iter().filter(|c| **c <= 4).count() * rounds * 2,
+        "checkout" => 2 * rounds * 2,
+        "pgbouncer" => clients * rounds * 2,
+        "overload" => 3 * rounds * 3,
+        _ => 0,
+    }
+}
+
+/// Draws the charts from this run's figures into `BENCH_CHART_DIR` (default `docs`).
+fn draw_charts(config: &Config) -> Result<()> {
+    let dir = std::path::PathBuf::from(env_or("BENCH_CHART_DIR", "docs"));
+    std::fs::create_dir_all(&dir)?;
+    let figures = FIGURES.lock().map_err(|_| "figures lock")?;
+    if let Some((clients, series)) = &figures.reads {
+        let path = dir.join("bench-reads.svg");
+        chart::throughput(
+            &path,
+            &format!(
+                "Point reads on {} cores, {} s x {} rounds",
+                std::thread::available_parallelism().map_or(0, |n| n.get()),
+                config.seconds,
+                config.rounds
+            ),
+            clients,
+            series,
+        )?;
+        println!(
+            "
+chart: {}",
+            path.display()
+        );
+    }
+    if !figures.overload.is_empty() {
+        let path = dir.join("bench-overload.svg");
+        chart::latencies(
+            &path,
+            "Overload: pool of 8, latency of checkout + query + return",
+            &figures.overload,
+        )?;
+        println!("chart: {}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs cases `0..N` one after another, `rounds` times over, and returns each case's median:
 /// interleaving spreads the machine's drifts (other load, CPU frequency) over every case
 /// instead of charging them to whichever ran at the wrong moment.
 fn interleaved<const N: usize>(
+    label: &str,
     rounds: usize,
     mut run: impl FnMut(usize) -> Result<f64>,
 ) -> Result<[f64; N]> {
     let mut samples: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
-    for _ in 0..rounds.max(1) {
+    let rounds = rounds.max(1);
+    for round in 0..rounds {
         for (case, samples) in samples.iter_mut().enumerate() {
+            progress::run(&format!(
+                "{label}, round {}/{rounds}, case {}/{N}",
+                round + 1,
+                case + 1
+            ));
             samples.push(run(case)?);
         }
     }
@@ -392,7 +471,7 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     let mut seed_row = vec![];
     for &c in &config.clients {
-        let [r, h, e, n, p] = interleaved(config.rounds, |case| {
+        let [r, h, e, n, p] = interleaved(&format!("reads C={c}"), config.rounds, |case| {
             settle(config)?;
             Ok(match case {
                 0 => pgbench(config, &select_script, c)?,
@@ -427,15 +506,24 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
         engine_row.push(e);
         naive.push(n);
         seed_row.push(p);
-        eprint!(".");
-        let _ = std::io::stderr().flush();
     }
-    eprintln!();
     let (eh, er, en) = (
         ratio(&engine_row, &held),
         ratio(&engine_row, &reference),
         ratio(&engine_row, &naive),
     );
+    if let Ok(mut figures) = FIGURES.lock() {
+        let mut series = vec![
+            ("reference (pgbench)".to_string(), reference.clone()),
+            ("held connection".to_string(), held.clone()),
+            ("engine".to_string(), engine_row.clone()),
+            ("plain r2d2 (naive)".to_string(), naive.clone()),
+        ];
+        if config.seed_python.is_some() {
+            series.push(("seed (SQLAlchemy)".to_string(), seed_row.clone()));
+        }
+        figures.reads = Some((config.clients.clone(), series));
+    }
     table.push(("reference (pgbench)", reference));
     table.push(("held", held));
     table.push(("engine", engine_row));
@@ -466,7 +554,7 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
     let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
-        let [p, e] = interleaved(config.rounds, |case| {
+        let [p, e] = interleaved(&format!("writes C={c}"), config.rounds, |case| {
             settle(config)?;
             if case == 0 {
                 return pgbench(config, insert_script, c);
@@ -529,7 +617,7 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     let (mut plain_lite, mut engine_lite) = (vec![], vec![]);
     let lite_url = path.to_string_lossy().into_owned();
     for &c in &lite_clients {
-        let [p, e] = interleaved(config.rounds, |case| {
+        let [p, e] = interleaved(&format!("sqlite C={c}"), config.rounds, |case| {
             if case == 1 {
                 let engine = Engine::connect(&lite_settings)?;
                 return Ok(engine_reads(config.seconds, c, &engine, rows));
@@ -575,7 +663,7 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
     let (mut ours, mut floor) = (vec![], vec![]);
     for &n in &threads {
         let ns = |ops: f64| 1e9 / ops * n as f64;
-        let [e, b] = interleaved(config.rounds, |case| {
+        let [e, b] = interleaved(&format!("checkout, {n} thread(s)"), config.rounds, |case| {
             let seconds = config.seconds.min(2.0);
             Ok(ns(if case == 0 {
                 throughput(seconds, n, |_| {
@@ -707,7 +795,7 @@ fn pgbouncer(config: &Config, _: &Settings) -> Result<()> {
     let (mut bench_row, mut engine_row) = (vec![], vec![]);
     for &c in &config.clients {
         // No settling: PgBouncer keeps its server connections, as it does in production.
-        let [p, e] = interleaved(config.rounds, |case| {
+        let [p, e] = interleaved(&format!("pgbouncer C={c}"), config.rounds, |case| {
             Ok(match case {
                 0 => pgbench_via(config, &url, "extended", &select_script, c, &[])?,
                 _ => engine_reads(config.seconds, c, &Engine::connect(&settings)?, rows),
@@ -715,9 +803,7 @@ fn pgbouncer(config: &Config, _: &Settings) -> Result<()> {
         })?;
         bench_row.push(p);
         engine_row.push(e);
-        eprint!(".");
     }
-    eprintln!();
     let ratios = ratio(&engine_row, &bench_row);
     print_table(
         &config.clients,

@@ -194,12 +194,12 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
         let mut cases = [Measured::new(), Measured::new(), Measured::new()];
         for round in 0..config.rounds.max(1) {
             for (case, total) in cases.iter_mut().enumerate() {
-                eprint!(
-                    "\roverload: C = {clients}, round {}/{}, case {}/3 ",
+                crate::progress::run(&format!(
+                    "overload C={clients}, round {}/{}, case {}/3",
                     round + 1,
                     config.rounds.max(1),
                     case + 1
-                );
+                ));
                 settle(config)?;
                 let measured = match (case, &bouncer_url) {
                     (0, _) => engine(config, &settings, clients)?,
@@ -218,6 +218,19 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             let h = &measured.latencies;
             let ms = |micros: u64| micros as f64 / 1000.0;
             let p50 = h.value_at_quantile(0.5);
+            if clients > POOL
+                && let Ok(mut figures) = crate::FIGURES.lock()
+            {
+                figures.overload.push((
+                    format!("{name}, C = {clients}"),
+                    [
+                        ms(p50),
+                        ms(h.value_at_quantile(0.99)),
+                        ms(h.value_at_quantile(0.999)),
+                        ms(h.max()),
+                    ],
+                ));
+            }
             let slow = h
                 .iter_recorded()
                 .filter(|v| v.value_iterated_to() > p50.saturating_mul(10))
@@ -247,6 +260,5 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             );
         }
     }
-    eprintln!();
     Ok(())
 }
