@@ -157,6 +157,8 @@ impl<C: PoolConnection> Books<C> {
 pub(crate) struct Held<C: PoolConnection> {
     conn: PooledConnection<Manager<C>>,
     books: Arc<Books<C>>,
+    /// How many times in a row this thread kept it while others waited (see `line.rs`).
+    streak: u32,
 }
 
 /// A connection checked out of the pool; it goes back when dropped.
@@ -221,8 +223,9 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
             .use_time()
             .record(self.since.elapsed().as_secs_f64());
         let healthy = !std::thread::panicking() && held.conn.reusable();
-        if healthy && let Some(held) = Parking::park(held) {
+        if healthy && let Some(mut held) = Parking::park(held) {
             // Not parked: someone is waiting, and the first in line gets it.
+            held.streak = 0;
             let books = Arc::clone(&held.books);
             drop(books.line.hand_off(held));
             books.report_waiting();
@@ -469,6 +472,7 @@ impl<C: PoolConnection> Engine<C> {
         let hold = |conn| Held {
             conn,
             books: Arc::clone(&self.books),
+            streak: 0,
         };
         // A newcomer does not pass those waiting in line (see `line.rs`).
         let line = &self.books.line;

@@ -365,11 +365,14 @@ fn main() -> Result<()> {
 
 type Case = fn(&Config, &Settings) -> Result<()>;
 
+/// A chart's line: its name and one figure per C.
+type Series = (String, Vec<f64>);
+
 /// What the charts are drawn from: the point reads' throughput by case, and the overload
 /// latencies (p50, p99, p99.9, max in ms) by case and C.
 #[derive(Default)]
 struct Figures {
-    reads: Option<(Vec<usize>, Vec<(String, Vec<f64>)>)>,
+    reads: Option<(Vec<usize>, Vec<Series>)>,
     overload: Vec<(String, [f64; 4])>,
 }
 

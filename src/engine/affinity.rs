@@ -9,8 +9,9 @@
 //! to r2d2, and that thread's next checkout takes it back (after the usual cheap validation).
 //! It stays available to everyone: a thread that finds the pool empty steals parked
 //! connections before it joins the line of waiting threads (`line.rs`), and the first in line
-//! looks for them while it waits. Nothing is parked while any thread is waiting for the pool
-//! (the connection goes to the first in line instead), nor a broken connection.
+//! looks for them while it waits. While threads wait, a connection is parked for its thread at
+//! most [`STREAK`] times in a row, then goes to the first in line; a broken connection is never
+//! parked.
 //! No counter is shared by the threads' fast path (a shared counter written on every park and
 //! take cost the SQLite reads at 2 threads a tenth of their throughput): counting parked
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
@@ -23,6 +24,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::Held;
 use super::pool_connection::PoolConnection;
+
+/// How many times in a row a thread may keep the connection it returns while others wait
+/// before it must go to the first in line (see `line.rs`).
+pub(crate) const STREAK: u32 = 8;
 
 /// One thread's parked connection for one engine.
 struct Parked<C: PoolConnection>(Mutex<Option<Held<C>>>);
@@ -144,11 +149,15 @@ impl<C: PoolConnection> Parking<C> {
     /// Parks `conn` for this thread in its engine's parking, or hands it back (to be returned
     /// to the pool) when a thread is waiting for the pool or this thread already has one
     /// parked.
-    pub(crate) fn park(conn: Held<C>) -> Option<Held<C>> {
-        let parking = &conn.books.parking;
-        if conn.books.line.waiting() > 0 {
+    pub(crate) fn park(mut conn: Held<C>) -> Option<Held<C>> {
+        if conn.books.line.waiting() == 0 {
+            conn.streak = 0;
+        } else if conn.streak >= STREAK {
             return Some(conn);
+        } else {
+            conn.streak += 1;
         }
+        let parking = &conn.books.parking;
         let Some(slot) = parking.my_slot() else {
             return Some(conn);
         };
