@@ -1,7 +1,7 @@
 //! Progress on stderr while the benchmark runs: which case, which round, and about how long is
 //! left (the runs still planned times the average wall time of a run so far).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,17 +42,25 @@ pub(crate) fn run(label: &str) {
         }
     };
     progress.done += 1;
-    eprint!(
-        "\r\x1b[K[{}/{}] {label}; {left}",
+    let line = format!(
+        "[{}/{}] {label}; {left}",
         progress.done,
         progress.planned.max(progress.done)
     );
+    // One line rewritten in place on a terminal; a line per run in a log.
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K{line}");
+    } else {
+        eprintln!("{line}");
+    }
     let _ = std::io::stderr().flush();
 }
 
 /// Ends the progress line.
 pub(crate) fn finish() {
-    eprintln!();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
 }
 
 fn minutes(d: Duration) -> String {
