@@ -13,9 +13,9 @@
 //! others waited; until then it stays parked for that thread's next checkout. Strict hand-off on
 //! every return was measured first: the best tails (p99 2-3 ms at C = 32, 9-10 ms at C = 128)
 //! but a wake-up of another thread per request, which on this 2-core virtual machine cost
-//! 13-33 % of the throughput under overload and 30-45 % at 16 threads on the default pool of
-//! 10. With a streak of 8, throughput stays at plain r2d2's (0.84-1.02x) while p99 and p99.9
-//! are about half of r2d2's, and no request waits more than a bounded number of turns.
+//! 5-33 % of the throughput under overload and about 40 % at 16 threads on the default pool of
+//! 10. With a streak of 8, throughput was 0.84-1.02x plain r2d2's in the runs so far, p99.9
+//! 0.4-0.85x of r2d2's, and no request waits more than a bounded number of turns.
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
