@@ -46,30 +46,16 @@ pub(crate) fn throughput(
         .x_label_formatter(&|c| format!("{c:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for (i, (name, values)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = clients
+    let lines = series.iter().map(|(name, values)| {
+        let points = clients
             .iter()
             .zip(values)
             .filter(|(_, v)| v.is_finite())
             .map(|(c, v)| (*c as f64, *v))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 3, color.filled())),
-        )?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+        (name.as_str(), points)
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -101,16 +87,34 @@ pub(crate) fn latencies(path: &Path, title: &str, series: &[(String, [f64; 4])])
         .y_desc("latency, ms (log scale)")
         .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
-    for (i, (name, values)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = values
+    let lines = series.iter().map(|(name, values)| {
+        let points = values
             .iter()
             .enumerate()
             .map(|(x, v)| (x as f64, v.max(0.001)))
             .collect();
+        (name.as_str(), points)
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line with dots per series, in the palette's colors, and the legend at `legend`.
+fn draw_lines<'a, 'n, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: impl Iterator<Item = (&'n str, Vec<(f64, f64)>)>,
+    legend: SeriesLabelPosition,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, (name, points)) in series.enumerate() {
+        let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(name.as_str())
+            .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(
             points
@@ -122,8 +126,7 @@ pub(crate) fn latencies(path: &Path, title: &str, series: &[(String, [f64; 4])])
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .draw()?;
-    root.present()?;
     Ok(())
 }
