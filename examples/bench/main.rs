@@ -116,17 +116,30 @@ where
     done.load(Ordering::Relaxed) as f64 / seconds
 }
 
-/// Point reads through the engine: checkout, `users::find`, return.
+/// One point read through the engine: checkout, `users::find`, return.
+fn engine_read(engine: &Engine, ids: &mut Ids) {
+    let mut conn = engine.get().expect("checkout");
+    users::find(&mut conn, ids.next())
+        .expect("select")
+        .expect("row");
+}
+
+/// One point read through a plain r2d2 pool: checkout, the same select, return.
+fn pool_read(pool: &Pool<ConnectionManager<PgConnection>>, ids: &mut Ids) {
+    let mut conn = pool.get().expect("checkout");
+    let _: User = users_table::table
+        .find(ids.next())
+        .select(User::as_select())
+        .first(&mut *conn)
+        .expect("select");
+}
+
+/// Point reads through the engine, operations per second.
 fn engine_reads(seconds: f64, clients: usize, engine: &Engine, rows: i64) -> f64 {
     warmed_up(engine);
     throughput(seconds, clients, |i| {
         let mut ids = Ids::new(i, rows);
-        move || {
-            let mut conn = engine.get().expect("checkout");
-            users::find(&mut conn, ids.next())
-                .expect("select")
-                .expect("row");
-        }
+        move || engine_read(engine, &mut ids)
     })
 }
 
@@ -488,14 +501,7 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
                     throughput(config.seconds, c, |i| {
                         let mut ids = Ids::new(i, rows);
                         let pool = &pool;
-                        move || {
-                            let mut conn = pool.get().expect("checkout");
-                            let _: User = users_table::table
-                                .find(ids.next())
-                                .select(User::as_select())
-                                .first(&mut *conn)
-                                .expect("select");
-                        }
+                        move || pool_read(pool, &mut ids)
                     })
                 }
                 _ => match &config.seed_python {

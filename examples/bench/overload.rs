@@ -7,14 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use datalayer::models::users::{self, User};
-use datalayer::schema::users as users_table;
 use datalayer::{Engine, Settings};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use hdrhistogram::Histogram;
 
-use crate::{Bouncer, Config, Ids, Result, pgbench_via, settle, warmed_up};
+use crate::{Bouncer, Config, Ids, Result, engine_read, pgbench_via, pool_read, settle, warmed_up};
 
 /// The pool size every case gets.
 const POOL: usize = 8;
@@ -101,12 +99,7 @@ fn engine(config: &Config, settings: &Settings, clients: usize) -> Result<Measur
     Ok(timed(config.seconds, clients, |i| {
         let mut ids = Ids::new(i, rows);
         let engine = &engine;
-        move || {
-            let mut conn = engine.get().expect("checkout");
-            users::find(&mut conn, ids.next())
-                .expect("select")
-                .expect("row");
-        }
+        move || engine_read(engine, &mut ids)
     }))
 }
 
@@ -119,14 +112,7 @@ fn plain_r2d2(config: &Config, clients: usize) -> Result<Measured> {
     Ok(timed(config.seconds, clients, |i| {
         let mut ids = Ids::new(i, rows);
         let pool = &pool;
-        move || {
-            let mut conn = pool.get().expect("checkout");
-            let _: User = users_table::table
-                .find(ids.next())
-                .select(User::as_select())
-                .first(&mut *conn)
-                .expect("select");
-        }
+        move || pool_read(pool, &mut ids)
     }))
 }
 
