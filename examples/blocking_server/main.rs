@@ -146,6 +146,17 @@ fn field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a str, Reply> 
     }
 }
 
+/// A probe's 503 with `Retry-After`: its status word and the error as a request would see it.
+fn probe_failed(status: &str, e: &Error) -> Reply {
+    Reply {
+        retry_after: true,
+        ..reply(
+            503,
+            json!({ "status": status, "error": failure(e).body["error"] }),
+        )
+    }
+}
+
 fn json_body(request: &Request) -> Result<Value, Reply> {
     let text = std::str::from_utf8(&request.body)
         .map_err(|_| error(400, "the body must be UTF-8 JSON"))?;
@@ -183,13 +194,7 @@ fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Repl
                         }),
                     )
                 }
-                Err(e) => Reply {
-                    retry_after: true,
-                    ..reply(
-                        503,
-                        json!({ "status": "unavailable", "error": failure(&e).body["error"] }),
-                    )
-                },
+                Err(e) => probe_failed("unavailable", &e),
             }),
             // Liveness: the process serves requests; it says nothing of the database, so that
             // an outage does not get every replica restarted.
@@ -198,13 +203,7 @@ fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Repl
             // hands out a working connection within READY_LIMIT.
             ("GET", ["readyz"]) => Ok(match engine.ping_within(READY_LIMIT) {
                 Ok(_) => reply(200, json!({ "status": "ready" })),
-                Err(e) => Reply {
-                    retry_after: true,
-                    ..reply(
-                        503,
-                        json!({ "status": "not ready", "error": failure(&e).body["error"] }),
-                    )
-                },
+                Err(e) => probe_failed("not ready", &e),
             }),
             ("GET", ["metrics"]) => Ok(Reply {
                 status: 200,
