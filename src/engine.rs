@@ -674,8 +674,7 @@ impl<C: PoolConnection> Engine<C> {
         let start = Instant::now();
         let shared = &self.books.shared;
         let give_up = |now: Instant| {
-            now.saturating_duration_since(start) >= limit
-                || shared.last_error().is_some_and(|(_, at)| at >= start)
+            now.saturating_duration_since(start) >= limit || shared.failed_to_connect_since(start)
         };
         Engine::ping_on(self.get_from(std::panic::Location::caller(), start, Some(&give_up))?)
     }

@@ -210,11 +210,7 @@ impl<C: PoolConnection> Replica<C> {
     }
 
     fn failed_to_connect_since(&self, start: Instant) -> bool {
-        self.engine
-            .books
-            .shared
-            .last_error()
-            .is_some_and(|(_, at)| at >= start)
+        self.engine.books.shared.failed_to_connect_since(start)
     }
 
     /// A replica checkout that began at `start` failed: when connecting failed, reads leave

@@ -257,6 +257,11 @@ impl Shared {
         self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
     }
 
+    /// Whether opening a connection failed at or after `start`.
+    pub(crate) fn failed_to_connect_since(&self, start: Instant) -> bool {
+        self.last_error().is_some_and(|(_, at)| at >= start)
+    }
+
     pub(super) fn set_last_error(&self, message: String) {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some((message, Instant::now()));
