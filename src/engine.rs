@@ -262,6 +262,10 @@ impl<C: PoolConnection> Engine<C> {
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
         settings.validate()?;
         check_backend::<C>(settings)?;
+        let replica_settings = settings.replica_settings();
+        if let Some(replica_settings) = &replica_settings {
+            check_backend::<C>(replica_settings)?;
+        }
         let shared = Shared::new(&pool_name(settings), settings);
         let manager = Manager::new(settings, Arc::clone(&shared), false);
         let target = manager.target().to_string();
@@ -281,10 +285,7 @@ impl<C: PoolConnection> Engine<C> {
                 .store(true, std::sync::atomic::Ordering::Release);
         }
         let mut engine = Engine::assemble(settings, shared, manager, settings.pool.timeout);
-        if let (Some(replica), Some(replica_settings)) =
-            (&settings.replica, settings.replica_settings())
-        {
-            check_backend::<C>(&replica_settings)?;
+        if let (Some(replica), Some(replica_settings)) = (&settings.replica, replica_settings) {
             engine.replica = Some(Box::new(Replica::start(replica, &replica_settings)));
         }
         Ok(engine)
