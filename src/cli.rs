@@ -20,7 +20,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Loaded, Vars};
 use crate::error::MigrationError;
-use crate::migrations::{self, Migrator, Revert};
+use crate::migrations::{self, DriftOutcome, Migrator, Revert};
 use crate::{Engine, Error, Settings};
 
 #[derive(Parser)]
@@ -274,9 +274,13 @@ fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Failure> {
     let engine = Engine::connect(&one_shot(&loaded.settings))?;
     let report = migrator.boot(&engine)?;
     let ping = engine.ping()?;
-    let drift = match report.drift.len() {
-        0 => String::new(),
-        n => format!("; schema drift: {n} difference(s), see the warnings"),
+    let drift = match report.drift.wait() {
+        DriftOutcome::Checked(found) if !found.is_empty() => format!(
+            "; schema drift: {} difference(s), see the warnings",
+            found.len()
+        ),
+        DriftOutcome::Failed(_) => "; the schema drift check failed, see the warnings".into(),
+        DriftOutcome::Checked(_) | DriftOutcome::Skipped => String::new(),
     };
     let replica = engine
         .replica_state()

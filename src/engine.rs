@@ -70,7 +70,7 @@ pub use self::connection::{Conn, MultiBackend};
 use self::line::{Line, POLL};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
-use self::manager::{Manager, PoolEvents, RememberErrors, Shared, Spare};
+use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
 pub use self::pool_connection::PoolConnection;
 use self::replica::Replica;
 pub use self::replica::ReplicaState;
@@ -78,6 +78,7 @@ pub(crate) use self::setup::check_backend;
 use self::setup::{create_sqlite_file, pool_name, reap_parked};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
+use crate::migrations::DriftCheck;
 pub use crate::pool_state::{Holder, PoolState};
 
 /// How long the connection made by [`Engine::connect`] is kept for the first migration run.
@@ -107,6 +108,8 @@ pub struct Engine<C: PoolConnection = Conn> {
     closed: bool,
     /// The read replica's pool and its lag watch, when the settings name a replica.
     replica: Option<Box<Replica<C>>>,
+    /// The last boot's drift check, which may still run (`DATABASE_SCHEMA_CHECK=warn`).
+    drift_check: std::sync::Mutex<Option<DriftCheck>>,
 }
 
 /// How long dropping an engine waits for checked-out connections to come back.
@@ -279,7 +282,7 @@ impl<C: PoolConnection> Engine<C> {
         // Kept as the spare before the pool exists: the pool starts filling at once, and its
         // last connection must find the spare there to close it.
         if let Ok(mut spare) = shared.spare.lock() {
-            *spare = Some(Spare::Fresh(first));
+            *spare = Some(MigrationConn::new(first));
             shared
                 .spare_held
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -334,6 +337,7 @@ impl<C: PoolConnection> Engine<C> {
             close_limit: connect_timeout + Duration::from_secs(1),
             closed: false,
             replica: None,
+            drift_check: std::sync::Mutex::new(None),
         }
     }
 
@@ -545,6 +549,9 @@ impl<C: PoolConnection> Engine<C> {
 
     fn shut_down(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
+        if let Some(check) = self.drift_check() {
+            check.wait_for(wait);
+        }
         if let Some(replica) = &mut self.replica {
             replica.stop_checking();
         }
@@ -587,6 +594,19 @@ impl<C: PoolConnection> Engine<C> {
             );
         }
         shared.close(self.close_limit);
+    }
+
+    /// The drift check of the last [`Migrator::boot`](crate::migrations::Migrator::boot) on
+    /// this engine, if one ran: under `DATABASE_SCHEMA_CHECK=warn` it runs in the background,
+    /// and this is how a health endpoint reports what it found.
+    pub fn drift_check(&self) -> Option<DriftCheck> {
+        self.drift_check.lock().ok().and_then(|check| check.clone())
+    }
+
+    pub(crate) fn track_drift_check(&self, check: DriftCheck) {
+        if let Ok(mut slot) = self.drift_check.lock() {
+            *slot = Some(check);
+        }
     }
 
     /// The connections checked out right now, longest held first.
@@ -693,8 +713,9 @@ impl<C: PoolConnection> Engine<C> {
         })
     }
 
-    /// A connection outside the pool, without the application's session limits, for
-    /// migrations.
+    /// A connection outside the pool for migrations: the one `connect` kept when it is still
+    /// young and goes where migrations go, else a new one. Not readied yet (see
+    /// [`MigrationConn::ready`]).
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
         if self.manager.migrations_need_a_direct_url() {
             return Err(Error::Config(crate::error::ConfigErrors(vec![
@@ -714,22 +735,29 @@ impl<C: PoolConnection> Engine<C> {
             .spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
         match spare {
-            Some(_) if self.spare_made.elapsed() >= SPARE_FOR => {}
-            Some(_) if !self.manager.spare_serves_migrations() => {}
-            Some(Spare::Ready(ready)) => return Ok(ready),
-            Some(Spare::Fresh(conn)) => {
-                if let Ok(ready) = self.manager.prepare_for_migrations(conn) {
-                    return Ok(ready);
-                }
+            Some(spare)
+                if self.spare_made.elapsed() < SPARE_FOR
+                    && self.manager.spare_serves_migrations() =>
+            {
+                Ok(spare)
             }
-            None => {}
+            _ => self
+                .manager
+                .establish_for_migrations()
+                .map_err(|e| self.connect_error(e)),
         }
-        self.manager
-            .establish_for_migrations()
-            .map_err(|e| Error::Connect {
-                target: self.target().to_string(),
-                reason: e.0,
-            })
+    }
+
+    /// Readies `migration` for taking the lock and migrating (a no-op when it is).
+    pub(crate) fn ready_for_migrations(&self, migration: &mut MigrationConn) -> Result<(), Error> {
+        migration.ready().map_err(|e| self.connect_error(e))
+    }
+
+    fn connect_error(&self, e: manager::ConnectError) -> Error {
+        Error::Connect {
+            target: self.target().to_string(),
+            reason: e.0,
+        }
     }
 
     /// Gives back a migration connection that only read (no lock, no transaction left open),
@@ -743,7 +771,7 @@ impl<C: PoolConnection> Engine<C> {
         if let Ok(mut spare) = shared.spare.lock()
             && spare.is_none()
         {
-            *spare = Some(Spare::Ready(conn));
+            *spare = Some(conn);
             shared
                 .spare_held
                 .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -5,11 +5,15 @@
 //! [`embed_migrations!`](crate::embed_migrations), which gives a [`Migrator`]: a value the
 //! application holds and runs on boot. Every run (migrate, revert, boot):
 //!
-//! 1. opens a connection of its own, outside the pool, without the application's statement
-//!    timeout, named `<application_name> (migrations)`;
-//! 2. takes the migration lock ([`lock`]), waiting at most `DATABASE_MIGRATION_LOCK_TIMEOUT`
-//!    and saying who holds it;
-//! 3. checks the ledger (`datalayer_migrations`, beside Diesel's `__diesel_schema_migrations`): every applied migration's `up.sql` must still hash to
+//! 1. opens a connection of its own, outside the pool, and reads the ledger
+//!    (`datalayer_migrations`, beside Diesel's `__diesel_schema_migrations`). When migrating
+//!    or booting a set that has nothing to do and nothing to report (every migration applied, recorded under this set
+//!    with its checksum; no version it does not know), it stops here: no lock, no write.
+//!    Otherwise:
+//! 2. readies the connection (no statement timeout, named `<application_name> (migrations)`)
+//!    and takes the migration lock ([`lock`]), waiting at most
+//!    `DATABASE_MIGRATION_LOCK_TIMEOUT` and saying who holds it;
+//! 3. checks the ledger again: every applied migration's `up.sql` must still hash to
 //!    what was recorded, and the database must not have versions of this set that the
 //!    migrator does not know (unless `DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true`); migrations
 //!    applied before the ledger existed are backfilled;
@@ -21,7 +25,9 @@
 //!    `metadata.toml` says `run_in_transaction = false` (for `CREATE INDEX CONCURRENTLY`) runs
 //!    one statement at a time under the session's `lock_timeout`, its ledger rows written
 //!    after its last statement succeeds; it is never retried, since part of it may have run;
-//! 5. at boot, compares the live schema with the committed fingerprint ([`drift`]).
+//! 5. at boot, compares the live schema with the committed fingerprint ([`drift`],
+//!    [`schema_check`]): in the background under `DATABASE_SCHEMA_CHECK=warn`, before
+//!    returning under `strict`.
 //!
 //! Several sets may share one database (a library's tables beside the application's): the
 //! ledger records each migration under its set's name, and a set ignores the others' rows.
@@ -33,6 +39,7 @@
 pub mod drift;
 pub(crate) mod ledger;
 pub mod lock;
+pub mod schema_check;
 mod session;
 mod set;
 mod statements;
@@ -40,6 +47,7 @@ mod statements;
 use std::borrow::Cow;
 
 pub use self::lock::LockHolder;
+pub use self::schema_check::{DriftCheck, DriftOutcome};
 use self::session::{Ledger, Session};
 pub use self::set::{MigrationSet, Script};
 use crate::config::Backend;
@@ -97,15 +105,17 @@ pub enum Revert {
 }
 
 /// What a boot did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BootReport {
     /// Migrations applied, in order.
     pub applied: Vec<String>,
     /// Versions in the database this migrator does not know (allowed by
     /// `DATABASE_ALLOW_UNKNOWN_MIGRATIONS`).
     pub unknown: Vec<String>,
-    /// Differences between the live schema and the fingerprint (`DATABASE_SCHEMA_CHECK=warn`).
-    pub drift: Vec<String>,
+    /// The drift check between the live schema and the fingerprint: done when `boot`
+    /// returns under `strict` (and `off`), running in the background under `warn`;
+    /// [`DriftCheck::differences`] waits for it.
+    pub drift: DriftCheck,
 }
 
 /// A set and the backend it is for (`None`: every backend).
@@ -203,32 +213,47 @@ impl Migrator {
         engine: &'a Engine<C>,
     ) -> Result<Session<'a>, Error> {
         let set = self.set(engine.backend())?;
-        Session::open(engine, &self.name, set)
+        Session::open(engine, engine.migration_connection()?, &self.name, set)
+    }
+
+    /// Applies what is pending under the lock, unless a read without it finds nothing to do
+    /// (the usual boot); returns the applied and the allowed unknown migrations, and the
+    /// connection.
+    fn migrate<C: PoolConnection>(
+        &self,
+        engine: &Engine<C>,
+        set: &MigrationSet,
+    ) -> Result<(Vec<String>, Vec<String>, MigrationConn), Error> {
+        let mut migration = engine.migration_connection()?;
+        if session::up_to_date(&mut migration.conn, &self.name, set) {
+            return Ok((Vec::new(), Vec::new(), migration));
+        }
+        let mut session = Session::open(engine, migration, &self.name, set)?;
+        let result = session.apply();
+        let migration = session.close();
+        let (applied, unknown) = result?;
+        Ok((applied, unknown, migration))
     }
 
     /// Applies the pending migrations (see the module doc) and returns their names.
     pub fn run_pending<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<Vec<String>, Error> {
-        let mut session = self.session(engine)?;
-        let applied = session.apply();
-        session.close();
-        Ok(applied?.0)
+        let set = self.set(engine.backend())?;
+        Ok(self.migrate(engine, set)?.0)
     }
 
     /// The boot sequence's migration step: [`Migrator::run_pending`], then the drift check
-    /// that `DATABASE_SCHEMA_CHECK` asks for (`strict` turns differences into
-    /// [`MigrationError::SchemaDrift`]; `warn` logs them and reports them here).
+    /// that `DATABASE_SCHEMA_CHECK` asks for ([`schema_check`]): `strict` runs it before
+    /// returning and turns differences into [`MigrationError::SchemaDrift`]; `warn` runs it in
+    /// the background, logs what it finds, and reports it through [`BootReport::drift`].
     pub fn boot<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<BootReport, Error> {
-        let mut session = self.session(engine)?;
-        let result = session.apply().and_then(|(applied, unknown)| {
-            let drift = session.drift(!unknown.is_empty())?;
-            Ok(BootReport {
-                applied,
-                unknown,
-                drift,
-            })
-        });
-        session.close();
-        result
+        let set = self.set(engine.backend())?;
+        let (applied, unknown, migration) = self.migrate(engine, set)?;
+        let drift = schema_check::start(engine, &self.name, set, migration, !unknown.is_empty())?;
+        Ok(BootReport {
+            applied,
+            unknown,
+            drift,
+        })
     }
 
     /// Reverts applied migrations of this set, newest first, and returns their names.
@@ -276,7 +301,7 @@ impl Migrator {
                 set: self.name.to_string(),
                 version: version.to_string(),
             })?;
-        let mut session = Session::open(engine, &self.name, set)?;
+        let mut session = Session::open(engine, engine.migration_connection()?, &self.name, set)?;
         let result = session.accept(script);
         session.close();
         if result? {
@@ -304,6 +329,7 @@ fn read_only<T, C: PoolConnection>(
     read: impl FnOnce(&mut MigrationConn) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut migration = engine.migration_connection()?;
+    engine.ready_for_migrations(&mut migration)?;
     let result = read(&mut migration);
     if result.is_ok() {
         engine.give_back_migration_connection(migration);

@@ -36,7 +36,7 @@ use secrecy::ExposeSecret;
 
 use super::Conn;
 use super::pool_connection::PoolConnection;
-pub(crate) use super::shared::{Health, Shared, Spare};
+pub(crate) use super::shared::{Health, Shared};
 use crate::config::{Backend, ConnectionUrl, Settings, Target};
 
 /// A connection whose last successful query started this recently is handed out without a
@@ -241,13 +241,13 @@ impl<C: PoolConnection> Manager<C> {
         })
     }
 
-    /// A connection for migrations; see [`Manager::prepare_for_migrations`].
+    /// A connection for migrations, not readied yet (see [`MigrationConn::ready`]).
     pub(crate) fn establish_for_migrations(&self) -> Result<MigrationConn, ConnectError> {
         let conn = match &self.migration {
             Some(direct) => self.establish_to::<Conn>(Some(direct))?,
             None => self.establish()?,
         };
-        self.prepare_for_migrations(conn)
+        Ok(MigrationConn::new(conn))
     }
 
     /// Whether the spare connection `Engine::connect` made can serve migrations: only when
@@ -260,20 +260,49 @@ impl<C: PoolConnection> Manager<C> {
     pub(crate) fn migrations_need_a_direct_url(&self) -> bool {
         self.transaction_pooler && self.migration.is_none()
     }
+}
 
-    /// Readies a fresh connection (never handed to the application) for migrations: on
-    /// PostgreSQL no statement or idle-in-transaction timeout, and the name
-    /// `<application_name> (migrations)` in `pg_stat_activity`, in the same round trip as
-    /// reading the database and schema the migrations go to; on SQLite a busy timeout.
-    pub(crate) fn prepare_for_migrations(
-        &self,
-        mut conn: Conn,
-    ) -> Result<MigrationConn, ConnectError> {
+/// A connection for migrations, never handed to the application. It reads the ledger as it
+/// comes (a boot with nothing to do needs no more); [`MigrationConn::ready`] sets it up for
+/// taking the lock and running migrations.
+pub(crate) struct MigrationConn {
+    pub(crate) conn: Conn,
+    /// PostgreSQL, once ready: the database and the schema (`current_schema()`) the
+    /// migrations go to.
+    pub(crate) schema: Option<(String, String)>,
+    ready: bool,
+}
+
+impl std::fmt::Debug for MigrationConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationConn")
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MigrationConn {
+    pub(crate) fn new(conn: Conn) -> MigrationConn {
+        MigrationConn {
+            conn,
+            schema: None,
+            ready: false,
+        }
+    }
+
+    /// Readies the connection for migrations, once: on PostgreSQL no statement or
+    /// idle-in-transaction timeout, and the name `<application_name> (migrations)` in
+    /// `pg_stat_activity`, in the same round trip as reading the database and schema the
+    /// migrations go to; on SQLite a busy timeout.
+    pub(crate) fn ready(&mut self) -> Result<(), ConnectError> {
+        if self.ready {
+            return Ok(());
+        }
         let failed = |e: diesel::result::Error| {
             ConnectError(format!("setting up the migration session: {e}"))
         };
-        let schema = match self.backend {
-            Backend::Postgres => {
+        match &mut self.conn {
+            Conn::Postgres(conn) => {
                 use diesel::RunQueryDsl;
                 let row: SchemaRow = diesel::sql_query(
                     "SELECT set_config('statement_timeout', '0', false) AS statement_timeout, \
@@ -284,28 +313,21 @@ impl<C: PoolConnection> Manager<C> {
                         current_database()::text AS database, \
                         coalesce(current_schema(), 'public')::text AS schema",
                 )
-                .get_result(&mut conn)
+                .get_result(conn)
                 .map_err(failed)?;
-                Some((row.database, row.schema))
+                self.schema = Some((row.database, row.schema));
             }
-            Backend::Sqlite => {
+            Conn::Sqlite(conn) => {
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {};",
                     SQLITE_BUSY_TIMEOUT.as_millis()
                 ))
                 .map_err(failed)?;
-                None
             }
-        };
-        Ok(MigrationConn { conn, schema })
+        }
+        self.ready = true;
+        Ok(())
     }
-}
-
-/// A connection readied for migrations.
-pub(crate) struct MigrationConn {
-    pub(crate) conn: Conn,
-    /// PostgreSQL: the database and the schema (`current_schema()`) the migrations go to.
-    pub(crate) schema: Option<(String, String)>,
 }
 
 #[derive(diesel::QueryableByName)]

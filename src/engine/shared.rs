@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Conn;
 use super::manager::{MigrationConn, Slot};
 use super::pool_connection::PoolConnection;
 use crate::config::Settings;
@@ -56,27 +55,12 @@ pub(crate) struct Shared {
     /// The idle connections the pool keeps (`DATABASE_POOL_MIN_IDLE`, else the max size).
     min_idle: u64,
     /// The connection `Engine::connect` made, kept for the first migration run.
-    pub(crate) spare: Mutex<Option<Spare>>,
+    pub(crate) spare: Mutex<Option<MigrationConn>>,
     /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
     pub(crate) spare_held: AtomicBool,
     /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
     lifetime: Option<u64>,
     idle_timeout: Option<u64>,
-}
-
-/// The connection kept from `Engine::connect`: as made, or already readied for migrations.
-pub(crate) enum Spare {
-    Fresh(Conn),
-    Ready(MigrationConn),
-}
-
-impl std::fmt::Debug for Spare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Spare::Fresh(_) => "Spare::Fresh",
-            Spare::Ready(_) => "Spare::Ready",
-        })
-    }
 }
 
 #[derive(Debug, Default)]

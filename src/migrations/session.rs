@@ -7,9 +7,9 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 
 use super::set::{MigrationSet, Script};
-use super::{Revert, drift, ledger, lock, statements};
-use crate::config::{Backend, SchemaCheck, Settings};
-use crate::engine::{Conn, Engine, PoolConnection};
+use super::{Revert, ledger, lock, statements};
+use crate::config::{Backend, Settings};
+use crate::engine::{Conn, Engine, MigrationConn, PoolConnection};
 use crate::error::{Error, MigrationError};
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
@@ -93,9 +93,26 @@ fn is_lock_timeout(error: &diesel::result::Error) -> bool {
     error.to_string().contains("lock timeout")
 }
 
+/// Whether `set` has nothing to do: every migration applied and recorded under this set, with
+/// the checksum it was applied with, and no version the set does not know. Read without the
+/// lock (one statement; no write): when it says yes there is nothing the lock would protect,
+/// so a boot with nothing to do takes no lock. Anything else (a missing ledger, work to do,
+/// something to report) goes through [`Session`], which reads again under the lock.
+pub(super) fn up_to_date(conn: &mut Conn, name: &str, set: &MigrationSet) -> bool {
+    let Ok(rows) = ledger::applied(conn) else {
+        return false;
+    };
+    let view = Ledger::read(name, set, &rows);
+    view.pending.is_empty()
+        && view.unknown.is_empty()
+        && view.backfill.is_empty()
+        && view.edited.is_empty()
+        && view.clash.is_none()
+}
+
 /// One migration run: its connection, the lock, and the checks done under it.
 pub(super) struct Session<'a> {
-    conn: Conn,
+    migration: MigrationConn,
     guard: Option<lock::Guard>,
     name: &'a str,
     set: &'a MigrationSet,
@@ -103,16 +120,18 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// Readies `migration` and takes the migration lock on it.
     pub(super) fn open<C: PoolConnection>(
         engine: &'a Engine<C>,
+        mut migration: MigrationConn,
         name: &'a str,
         set: &'a MigrationSet,
     ) -> Result<Session<'a>, Error> {
-        let mut migration = engine.migration_connection()?;
+        engine.ready_for_migrations(&mut migration)?;
         let settings = engine.settings();
         let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
         Ok(Session {
-            conn: migration.conn,
+            migration,
             guard: Some(guard),
             name,
             set,
@@ -124,13 +143,15 @@ impl<'a> Session<'a> {
     /// ledger tables only when that fails (a fresh database, or a ledger of an earlier
     /// release), so a boot with nothing to do spends one statement here.
     fn rows(&mut self) -> Result<Vec<(String, Option<ledger::Entry>)>, MigrationError> {
-        match ledger::applied(&mut self.conn) {
+        match ledger::applied(&mut self.migration.conn) {
             Ok(rows) => Ok(rows),
             Err(_) => {
-                ledger::ensure(&mut self.conn)?;
-                ledger::applied(&mut self.conn).map_err(|source| MigrationError::Database {
-                    action: "reading the applied migrations",
-                    source,
+                ledger::ensure(&mut self.migration.conn)?;
+                ledger::applied(&mut self.migration.conn).map_err(|source| {
+                    MigrationError::Database {
+                        action: "reading the applied migrations",
+                        source,
+                    }
                 })
             }
         }
@@ -138,14 +159,16 @@ impl<'a> Session<'a> {
 
     /// Records `script`'s current checksum as the accepted one; whether a row changed.
     pub(super) fn accept(&mut self, script: &Script) -> Result<bool, MigrationError> {
-        ledger::ensure(&mut self.conn)?;
-        ledger::accept(&mut self.conn, &script.version, &script.checksum)
+        ledger::ensure(&mut self.migration.conn)?;
+        ledger::accept(&mut self.migration.conn, &script.version, &script.checksum)
     }
 
-    pub(super) fn close(mut self) {
+    /// Releases the lock; gives back the connection.
+    pub(super) fn close(mut self) -> MigrationConn {
         if let Some(guard) = self.guard.take() {
-            guard.release(&mut self.conn);
+            guard.release(&mut self.migration.conn);
         }
+        self.migration
     }
 
     /// Checks the ledger, backfilling rows it lacks, and returns this set's view of it.
@@ -186,7 +209,13 @@ impl<'a> Session<'a> {
             .into());
         }
         for script in &ledger.backfill {
-            ledger::record(&mut self.conn, self.name, script, None, ledger::BACKFILL)?;
+            ledger::record(
+                &mut self.migration.conn,
+                self.name,
+                script,
+                None,
+                ledger::BACKFILL,
+            )?;
         }
         Ok(ledger)
     }
@@ -240,22 +269,25 @@ impl<'a> Session<'a> {
         for attempt in 1..=DDL_ATTEMPTS {
             let started = Instant::now();
             let (name, set) = (self.name, self.set);
-            let result = self.conn.transaction(|conn| -> Result<(), MigrationError> {
-                let run = |conn: &mut Conn| -> diesel::QueryResult<()> {
-                    if postgres {
-                        conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
-                    }
-                    conn.batch_execute(&script.up)
-                };
-                run(conn).map_err(|source| MigrationError::Apply {
-                    migration: script.name.clone(),
-                    file: set.file_of(&script.name, "up.sql"),
-                    progress: None,
-                    source,
-                })?;
-                ledger::record_version(conn, &script.version)?;
-                ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
-            });
+            let result = self
+                .migration
+                .conn
+                .transaction(|conn| -> Result<(), MigrationError> {
+                    let run = |conn: &mut Conn| -> diesel::QueryResult<()> {
+                        if postgres {
+                            conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
+                        }
+                        conn.batch_execute(&script.up)
+                    };
+                    run(conn).map_err(|source| MigrationError::Apply {
+                        migration: script.name.clone(),
+                        file: set.file_of(&script.name, "up.sql"),
+                        progress: None,
+                        source,
+                    })?;
+                    ledger::record_version(conn, &script.version)?;
+                    ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
+                });
             match result {
                 Err(MigrationError::Apply { source, .. })
                     if postgres && attempt < DDL_ATTEMPTS && is_lock_timeout(&source) =>
@@ -281,7 +313,8 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         self.run_outside_transaction(script, &script.up, "up.sql")?;
         let name = self.name;
-        self.conn
+        self.migration
+            .conn
             .transaction(|conn| -> Result<(), MigrationError> {
                 ledger::record_version(conn, &script.version)?;
                 ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
@@ -301,7 +334,8 @@ impl<'a> Session<'a> {
     ) -> Result<(), MigrationError> {
         let statements = if self.postgres() {
             let ddl_timeout = self.ddl_lock_timeout_ms();
-            self.conn
+            self.migration
+                .conn
                 .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
                 .map_err(|e| self.apply_error(script, file, None, e))?;
             statements::split(sql)
@@ -312,7 +346,7 @@ impl<'a> Session<'a> {
         let total = statements.len();
         let mut outcome = Ok(());
         for (i, statement) in statements.iter().enumerate() {
-            if let Err(source) = self.conn.batch_execute(statement) {
+            if let Err(source) = self.migration.conn.batch_execute(statement) {
                 let progress = if total == 1 {
                     "it runs outside a transaction (run_in_transaction = false), so whatever it \
                      did before failing stays"
@@ -335,7 +369,7 @@ impl<'a> Session<'a> {
             }
         }
         if self.postgres() {
-            let _ = self.conn.batch_execute("RESET lock_timeout");
+            let _ = self.migration.conn.batch_execute("RESET lock_timeout");
         }
         outcome
     }
@@ -358,7 +392,8 @@ impl<'a> Session<'a> {
             };
             if script.run_in_transaction {
                 let set = self.set;
-                self.conn
+                self.migration
+                    .conn
                     .transaction(|conn| -> Result<(), MigrationError> {
                         conn.batch_execute(down)
                             .map_err(|source| MigrationError::Apply {
@@ -371,32 +406,12 @@ impl<'a> Session<'a> {
                     })?;
             } else {
                 self.run_outside_transaction(script, down, "down.sql")?;
-                self.conn
+                self.migration
+                    .conn
                     .transaction(|conn| ledger::forget(conn, &script.version))?;
             }
             reverted.push(script.name.clone());
         }
         Ok(reverted)
-    }
-
-    pub(super) fn drift(&mut self, unknown_present: bool) -> Result<Vec<String>, Error> {
-        let mode = self.settings.migrations.schema_check;
-        let Some(expected) = self.set.fingerprint().filter(|_| mode != SchemaCheck::Off) else {
-            return Ok(Vec::new());
-        };
-        // Only the expected tables: the others are not compared.
-        let tables = drift::tables(expected);
-        let live = drift::fingerprint_of(&mut self.conn, self.settings.backend(), Some(&tables))?;
-        let differences = drift::differences(expected, &live, unknown_present);
-        if differences.is_empty() {
-            return Ok(differences);
-        }
-        if mode == SchemaCheck::Strict {
-            return Err(MigrationError::SchemaDrift { differences }.into());
-        }
-        for difference in &differences {
-            tracing::warn!("schema drift: {difference}");
-        }
-        Ok(differences)
     }
 }

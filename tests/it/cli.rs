@@ -663,10 +663,12 @@ fn the_sqlite_lock_file_never_follows_a_link_and_new_files_are_private() {
     );
     assert_eq!(mode(&dir.path().join("new")), 0o700, "created folder");
 
-    // A link planted where the lock file goes is refused, and what it points to untouched.
+    // A link planted where the lock file goes is refused, and what it points to untouched
+    // (on a new database: with nothing to apply, a run takes no lock and opens no lock file).
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "precious\n").expect("write");
     std::fs::remove_file(&lock).expect("remove");
+    std::fs::remove_file(&db).expect("remove the database");
     std::os::unix::fs::symlink(&victim, &lock).expect("symlink");
     let output = run_cli(
         dir.path(),

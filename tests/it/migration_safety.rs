@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use datalayer::config::Backend;
 use datalayer::migrations::MigrationError;
-use datalayer::migrations::{self, Migrator, lock::lock_key};
+use datalayer::migrations::{self, DriftOutcome, Migrator, lock::lock_key};
 use datalayer::{Engine, Error, Settings};
 use diesel::connection::SimpleConnection;
 
@@ -220,6 +220,18 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
         2
     );
     assert!(migrations::lock_holder(&engine).expect("status").is_none());
+
+    // With nothing to do, a boot reads the ledger without the lock: it succeeds while
+    // another session holds it (the impatient engine would time out after 1 s otherwise).
+    let squatter = PqConn::connect(&format!("{server}/{}", db.name)).expect("connect");
+    squatter
+        .query(&format!("SELECT pg_advisory_lock({k1}, {k2})"))
+        .expect("lock");
+    let report = datalayer::models::migrator()
+        .boot(&impatient)
+        .expect("nothing to do needs no lock");
+    assert!(report.applied.is_empty());
+    assert!(report.drift.differences().is_empty());
 }
 
 #[test]
@@ -253,6 +265,15 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
             .len(),
         2
     );
+
+    // With nothing to do, a boot reads the ledger without the lock.
+    let file = std::fs::File::open(&lock_path).expect("lock file");
+    file.lock().expect("lock");
+    let report = datalayer::models::migrator()
+        .boot(&impatient)
+        .expect("nothing to do needs no lock");
+    assert!(report.applied.is_empty());
+    assert!(report.drift.differences().is_empty());
 }
 
 #[test]
@@ -355,7 +376,7 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
             .expect("allowed");
         assert_eq!(report.unknown, ["20991231000000"]);
         assert!(
-            report.applied.is_empty() && report.drift.is_empty(),
+            report.applied.is_empty() && report.drift.differences().is_empty(),
             "{report:?}"
         );
         assert_eq!(
@@ -478,10 +499,10 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
     for (engine, _place) in fresh_engines("dl_drift", &[]) {
         let report = datalayer::models::migrator().boot(&engine).expect("boot");
         assert_eq!(report.applied.len(), 2);
-        assert!(
-            report.drift.is_empty(),
-            "a fresh database matches: {:?}",
-            report.drift
+        assert_eq!(
+            report.drift.wait(),
+            DriftOutcome::Checked(Vec::new()),
+            "a fresh database matches"
         );
         engine
             .get()
@@ -491,7 +512,12 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
         let report = datalayer::models::migrator()
             .boot(&engine)
             .expect("warn boots");
-        assert_eq!(report.drift, ["posts.body: missing"]);
+        assert_eq!(report.drift.differences(), ["posts.body: missing"]);
+        assert_eq!(
+            engine.drift_check().map(|check| check.wait()),
+            Some(DriftOutcome::Checked(vec!["posts.body: missing".into()])),
+            "the engine reports the last boot's check"
+        );
 
         let strict = Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "strict")]))
             .expect("connect");
@@ -504,12 +530,13 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
         );
         let off =
             Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "off")])).expect("connect");
-        assert!(
+        assert_eq!(
             datalayer::models::migrator()
                 .boot(&off)
                 .expect("off skips")
                 .drift
-                .is_empty()
+                .wait(),
+            DriftOutcome::Skipped
         );
     }
 }
@@ -543,8 +570,9 @@ fn the_committed_fingerprints_match_what_the_migrations_produce() {
     );
 }
 
-#[test]
-fn the_cli_accepts_an_edited_checksum() {
+/// A folder where `datalayer migrate` made its default SQLite database, on which `sql` then
+/// ran (a change made behind datalayer's back).
+fn migrated_by_the_cli_then(sql: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let none: &[(&str, &str)] = &[];
     assert!(run_cli(dir.path(), &["migrate"], none).status.success());
@@ -557,8 +585,15 @@ fn the_cli_accepts_an_edited_checksum() {
         .expect("open")
         .get()
         .expect("checkout")
-        .batch_execute("UPDATE datalayer_migrations SET checksum = 'abc123'")
-        .expect("simulate edits");
+        .batch_execute(sql)
+        .expect("change the database by hand");
+    dir
+}
+
+#[test]
+fn the_cli_accepts_an_edited_checksum() {
+    let dir = migrated_by_the_cli_then("UPDATE datalayer_migrations SET checksum = 'abc123'");
+    let none: &[(&str, &str)] = &[];
     let refused = run_cli(dir.path(), &[], none);
     assert_eq!(refused.status.code(), Some(4), "{:?}", text(&refused));
     let accepted = run_cli(
@@ -578,5 +613,25 @@ fn the_cli_accepts_an_edited_checksum() {
     assert!(
         stderr.contains("accepted the edited up.sql of migration 2026-11-25-000001_create_users"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_cli_boot_reports_a_column_dropped_by_hand() {
+    let dir = migrated_by_the_cli_then("ALTER TABLE posts DROP COLUMN body");
+    let none: &[(&str, &str)] = &[];
+    // The next boot has nothing to apply; its drift check (in the background under the
+    // default `warn`) still finds and logs the change.
+    let booted = run_cli(dir.path(), &[], none);
+    let (stdout, stderr) = text(&booted);
+    assert!(booted.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("schema drift: posts.body: missing"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("0 migration(s) applied")
+            && stdout.contains("schema drift: 1 difference(s), see the warnings"),
+        "{stdout}"
     );
 }
