@@ -1,14 +1,15 @@
 //! A blocking HTTP server linking datalayer: what a real service does with it.
 //!
-//! Boot: settings (environment, then `./.env`), engine, migrations (lock, ledger, drift check).
+//! Boot: settings (environment, then `./.env`), engine, migrations (ledger; lock and pending
+//! migrations when there are any; drift check, in the background by default).
 //! Then it serves JSON, a thread per connection (at most 64, each request under a 10 s deadline,
 //! bodies up to 1 MiB: see `http.rs` for why not tiny_http):
 //!
 //! - `GET /livez`: 200 while the process serves (liveness: says nothing of the database)
 //! - `GET /readyz`: 200 once booted (migrations done) while the pool hands out a working
 //!   connection within 500 ms, else 503 (readiness)
-//! - `GET /healthz`: ping (at most 2 s) and pool state, and the read replica's when there is
-//!   one; 503 when the primary cannot serve (down, or no node accepts writes during a
+//! - `GET /healthz`: ping (at most 2 s), pool state, the boot's schema drift check (the
+//!   differences it found, `[]` when none), and the read replica's state when there is one; 503 when the primary cannot serve (down, or no node accepts writes during a
 //!   failover), 200 with `"status": "degraded"` while reads fall back from the replica
 //! - `GET` requests read through `Engine::read` (the replica when configured: a read right
 //!   after a write may not see it yet, by up to `DATABASE_REPLICA_MAX_LAG`); writes use `get`
@@ -163,6 +164,18 @@ fn json_body(request: &Request) -> Result<Value, Reply> {
     serde_json::from_str(text).map_err(|e| error(400, &format!("invalid JSON: {e}")))
 }
 
+/// The boot's drift check (`DATABASE_SCHEMA_CHECK=warn` runs it after boot returns): the
+/// differences it found, `"running"`, `"skipped"`, or why it failed.
+fn schema_drift(engine: &Engine) -> Value {
+    use datalayer::migrations::DriftOutcome;
+    match engine.drift_check().map(|check| check.outcome()) {
+        Some(Some(DriftOutcome::Checked(differences))) => json!(differences),
+        Some(Some(DriftOutcome::Failed(why))) => json!({ "failed": why }),
+        Some(None) => json!("running"),
+        Some(Some(DriftOutcome::Skipped)) | None => json!("skipped"),
+    }
+}
+
 fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Reply {
     let url = request.target.clone();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
@@ -182,6 +195,7 @@ fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Repl
                             "latency_ms": ping.latency.as_secs_f64() * 1e3,
                             "server": ping.server_version,
                             "pool": format!("{}", engine.state()),
+                            "schema_drift": schema_drift(engine),
                             "replica": replica.map(|r| json!({
                                 "target": r.target,
                                 "serving": r.serving,

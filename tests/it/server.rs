@@ -116,6 +116,16 @@ fn stop(running: Running) -> String {
 /// The API, as a client sees it.
 fn exercise(addr: SocketAddr) {
     assert_eq!(http(addr, "GET", "/healthz", "").status, 200);
+    // The boot's drift check runs in the background; once done, it found nothing.
+    crate::common::wait_for(
+        "/healthz reports the finished drift check",
+        Duration::from_secs(10),
+        || http(addr, "GET", "/healthz", "").json()["schema_drift"] != "running",
+    );
+    assert_eq!(
+        http(addr, "GET", "/healthz", "").json()["schema_drift"],
+        serde_json::json!([])
+    );
     let created = http(
         addr,
         "POST",
