@@ -65,7 +65,6 @@ use diesel::r2d2::{Pool, PooledConnection};
 use diesel::sql_types::Text;
 
 use self::affinity::Parking;
-use self::checkouts::Checkouts;
 pub use self::connection::{Conn, MultiBackend};
 use self::line::{Line, POLL};
 pub(crate) use self::manager::MigrationConn;
@@ -137,7 +136,7 @@ impl<C: PoolConnection> fmt::Debug for Engine<C> {
 
 /// What checkouts and returns update.
 pub(crate) struct Books<C: PoolConnection> {
-    checkouts: Checkouts,
+    checkouts: checkouts::Scans,
     parking: Arc<Parking<C>>,
     /// The threads waiting for a connection, first come first served.
     line: Line<C>,
@@ -154,10 +153,17 @@ impl<C: PoolConnection> Books<C> {
     }
 }
 
-/// A connection out of r2d2's hands (checked out or parked), with its own handle on the
-/// engine's books. The handle travels with the connection into the parking slot and back, so
-/// the fast path never touches the `Arc`'s count, which every thread would otherwise write.
-pub(crate) struct Held<C: PoolConnection> {
+/// A connection out of r2d2's hands (checked out or parked), boxed: a checkout and a return
+/// move it through several hands (slot, checkout, `PooledConn`), and copying r2d2's
+/// connection wrapper each time was a third of a checkout of a thread's parked connection.
+pub(crate) type Held<C> = Box<HeldConn<C>>;
+
+/// What [`Held`] boxes: the connection with its own handle on the engine's books. The handle
+/// travels with the connection into the parking slot and back, so the fast path never
+/// touches the `Arc`'s count, which every thread would otherwise write. Aligned to cache
+/// lines: each is written by the thread holding it.
+#[repr(align(128))]
+pub(crate) struct HeldConn<C: PoolConnection> {
     conn: PooledConnection<Manager<C>>,
     books: Arc<Books<C>>,
     /// How many times in a row this thread kept it while others waited (see `line.rs`).
@@ -171,7 +177,6 @@ pub(crate) struct Held<C: PoolConnection> {
 pub struct PooledConn<C: PoolConnection = Conn> {
     /// Always `Some` until dropped.
     held: Option<Held<C>>,
-    id: u64,
     leak_threshold: Option<Duration>,
     /// When it was handed over, for `db.client.connection.use_time`.
     since: Instant,
@@ -218,13 +223,11 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         let Some(mut held) = self.held.take() else {
             return;
         };
-        held.books.checkouts.release(self.id, self.leak_threshold);
+        let used = self.since.elapsed();
+        checkouts::end(&held.conn.health, used, self.leak_threshold);
         let shared = &held.books.shared;
         shared.count_in_use(-1);
-        shared
-            .metrics
-            .use_time()
-            .record(self.since.elapsed().as_secs_f64());
+        shared.metrics.use_time().record(used.as_secs_f64());
         let healthy = !std::thread::panicking() && held.conn.reusable();
         if healthy && let Some(mut held) = Parking::park(held) {
             // Not parked: someone is waiting, and the first in line gets it.
@@ -320,7 +323,7 @@ impl<C: PoolConnection> Engine<C> {
             Target::Sqlite(_) => SQLITE_BUSY_TIMEOUT,
         };
         let books = Arc::new(Books {
-            checkouts: Checkouts::default(),
+            checkouts: checkouts::Scans::default(),
             parking: Parking::new(),
             line: Line::new(),
             shared,
@@ -416,7 +419,10 @@ impl<C: PoolConnection> Engine<C> {
         }
         let leak_threshold = self.settings.pool.leak_threshold;
         if let Some(threshold) = leak_threshold {
-            self.books.checkouts.warn_overdue(threshold);
+            let shared = &self.books.shared;
+            self.books
+                .checkouts
+                .warn_overdue(shared, shared.at(start), threshold);
         }
         let (checked_out, waited) = self.checkout(start, give_up);
         let metrics = &self.books.shared.metrics;
@@ -426,11 +432,8 @@ impl<C: PoolConnection> Engine<C> {
                 metrics.checkouts().increment(1);
                 self.books.shared.count_in_use(1);
                 let since = start + waited;
+                checkouts::begin(&held.conn.health, site, self.books.shared.at(since));
                 Ok(PooledConn {
-                    id: self
-                        .books
-                        .checkouts
-                        .register(site, held.conn.backend_pid, since),
                     held: Some(held),
                     leak_threshold,
                     since,
@@ -474,10 +477,12 @@ impl<C: PoolConnection> Engine<C> {
                 .is_ok()
                 .then_some(held)
         };
-        let hold = |conn| Held {
-            conn,
-            books: Arc::clone(&self.books),
-            streak: 0,
+        let hold = |conn| {
+            Box::new(HeldConn {
+                conn,
+                books: Arc::clone(&self.books),
+                streak: 0,
+            })
         };
         // A newcomer does not pass those waiting in line (see `line.rs`).
         let line = &self.books.line;
@@ -502,10 +507,14 @@ impl<C: PoolConnection> Engine<C> {
             if line.is_first(&ticket) {
                 // The first in line also takes what reaches the pool rather than the line:
                 // connections parked before anyone waited, new ones (opening one when the
-                // pool has room), replacements.
+                // pool has room and none is being opened: each `get_timeout` that finds no idle
+                // connection starts opening one, and an open slower than a poll would
+                // otherwise start another on every poll), replacements.
                 let found = self.books.parking.steal().and_then(valid).or_else(|| {
                     let state = self.pool.state();
-                    if state.connections < self.pool.max_size() || state.idle_connections > 0 {
+                    let may_open =
+                        state.connections < self.pool.max_size() && !self.books.shared.connecting();
+                    if state.idle_connections > 0 || may_open {
                         self.pool.get_timeout(left.min(POLL)).ok().map(hold)
                     } else {
                         None
@@ -581,7 +590,7 @@ impl<C: PoolConnection> Engine<C> {
         {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let held = self.books.checkouts.holders();
+        let held = checkouts::holders(&self.books.shared);
         if !held.is_empty() {
             tracing::warn!(
                 "closing the engine with {} connection(s) still checked out after {wait:?}: {}; \
@@ -611,14 +620,14 @@ impl<C: PoolConnection> Engine<C> {
 
     /// The connections checked out right now, longest held first.
     pub fn holders(&self) -> Vec<Holder> {
-        self.books.checkouts.holders()
+        checkouts::holders(&self.books.shared)
     }
 
     /// [`Engine::holders`] with each holder's `pg_stat_activity` state, read on a separate
     /// short-lived connection. Skipped when connections have been failing lately, so that a
     /// pool timeout during an outage is not delayed by one more doomed connection attempt.
     fn holders_with_state(&self) -> Vec<Holder> {
-        let mut holders = self.books.checkouts.holders();
+        let mut holders = checkouts::holders(&self.books.shared);
         let failing = self
             .books
             .shared

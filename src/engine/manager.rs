@@ -466,7 +466,13 @@ impl Instrumentation for DeathWatch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
             InstrumentationEvent::StartQuery { query, .. } => {
-                self.started = self.shared.now();
+                // The coarse clock unless a duration is reported (a stamp a few ms early only
+                // makes validation a little more eager).
+                self.started = if self.echo || self.slow.is_some() {
+                    self.shared.now()
+                } else {
+                    self.shared.coarse_now()
+                };
                 // A span per query, child of whatever span the caller is in; the statement
                 // only with DATABASE_ECHO (the text can be long, and the binds never go in).
                 let about = &self.about;
@@ -599,9 +605,13 @@ impl<C: PoolConnection> Manager<C> {
             .metrics
             .create_time()
             .record(began.elapsed().as_secs_f64());
-        let health = Arc::new(Health::default());
-        health.last_ok.store(answered, Ordering::Release);
-        health.born.store(answered, Ordering::Release);
+        let health = Arc::new(Health {
+            last_ok: answered.into(),
+            born: answered.into(),
+            backend_pid,
+            ..Health::default()
+        });
+        self.shared.track(&health);
         conn.set_instrumentation(DeathWatch {
             health: Arc::clone(&health),
             shared: Arc::clone(&self.shared),
