@@ -74,7 +74,7 @@ pub use self::pool_connection::PoolConnection;
 use self::replica::Replica;
 pub use self::replica::ReplicaState;
 pub(crate) use self::setup::check_backend;
-use self::setup::{create_sqlite_file, pool_name, reap_parked};
+use self::setup::{create_sqlite_file, housekeeping, pool_name};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 use crate::migrations::DriftCheck;
@@ -226,7 +226,6 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         let used = self.since.elapsed();
         checkouts::end(&held.conn.health, used, self.leak_threshold);
         let shared = &held.books.shared;
-        shared.count_in_use(-1);
         shared.metrics.use_time().record(used.as_secs_f64());
         let healthy = !std::thread::panicking() && held.conn.reusable();
         if healthy && let Some(mut held) = Parking::park(held) {
@@ -328,7 +327,7 @@ impl<C: PoolConnection> Engine<C> {
             line: Line::new(),
             shared,
         });
-        reap_parked(&books);
+        housekeeping(&books);
         books.shared.report_limits();
         books.report_waiting();
         Engine {
@@ -430,7 +429,6 @@ impl<C: PoolConnection> Engine<C> {
         match checked_out {
             Some(held) => {
                 metrics.checkouts().increment(1);
-                self.books.shared.count_in_use(1);
                 let since = start + waited;
                 checkouts::begin(&held.conn.health, site, self.books.shared.at(since));
                 Ok(PooledConn {
@@ -581,13 +579,7 @@ impl<C: PoolConnection> Engine<C> {
         shared.drop_spare();
         let deadline = Instant::now() + wait;
         // Shutdown only: a short poll, not a wake-up on every return.
-        while shared
-            .counts
-            .in_use
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-            && Instant::now() < deadline
-        {
+        while shared.in_use() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let held = checkouts::holders(&self.books.shared);
@@ -615,6 +607,20 @@ impl<C: PoolConnection> Engine<C> {
     pub(crate) fn track_drift_check(&self, check: DriftCheck) {
         if let Ok(mut slot) = self.drift_check.lock() {
             *slot = Some(check);
+        }
+    }
+
+    /// Records the pool's gauges (`db.client.connection.count` by state, `.pending_requests`,
+    /// `.max`, `.idle.min`; the replica's too) with the current recorder, as they are now.
+    /// The engine records them every second on a thread of its own; call this where exact
+    /// figures matter, e.g. in a `/metrics` handler before rendering. (Counters and histograms
+    /// are recorded as things happen.)
+    pub fn record_metrics(&self) {
+        self.books.shared.record_counts();
+        self.books.shared.report_limits();
+        self.books.report_waiting();
+        if let Some(replica) = &self.replica {
+            replica.engine.record_metrics();
         }
     }
 
@@ -675,16 +681,13 @@ impl<C: PoolConnection> Engine<C> {
         let state = self.pool.state();
         let shared = &self.books.shared;
         let spare = u32::from(shared.spare_held.load(std::sync::atomic::Ordering::Acquire));
-        let in_use = shared
-            .counts
-            .in_use
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let in_use = shared.in_use();
         PoolState {
             max_size: self.pool.max_size(),
             connections: state.connections + spare,
             idle: state.idle_connections,
             parked: self.books.parking.parked(),
-            in_use: u32::try_from(in_use.max(0)).unwrap_or(u32::MAX),
+            in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
             spare,
             waiting: u32::try_from(self.books.line.waiting()).unwrap_or(u32::MAX),
         }

@@ -116,6 +116,58 @@ where
     done.load(Ordering::Relaxed) as f64 / seconds
 }
 
+/// Operations per second of two cases that `threads` workers alternate in short blocks (each
+/// block a few milliseconds, the workers starting and ending it together, the order flipped
+/// every block), for `seconds` in all: for in-process cases, whose speed on this shared
+/// machine swings by a quarter from one second to the next, more than the cases differ. Each
+/// block pair is one round of the result. `make(i)` returns worker i's operation, given the
+/// case.
+fn alternating<F, W>(seconds: f64, threads: usize, make: F) -> Runs<2>
+where
+    F: Fn(usize) -> W + Sync,
+    W: FnMut(usize),
+{
+    const BLOCK: usize = 2000;
+    let barrier = Barrier::new(threads);
+    let rounds = std::sync::Mutex::new(Vec::new());
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for i in 0..threads {
+            let (barrier, rounds, make, stop) = (&barrier, &rounds, &make, &stop);
+            scope.spawn(move || {
+                let mut operation = make(i);
+                for round in 0.. {
+                    let mut figures = [f64::NAN; 2];
+                    for step in 0..2 {
+                        let case = (round + step) % 2;
+                        barrier.wait();
+                        let started = Instant::now();
+                        for _ in 0..BLOCK {
+                            operation(case);
+                        }
+                        barrier.wait();
+                        figures[case] = (BLOCK * threads) as f64 / started.elapsed().as_secs_f64();
+                    }
+                    if i == 0 {
+                        if let Ok(mut rounds) = rounds.lock() {
+                            rounds.push(figures);
+                        }
+                        stop.store(Instant::now() >= deadline, Ordering::Relaxed);
+                    }
+                    barrier.wait();
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Runs {
+        rounds: rounds.into_inner().unwrap_or_default(),
+    }
+}
+
 /// One point read through the engine: checkout, `users::find`, return.
 fn engine_read(engine: &Engine, ids: &mut Ids) {
     let mut conn = engine.get().expect("checkout");
@@ -445,35 +497,59 @@ chart: {}",
     Ok(())
 }
 
-/// Runs cases `0..N` one after another, `rounds` times over, and returns each case's median:
-/// interleaving spreads the machine's drifts (other load, CPU frequency) over every case
-/// instead of charging them to whichever ran at the wrong moment.
+/// Runs cases `0..N` one after another, `rounds` times over (in reverse order every other
+/// round, so that a drift within a round is charged to every case alike), and returns each
+/// case's median and each round's figures: interleaving spreads the machine's drifts (other
+/// load, CPU frequency) over every case instead of charging them to whichever ran at the
+/// wrong moment.
 fn interleaved<const N: usize>(
     label: &str,
     rounds: usize,
     mut run: impl FnMut(usize) -> Result<f64>,
-) -> Result<[f64; N]> {
-    let mut samples: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+) -> Result<Runs<N>> {
     let rounds = rounds.max(1);
+    let mut runs = Runs {
+        rounds: Vec::with_capacity(rounds),
+    };
     for round in 0..rounds {
-        for (case, samples) in samples.iter_mut().enumerate() {
+        let mut figures = [f64::NAN; N];
+        for step in 0..N {
+            let case = if round % 2 == 0 { step } else { N - 1 - step };
             progress::run(&format!(
                 "{label}, round {}/{rounds}, case {}/{N}",
                 round + 1,
                 case + 1
             ));
-            samples.push(run(case)?);
+            figures[case] = run(case)?;
         }
+        runs.rounds.push(figures);
     }
-    Ok(samples.map(|mut s| {
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    }))
+    Ok(runs)
 }
 
-/// Element-wise `a / b`.
-fn ratio(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(a, b)| a / b).collect()
+/// The figures of [`interleaved`]'s rounds.
+struct Runs<const N: usize> {
+    rounds: Vec<[f64; N]>,
+}
+
+impl<const N: usize> Runs<N> {
+    /// Each case's median over the rounds.
+    fn medians(&self) -> [f64; N] {
+        std::array::from_fn(|case| median(self.rounds.iter().map(|r| r[case])))
+    }
+
+    /// The median over the rounds of case `a`'s figure over case `b`'s in the same round:
+    /// the two ran back to back, so the ratio of a pair shares the machine's state of the
+    /// moment, which the ratio of two medians (taken at different moments) does not.
+    fn paired(&self, a: usize, b: usize) -> f64 {
+        median(self.rounds.iter().map(|r| r[a] / r[b]))
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn reads(config: &Config, settings: &Settings) -> Result<()> {
@@ -485,9 +561,9 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     println!("## Point reads: operations per second (C = client threads)\n");
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
-    let mut seed_row = vec![];
+    let (mut seed_row, mut eh, mut er, mut en, mut es) = (vec![], vec![], vec![], vec![], vec![]);
     for &c in &config.clients {
-        let [r, h, e, n, p] = interleaved(&format!("reads C={c}"), config.rounds, |case| {
+        let runs = interleaved(&format!("reads C={c}"), config.rounds, |case| {
             settle(config)?;
             Ok(match case {
                 0 => pgbench(config, &select_script, c)?,
@@ -510,17 +586,17 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
                 },
             })
         })?;
+        let [r, h, e, n, p] = runs.medians();
         reference.push(r);
         held.push(h);
         engine_row.push(e);
         naive.push(n);
         seed_row.push(p);
+        eh.push(runs.paired(2, 1));
+        er.push(runs.paired(2, 0));
+        en.push(runs.paired(2, 3));
+        es.push(runs.paired(2, 4));
     }
-    let (eh, er, en) = (
-        ratio(&engine_row, &held),
-        ratio(&engine_row, &reference),
-        ratio(&engine_row, &naive),
-    );
     if let Ok(mut figures) = FIGURES.lock() {
         let mut series = vec![
             ("reference (pgbench)".to_string(), reference.clone()),
@@ -541,7 +617,6 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
     table.push(("engine/reference", er));
     table.push(("engine/naive", en));
     if config.seed_python.is_some() {
-        let es = ratio(&table[2].1, &seed_row);
         table.insert(4, ("seed (SQLAlchemy + psycopg)", seed_row));
         table.push(("engine/seed", es));
     }
@@ -560,10 +635,10 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
         .collect();
     // The same statement the engine sends: users::create returns the inserted row.
     let insert_script = "INSERT INTO users (email, display_name) VALUES (md5(random()::text || clock_timestamp()::text) || '@bench', 'Bench') RETURNING id, email, display_name, created_at, updated_at;\n";
-    let (mut pg_writes, mut engine_writes) = (vec![], vec![]);
+    let (mut pg_writes, mut engine_writes, mut engine_vs) = (vec![], vec![], vec![]);
     let counter = AtomicUsize::new(0);
     for &c in &write_clients {
-        let [p, e] = interleaved(&format!("writes C={c}"), config.rounds, |case| {
+        let runs = interleaved(&format!("writes C={c}"), config.rounds, |case| {
             settle(config)?;
             if case == 0 {
                 return pgbench(config, insert_script, c);
@@ -587,10 +662,11 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
                 }
             }))
         })?;
+        let [p, e] = runs.medians();
         pg_writes.push(p);
         engine_writes.push(e);
+        engine_vs.push(runs.paired(1, 0));
     }
-    let engine_vs = ratio(&engine_writes, &pg_writes);
     print_table(
         &write_clients,
         &[
@@ -623,27 +699,39 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
         ))?;
     }
     let lite_clients: Vec<usize> = config.clients.iter().copied().filter(|c| *c <= 4).collect();
-    let (mut plain_lite, mut engine_lite) = (vec![], vec![]);
+    let (mut plain_lite, mut engine_lite, mut lite_ratio) = (vec![], vec![], vec![]);
     let lite_url = path.to_string_lossy().into_owned();
+    let open_plain = || {
+        let mut conn = SqliteConnection::establish(&lite_url).expect("open");
+        // The same busy timeout as the engine's connections: fair, and needed when several
+        // connections open a WAL database at once.
+        conn.batch_execute("PRAGMA busy_timeout = 5000")
+            .expect("pragma");
+        conn
+    };
     for &c in &lite_clients {
-        let [p, e] = interleaved(&format!("sqlite C={c}"), config.rounds, |case| {
-            if case == 1 {
-                let engine = Engine::connect(&lite_settings)?;
-                return Ok(engine_reads(config.seconds, c, &engine, rows));
+        progress::run(&format!("sqlite C={c}"));
+        let engine = Engine::connect(&lite_settings)?;
+        warmed_up(&engine);
+        let blocks = alternating(config.seconds * config.rounds as f64 * 2.0, c, |i| {
+            let (mut plain, mut ids, engine) = (open_plain(), Ids::new(i, rows), &engine);
+            move |case: usize| {
+                if case == 0 {
+                    let _: User = users_table::table
+                        .find(ids.next())
+                        .select(User::as_select())
+                        .first(&mut plain)
+                        .expect("select");
+                } else {
+                    engine_read(engine, &mut ids);
+                }
             }
-            Ok(held_reads(config.seconds, c, rows, || {
-                let mut conn = SqliteConnection::establish(&lite_url).expect("open");
-                // The same busy timeout as the engine's connections: fair, and needed when
-                // several connections open a WAL database at once.
-                conn.batch_execute("PRAGMA busy_timeout = 5000")
-                    .expect("pragma");
-                conn
-            }))
-        })?;
+        });
+        let [p, e] = blocks.medians();
         plain_lite.push(p);
         engine_lite.push(e);
+        lite_ratio.push(blocks.paired(1, 0));
     }
-    let lite_ratio = ratio(&engine_lite, &plain_lite);
     print_table(
         &lite_clients,
         &[
@@ -669,10 +757,10 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
         .test_on_check_out(false)
         .build(ConnectionManager::<PgConnection>::new(&config.url))?;
     let threads = [1usize, 8];
-    let (mut ours, mut floor) = (vec![], vec![]);
+    let (mut ours, mut floor, mut ratios) = (vec![], vec![], vec![]);
     for &n in &threads {
         let ns = |ops: f64| 1e9 / ops * n as f64;
-        let [e, b] = interleaved(&format!("checkout, {n} thread(s)"), config.rounds, |case| {
+        let runs = interleaved(&format!("checkout, {n} thread(s)"), config.rounds, |case| {
             let seconds = config.seconds.min(2.0);
             Ok(ns(if case == 0 {
                 throughput(seconds, n, |_| {
@@ -686,8 +774,10 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
                 })
             }))
         })?;
+        let [e, b] = runs.medians();
         ours.push(e);
         floor.push(b);
+        ratios.push(runs.paired(0, 1));
     }
     let header: Vec<String> = threads.iter().map(|n| format!("{n} thread(s)")).collect();
     println!("| case | {} |", header.join(" | "));
@@ -700,7 +790,7 @@ fn checkout(config: &Config, settings: &Settings) -> Result<()> {
     };
     println!("| engine | {} |", cells(&ours, 0));
     println!("| bare r2d2 | {} |", cells(&floor, 0));
-    println!("| engine/bare | {} |", cells(&ratio(&ours, &floor), 2));
+    println!("| engine/bare | {} |", cells(&ratios, 2));
     Ok(())
 }
 
@@ -801,19 +891,20 @@ fn pgbouncer(config: &Config, _: &Settings) -> Result<()> {
     let select_script = format!(
         "\\set id random(1, {rows})\nSELECT id, email, display_name, created_at, updated_at FROM users WHERE id = :id;\n"
     );
-    let (mut bench_row, mut engine_row) = (vec![], vec![]);
+    let (mut bench_row, mut engine_row, mut ratios) = (vec![], vec![], vec![]);
     for &c in &config.clients {
         // No settling: PgBouncer keeps its server connections, as it does in production.
-        let [p, e] = interleaved(&format!("pgbouncer C={c}"), config.rounds, |case| {
+        let runs = interleaved(&format!("pgbouncer C={c}"), config.rounds, |case| {
             Ok(match case {
                 0 => pgbench_via(config, &url, "extended", &select_script, c, &[])?,
                 _ => engine_reads(config.seconds, c, &Engine::connect(&settings)?, rows),
             })
         })?;
+        let [p, e] = runs.medians();
         bench_row.push(p);
         engine_row.push(e);
+        ratios.push(runs.paired(1, 0));
     }
-    let ratios = ratio(&engine_row, &bench_row);
     print_table(
         &config.clients,
         &[

@@ -221,7 +221,12 @@ fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Repl
             }),
             ("GET", ["metrics"]) => Ok(Reply {
                 status: 200,
-                body: Value::String(metrics.render()),
+                body: Value::String({
+                    // The pool's gauges as they are now (the engine also records them every
+                    // second on its own).
+                    engine.record_metrics();
+                    metrics.render()
+                }),
                 retry_after: false,
             }),
             ("POST", ["users"]) => {

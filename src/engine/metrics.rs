@@ -8,7 +8,7 @@
 //!
 //! | name | kind | what |
 //! | --- | --- | --- |
-//! | `db.client.connection.count` | gauge | connections open, by `db.client.connection.state`: `used` (checked out) or `idle` (in the pool or parked for a thread) |
+//! | `db.client.connection.count` | gauge | connections open, by `db.client.connection.state`: `used` (checked out) or `idle` (in the pool or parked for a thread); recorded every second and by [`Engine::record_metrics`](crate::Engine::record_metrics), not by each checkout |
 //! | `db.client.connection.max` | gauge | `DATABASE_POOL_MAX_SIZE` |
 //! | `db.client.connection.idle.min` | gauge | the idle connections the pool keeps (`DATABASE_POOL_MIN_IDLE`, by default the max size) |
 //! | `db.client.connection.pending_requests` | gauge | threads waiting in line for a connection |

@@ -2,7 +2,7 @@
 //! the metrics' pool name, and the reaper of parked connections.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Books;
 use super::pool_connection::PoolConnection;
@@ -94,28 +94,40 @@ pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<()
     ])))
 }
 
-/// Closes parked connections past `DATABASE_POOL_MAX_LIFETIME` or `DATABASE_POOL_IDLE_TIMEOUT`
-/// on a thread of the engine's, since r2d2's reaper sees them as checked out: every
-/// `Shared::reap_every`, until the engine is dropped.
-pub(super) fn reap_parked<C: PoolConnection>(books: &Arc<Books<C>>) {
-    let Some(every) = books.shared.reap_every() else {
-        return;
-    };
+/// How often the housekeeping thread records the pool's gauges.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// The engine's housekeeping thread, until the engine is dropped: every second it records the
+/// pool's gauges (see [`Shared::record_counts`](super::shared::Shared::record_counts)), and
+/// every `Shared::reap_every` (with `DATABASE_POOL_MAX_LIFETIME` or
+/// `DATABASE_POOL_IDLE_TIMEOUT`) it closes parked connections past either, since r2d2's reaper
+/// sees them as checked out.
+pub(super) fn housekeeping<C: PoolConnection>(books: &Arc<Books<C>>) {
+    let reap_every = books.shared.reap_every();
+    let every = reap_every.map_or(RECORD_EVERY, |reap| reap.min(RECORD_EVERY));
     let books = Arc::downgrade(books);
     let _ = std::thread::Builder::new()
-        .name("datalayer-reaper".into())
+        .name("datalayer-housekeeping".into())
         .spawn(move || {
+            let mut recorded = Instant::now();
             loop {
                 std::thread::sleep(every);
                 let Some(books) = books.upgrade() else {
                     return;
                 };
                 let now = Instant::now();
-                let expired = books
-                    .parking
-                    .evict(|held| books.shared.retire_if_expired(&held.conn, now));
-                // Dropped here, outside the slots' locks: back to r2d2, which closes them.
-                drop(expired);
+                if reap_every.is_some() {
+                    let expired = books
+                        .parking
+                        .evict(|held| books.shared.retire_if_expired(&held.conn, now));
+                    // Dropped here, outside the slots: back to r2d2, which closes them.
+                    drop(expired);
+                }
+                if now.saturating_duration_since(recorded) >= RECORD_EVERY {
+                    recorded = now;
+                    books.shared.record_counts();
+                    books.report_waiting();
+                }
             }
         });
 }

@@ -187,10 +187,12 @@ fn checkouts_waits_timeouts_and_gauges_reach_the_recorder() {
     metrics::with_local_recorder(&memory, || {
         let first = small.get().expect("checkout");
         let second = small.get().expect("checkout");
+        small.record_metrics();
         assert_eq!(memory.gauge(USED), 2.0);
         let third = small.get();
         assert!(matches!(third, Err(Error::PoolTimeout { .. })));
         drop((first, second));
+        small.record_metrics();
         assert_eq!(memory.gauge(USED), 0.0);
     });
     assert_eq!(memory.counter(names::CHECKOUTS), 2);
@@ -220,6 +222,9 @@ fn two_engines_in_one_process_report_their_own_gauges() {
         let held: Vec<_> = (0..3).map(|_| first.get().expect("checkout")).collect();
         let one = second.get().expect("checkout");
         let other = again.get().expect("checkout");
+        for engine in [&first, &second, &again] {
+            engine.record_metrics();
+        }
         let pools = memory.pools(USED);
         assert_eq!(pools.len(), 3, "{pools:?}");
         let of = |engine: &Engine| {
@@ -280,6 +285,38 @@ fn the_pools_limits_and_connection_opening_reach_the_recorder() {
             let map = memory.histograms.lock().expect("lock");
             map.get(&format!("{}{{{pool}}}", names::CREATE_TIME))
                 .is_some_and(|h| !h.0.lock().expect("lock").is_empty())
+        },
+    );
+}
+
+#[test]
+fn the_engine_records_its_connection_counts_on_its_own() {
+    let memory = global();
+    let (engine, db) = fresh_postgres("dl_metrics_counts", &[("DATABASE_POOL_MIN_IDLE", "0")]);
+    let crate::common::Place::Postgres(db) = &db else {
+        unreachable!("postgres")
+    };
+    let held: Vec<_> = (0..2).map(|_| engine.get().expect("checkout")).collect();
+    let pool = || {
+        memory
+            .pools(USED)
+            .into_iter()
+            .find(|p| p.starts_with(&format!("{}@", db.name)))
+    };
+    // No record_metrics call: the housekeeping thread records them every second.
+    crate::common::wait_for(
+        "the used count reaches the recorder",
+        Duration::from_secs(5),
+        || pool().is_some_and(|p| memory.gauge_of(USED, &p) == 2.0),
+    );
+    drop(held);
+    crate::common::wait_for(
+        "the returned connections count as idle",
+        Duration::from_secs(5),
+        || {
+            pool().is_some_and(|p| {
+                memory.gauge_of(USED, &p) == 0.0 && memory.gauge_of(IDLE, &p) == 2.0
+            })
         },
     );
 }
