@@ -66,7 +66,7 @@ use diesel::sql_types::Text;
 
 use self::affinity::Parking;
 pub use self::connection::{Conn, MultiBackend};
-use self::line::{Line, POLL};
+use self::line::{BEHIND, Line, POLL};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
@@ -502,7 +502,8 @@ impl<C: PoolConnection> Engine<C> {
                 // One handed over at the last moment is still served.
                 break line.leave(&ticket).and_then(valid);
             }
-            if line.is_first(&ticket) {
+            let first = line.is_first(&ticket);
+            if first {
                 // The first in line also takes what reaches the pool rather than the line:
                 // connections parked before anyone waited, new ones (opening one when the
                 // pool has room and none is being opened: each `get_timeout` that finds no idle
@@ -525,7 +526,14 @@ impl<C: PoolConnection> Engine<C> {
                     break Some(conn);
                 }
             }
-            if let Some(handed) = line.wait(&ticket, left.min(POLL)) {
+            // Only the first in line (and a health check, to give up in time) looks around
+            // every POLL; the others sleep until served or promoted.
+            let slice = if first || give_up.is_some() {
+                POLL
+            } else {
+                BEHIND
+            };
+            if let Some(handed) = line.wait(&ticket, left.min(slice)) {
                 match valid(handed) {
                     Some(conn) => break Some(conn),
                     // Closed on its way back to the pool; this thread keeps its turn.

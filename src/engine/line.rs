@@ -20,7 +20,10 @@
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
 //! every [`POLL`] otherwise, so a connection parked by a thread that went on to other work
-//! waits at most that long while others wait.
+//! waits at most that long while others wait. The others sleep until a connection is handed to
+//! them or they become first (the thread that takes the first ticket out of the line wakes the
+//! next one): when every waiter looked every 5 ms, 120 waiters woke 24 000 times a second for
+//! nothing, on 2 cores.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,8 +34,11 @@ use super::Held;
 use super::pool_connection::PoolConnection;
 
 /// How often the first in line looks at the pool and the parked connections while no
-/// connection is handed to it.
+/// connection is handed to it (and any waiter checks whether a health check should give up).
 pub(crate) const POLL: Duration = Duration::from_millis(5);
+
+/// The longest the others sleep between looks, should a wake-up go astray.
+pub(crate) const BEHIND: Duration = Duration::from_secs(1);
 
 /// The waiting threads, in order of arrival.
 pub(crate) struct Line<C: PoolConnection> {
@@ -41,10 +47,27 @@ pub(crate) struct Line<C: PoolConnection> {
     queue: Mutex<VecDeque<Arc<Ticket<C>>>>,
 }
 
-/// One waiting thread's place: where a connection is handed to it.
+/// One waiting thread's place: where a connection is handed to it, or word that it is now
+/// first in line.
 pub(crate) struct Ticket<C: PoolConnection> {
-    slot: Mutex<Option<Held<C>>>,
+    slot: Mutex<Turn<C>>,
     handed: Condvar,
+}
+
+struct Turn<C: PoolConnection> {
+    conn: Option<Held<C>>,
+    /// It became first in line since it last looked: time to watch the pool.
+    promoted: bool,
+}
+
+impl<C: PoolConnection> Ticket<C> {
+    /// Tells the thread holding this ticket that it is first in line now.
+    fn promote(&self) {
+        if let Ok(mut turn) = self.slot.lock() {
+            turn.promoted = true;
+        }
+        self.handed.notify_one();
+    }
 }
 
 impl<C: PoolConnection> Line<C> {
@@ -63,7 +86,10 @@ impl<C: PoolConnection> Line<C> {
     /// Joins the end of the line.
     pub(crate) fn join(&self) -> Arc<Ticket<C>> {
         let ticket = Arc::new(Ticket {
-            slot: Mutex::new(None),
+            slot: Mutex::new(Turn {
+                conn: None,
+                promoted: false,
+            }),
             handed: Condvar::new(),
         });
         self.enter(Arc::clone(&ticket), false);
@@ -105,34 +131,47 @@ impl<C: PoolConnection> Line<C> {
         // Filled while the line is locked: `leave` then either finds the ticket still in line
         // or the connection already in its slot, never neither.
         match ticket.slot.lock() {
-            Ok(mut slot) => *slot = Some(conn),
+            Ok(mut slot) => slot.conn = Some(conn),
             Err(_) => return Some(conn),
         }
+        let next = queue.front().cloned();
         drop(queue);
         // Woken after both locks are released, so that it does not wake into a held lock.
         ticket.handed.notify_one();
+        if let Some(next) = next {
+            next.promote();
+        }
         None
     }
 
-    /// Waits up to `limit` for a connection handed to `ticket`.
+    /// Waits up to `limit` for a connection handed to `ticket`, or for word that it became
+    /// first in line (then `None`, as after the limit).
     pub(crate) fn wait(&self, ticket: &Ticket<C>, limit: Duration) -> Option<Held<C>> {
         let slot = ticket.slot.lock().ok()?;
         let (mut slot, _) = ticket
             .handed
-            .wait_timeout_while(slot, limit, |slot| slot.is_none())
+            .wait_timeout_while(slot, limit, |turn| turn.conn.is_none() && !turn.promoted)
             .ok()?;
-        slot.take()
+        slot.promoted = false;
+        slot.conn.take()
     }
 
     /// Leaves the line (served otherwise, or out of time); returns a connection handed to
     /// `ticket` meanwhile.
     pub(crate) fn leave(&self, ticket: &Arc<Ticket<C>>) -> Option<Held<C>> {
+        let mut next = None;
         if let Ok(mut queue) = self.queue.lock()
             && let Some(at) = queue.iter().position(|t| Arc::ptr_eq(t, ticket))
         {
             queue.remove(at);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if at == 0 {
+                next = queue.front().cloned();
+            }
         }
-        ticket.slot.lock().ok()?.take()
+        if let Some(next) = next {
+            next.promote();
+        }
+        ticket.slot.lock().ok()?.conn.take()
     }
 }
