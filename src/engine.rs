@@ -227,15 +227,26 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         checkouts::end(&held.conn.health, used, self.leak_threshold);
         let shared = &held.books.shared;
         shared.metrics.use_time().record(used.as_secs_f64());
-        let healthy = !std::thread::panicking() && held.conn.reusable();
-        if healthy && let Some(mut held) = Parking::park(held) {
-            // Not parked: someone is waiting, and the first in line gets it.
-            held.streak = 0;
+        if std::thread::panicking() || !held.conn.reusable() {
+            // Back to r2d2, which closes it; the first in line may open the replacement.
             let books = Arc::clone(&held.books);
-            drop(books.line.hand_off(held));
-            books.report_waiting();
+            drop(held);
+            books.line.wake_first();
+            return;
+        }
+        if let Some(held) = Parking::park(held) {
+            // Not parked: someone is waiting, and the first in line gets it.
+            hand_back(held);
         }
     }
+}
+
+/// Gives a connection that is not parked back: to the first in line, else to r2d2.
+pub(crate) fn hand_back<C: PoolConnection>(mut held: Held<C>) {
+    held.streak = 0;
+    let books = Arc::clone(&held.books);
+    drop(books.line.hand_off(held, books.shared.can_grow()));
+    books.report_waiting();
 }
 
 /// The answer to [`Engine::ping`].
@@ -493,6 +504,7 @@ impl<C: PoolConnection> Engine<C> {
             }
         }
         let deadline = start + self.settings.pool.timeout;
+        let shared = &self.books.shared;
         let ticket = line.join();
         self.books.report_waiting();
         let conn = loop {
@@ -500,7 +512,7 @@ impl<C: PoolConnection> Engine<C> {
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
                 // One handed over at the last moment is still served.
-                break line.leave(&ticket).and_then(valid);
+                break line.leave(&ticket, shared.can_grow()).and_then(valid);
             }
             let first = line.is_first(&ticket);
             if first {
@@ -520,8 +532,8 @@ impl<C: PoolConnection> Engine<C> {
                     }
                 });
                 if let Some(conn) = found {
-                    if let Some(extra) = line.leave(&ticket) {
-                        drop(line.hand_off(extra));
+                    if let Some(extra) = line.leave(&ticket, shared.can_grow()) {
+                        drop(line.hand_off(extra, shared.can_grow()));
                     }
                     break Some(conn);
                 }

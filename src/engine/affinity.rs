@@ -28,7 +28,7 @@ use super::{Held, HeldConn};
 
 /// How many times in a row a thread may keep the connection it returns while others wait
 /// before it must go to the first in line (see `line.rs`).
-pub(crate) const STREAK: u32 = 8;
+pub(crate) const STREAK: u32 = 12;
 
 /// One thread's parked connection for one engine: a pointer swapped in and out (one atomic
 /// operation per park and per take; a mutex around an `Option` cost two each), on cache lines
@@ -114,8 +114,9 @@ impl<C: PoolConnection> Entry for EntryOf<C> {
         self.parking.strong_count() > 0
     }
     fn release(&self) {
-        if let Some(parking) = self.parking.upgrade() {
-            drop(parking.empty(&self.slot));
+        if let Some(held) = self.parking.upgrade().and_then(|p| p.empty(&self.slot)) {
+            // To whoever waits, not to r2d2's list, where the line would find it only later.
+            super::hand_back(held);
         }
     }
 }

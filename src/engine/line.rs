@@ -21,9 +21,12 @@
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
 //! every [`POLL`] otherwise, so a connection parked by a thread that went on to other work
 //! waits at most that long while others wait. The others sleep until a connection is handed to
-//! them or they become first (the thread that takes the first ticket out of the line wakes the
-//! next one): when every waiter looked every 5 ms, 120 waiters woke 24 000 times a second for
-//! nothing, on 2 cores.
+//! them, or look every [`BEHIND`] (100 ms) whether they became first: when every waiter looked
+//! every 5 ms, 120 waiters woke 24 000 times a second for nothing, on 2 cores. While the pool
+//! can still open connections, the thread that takes the first ticket out of the line wakes the
+//! next one at once (a burst of threads at start-up then fills the pool without delay); once it
+//! is full, connections reach the line by hand-off, and that second wake-up per hand-off cost
+//! about a tenth of the throughput at 128 threads.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,8 +40,9 @@ use super::pool_connection::PoolConnection;
 /// connection is handed to it (and any waiter checks whether a health check should give up).
 pub(crate) const POLL: Duration = Duration::from_millis(5);
 
-/// The longest the others sleep between looks, should a wake-up go astray.
-pub(crate) const BEHIND: Duration = Duration::from_secs(1);
+/// The longest the others sleep between looks: how long a thread that became first in line
+/// without being woken (the pool was full) may take to start watching the pool.
+pub(crate) const BEHIND: Duration = Duration::from_millis(100);
 
 /// The waiting threads, in order of arrival.
 pub(crate) struct Line<C: PoolConnection> {
@@ -112,6 +116,22 @@ impl<C: PoolConnection> Line<C> {
         }
     }
 
+    /// Wakes the first in line, if anyone waits, to look at the pool: a connection went back
+    /// to it (or was closed, leaving room for another) other than by hand-off.
+    pub(crate) fn wake_first(&self) {
+        if self.waiting() == 0 {
+            return;
+        }
+        let first = self
+            .queue
+            .lock()
+            .ok()
+            .and_then(|queue| queue.front().cloned());
+        if let Some(first) = first {
+            first.promote();
+        }
+    }
+
     /// Whether `ticket` is first in line.
     pub(crate) fn is_first(&self, ticket: &Arc<Ticket<C>>) -> bool {
         self.queue
@@ -119,8 +139,9 @@ impl<C: PoolConnection> Line<C> {
             .is_ok_and(|queue| queue.front().is_some_and(|t| Arc::ptr_eq(t, ticket)))
     }
 
-    /// Gives `conn` to the first in line; hands it back when nobody waits.
-    pub(crate) fn hand_off(&self, conn: Held<C>) -> Option<Held<C>> {
+    /// Gives `conn` to the first in line; hands it back when nobody waits. `wake_next`: wake
+    /// the one behind it, which becomes first, to watch the pool (see [`Line::leave`]).
+    pub(crate) fn hand_off(&self, conn: Held<C>, wake_next: bool) -> Option<Held<C>> {
         let Ok(mut queue) = self.queue.lock() else {
             return Some(conn);
         };
@@ -134,7 +155,7 @@ impl<C: PoolConnection> Line<C> {
             Ok(mut slot) => slot.conn = Some(conn),
             Err(_) => return Some(conn),
         }
-        let next = queue.front().cloned();
+        let next = queue.front().filter(|_| wake_next).cloned();
         drop(queue);
         // Woken after both locks are released, so that it does not wake into a held lock.
         ticket.handed.notify_one();
@@ -157,15 +178,18 @@ impl<C: PoolConnection> Line<C> {
     }
 
     /// Leaves the line (served otherwise, or out of time); returns a connection handed to
-    /// `ticket` meanwhile.
-    pub(crate) fn leave(&self, ticket: &Arc<Ticket<C>>) -> Option<Held<C>> {
+    /// `ticket` meanwhile. `wake_next`: when it was first, wake the one behind it, which
+    /// becomes first, to watch the pool. Worth a wake-up only while the pool can still open
+    /// connections; when it is full, connections reach the line by hand-off, and the new
+    /// first finds out at its next look ([`BEHIND`]).
+    pub(crate) fn leave(&self, ticket: &Arc<Ticket<C>>, wake_next: bool) -> Option<Held<C>> {
         let mut next = None;
         if let Ok(mut queue) = self.queue.lock()
             && let Some(at) = queue.iter().position(|t| Arc::ptr_eq(t, ticket))
         {
             queue.remove(at);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if at == 0 {
+            if at == 0 && wake_next {
                 next = queue.front().cloned();
             }
         }

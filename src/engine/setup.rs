@@ -120,8 +120,12 @@ pub(super) fn housekeeping<C: PoolConnection>(books: &Arc<Books<C>>) {
                     let expired = books
                         .parking
                         .evict(|held| books.shared.retire_if_expired(&held.conn, now));
-                    // Dropped here, outside the slots: back to r2d2, which closes them.
-                    drop(expired);
+                    if !expired.is_empty() {
+                        // Dropped here, outside the slots: back to r2d2, which closes them;
+                        // the first in line may open their replacements.
+                        drop(expired);
+                        books.line.wake_first();
+                    }
                 }
                 if now.saturating_duration_since(recorded) >= RECORD_EVERY {
                     recorded = now;

@@ -267,9 +267,15 @@ impl Shared {
         )
     }
 
+    /// Whether the pool may still open connections (those open or being opened are fewer than
+    /// its size).
+    pub(crate) fn can_grow(&self) -> bool {
+        self.pool_slots.load(Ordering::Acquire) < self.max_size
+    }
+
     /// Whether the spare may be kept: the pool has room for it beside its own connections.
     pub(crate) fn room_for_spare(&self) -> bool {
-        self.pool_slots.load(Ordering::Acquire) < self.max_size
+        self.can_grow()
     }
 
     /// Closes the spare connection.
