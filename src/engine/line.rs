@@ -9,13 +9,17 @@
 //! looks at the pool's idle connections only when nobody waits.
 //!
 //! A returned connection goes straight to the first in line (HikariCP's hand-off) once the
-//! thread returning it has kept it [`super::affinity::STREAK`] (8) checkouts in a row while
+//! thread returning it has kept it [`super::affinity::STREAK`] (12) checkouts in a row while
 //! others waited; until then it stays parked for that thread's next checkout. Strict hand-off on
 //! every return was measured first: the best tails (p99 2-3 ms at C = 32, 9-10 ms at C = 128)
 //! but a wake-up of another thread per request, which on this 2-core virtual machine cost
 //! 5-33 % of the throughput under overload and about 40 % at 16 threads on the default pool of
-//! 10. With a streak of 8, throughput was 0.84-1.02x plain r2d2's in the runs so far, p99.9
-//! 0.4-0.85x of r2d2's, and no request waits more than a bounded number of turns.
+//! 10. The streak trades one for the other: a thread that joins the line waits about
+//! `streak x threads / throughput`, so p99 grows with it while hand-offs (and their wake-ups)
+//! get rarer. Measured at 128 threads on a pool of 8: a streak of 8 served 0.84-0.88x plain
+//! r2d2's requests, 16 served 1.04x but with a p99 above r2d2's (59 against 52 ms), 12 served
+//! 0.97-1.04x with a p99 of 40-46 ms against r2d2's 35-47 ms. No request waits more than a
+//! bounded number of turns.
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
