@@ -582,7 +582,8 @@ impl<C: PoolConnection> Engine<C> {
         if let Some(replica) = &mut self.replica {
             replica.stop_checking();
         }
-        self.shut_down_pool(wait);
+        // The drift check's wait counts against the same limit.
+        self.shut_down_pool(deadline.saturating_duration_since(Instant::now()));
         if let Some(replica) = &mut self.replica {
             replica
                 .engine
