@@ -144,6 +144,13 @@ pub(crate) struct Books<C: PoolConnection> {
 }
 
 impl<C: PoolConnection> Books<C> {
+    /// Records the pool's gauges as they are now: connections by state, the limits, the line.
+    fn record_gauges(&self) {
+        self.shared.record_counts();
+        self.shared.report_limits();
+        self.report_waiting();
+    }
+
     /// Sets `db.client.connection.pending_requests` to the line's length.
     fn report_waiting(&self) {
         self.shared
@@ -196,7 +203,7 @@ impl<C: PoolConnection> PooledConn<C> {
 
     /// The PostgreSQL backend pid of this connection (`None` on SQLite).
     pub fn backend_pid(&self) -> Option<i32> {
-        self.pooled().backend_pid
+        self.pooled().health.backend_pid
     }
 }
 
@@ -637,9 +644,7 @@ impl<C: PoolConnection> Engine<C> {
     /// figures matter, e.g. in a `/metrics` handler before rendering. (Counters and histograms
     /// are recorded as things happen.)
     pub fn record_metrics(&self) {
-        self.books.shared.record_counts();
-        self.books.shared.report_limits();
-        self.books.report_waiting();
+        self.books.record_gauges();
         if let Some(replica) = &self.replica {
             replica.engine.record_metrics();
         }

@@ -7,9 +7,9 @@
 //!
 //! 1. opens a connection of its own, outside the pool, and reads the ledger
 //!    (`datalayer_migrations`, beside Diesel's `__diesel_schema_migrations`). When migrating
-//!    or booting a set that has nothing to do and nothing to report (every migration applied, recorded under this set
-//!    with its checksum; no version it does not know), it stops here: no lock, no write.
-//!    Otherwise:
+//!    or booting a set that has nothing to do and nothing to report (every migration
+//!    applied, recorded under this set with its checksum; no version it does not know), it
+//!    stops here: no lock, no write. Otherwise:
 //! 2. readies the connection (no statement timeout, named `<application_name> (migrations)`)
 //!    and takes the migration lock ([`lock`]), waiting at most
 //!    `DATABASE_MIGRATION_LOCK_TIMEOUT` and saying who holds it;

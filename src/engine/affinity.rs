@@ -15,7 +15,8 @@
 //! No counter is shared by the threads' fast path (a shared counter written on every park and
 //! take cost the SQLite reads at 2 threads a tenth of their throughput): counting parked
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
-//! A thread's exit and the engine's drop return parked connections to the pool.
+//! A thread's exit hands its parked connections to threads waiting for one, else returns them
+//! to the pool; the engine's drop returns them to the pool.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -114,7 +115,9 @@ impl<C: PoolConnection> Entry for EntryOf<C> {
         self.parking.strong_count() > 0
     }
     fn release(&self) {
-        if let Some(held) = self.parking.upgrade().and_then(|p| p.empty(&self.slot)) {
+        if self.alive()
+            && let Some(held) = self.slot.take()
+        {
             // To whoever waits, not to r2d2's list, where the line would find it only later.
             super::hand_back(held);
         }
@@ -166,10 +169,6 @@ impl<C: PoolConnection> Parking<C> {
         u32::try_from(parked).unwrap_or(u32::MAX)
     }
 
-    fn empty(&self, slot: &Parked<C>) -> Option<Held<C>> {
-        slot.take()
-    }
-
     /// This thread's slot for this engine, made on first use.
     fn my_slot(self: &Arc<Self>) -> Option<Arc<Parked<C>>> {
         if let Ok((id, slot)) = LAST.try_with(Cell::get)
@@ -218,7 +217,7 @@ impl<C: PoolConnection> Parking<C> {
     /// The connection this thread parked, if it is still there.
     pub(crate) fn take_own(self: &Arc<Self>) -> Option<Held<C>> {
         let slot = self.my_slot()?;
-        self.empty(&slot)
+        slot.take()
     }
 
     /// Parks `conn` for this thread in its engine's parking, or hands it back (to be returned
@@ -240,7 +239,7 @@ impl<C: PoolConnection> Parking<C> {
 
     /// A connection parked by any thread.
     pub(crate) fn steal(&self) -> Option<Held<C>> {
-        self.slots().iter().find_map(|slot| self.empty(slot))
+        self.slots().iter().find_map(|slot| slot.take())
     }
 
     /// The parked connections for which `expired` says so, taken out of their slots (with,
@@ -262,9 +261,6 @@ impl<C: PoolConnection> Parking<C> {
 
     /// Every parked connection, for the engine's drop.
     pub(crate) fn drain(&self) -> Vec<Held<C>> {
-        self.slots()
-            .iter()
-            .filter_map(|slot| self.empty(slot))
-            .collect()
+        self.slots().iter().filter_map(|slot| slot.take()).collect()
     }
 }

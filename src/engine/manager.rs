@@ -51,8 +51,7 @@ pub struct Slot<C> {
     /// Boxed: a checkout and a return move the slot a few times, and a connection is several
     /// hundred bytes (moving it inline showed as 18 % of an idle checkout).
     pub(crate) conn: Box<C>,
-    /// The PostgreSQL backend pid, for diagnostics.
-    pub(crate) backend_pid: Option<i32>,
+    /// What validation and diagnostics know of it, the backend pid included.
     pub(crate) health: Arc<Health>,
 }
 
@@ -623,7 +622,6 @@ impl<C: PoolConnection> Manager<C> {
         });
         Ok(Slot {
             conn: Box::new(conn),
-            backend_pid,
             health,
         })
     }

@@ -129,8 +129,7 @@ pub(super) fn housekeeping<C: PoolConnection>(books: &Arc<Books<C>>) {
                 }
                 if now.saturating_duration_since(recorded) >= RECORD_EVERY {
                     recorded = now;
-                    books.shared.record_counts();
-                    books.report_waiting();
+                    books.record_gauges();
                 }
             }
         });

@@ -17,7 +17,8 @@ use crate::error::MigrationError;
 /// reference application's, which was the only one.
 pub(crate) const LEGACY_SET: &str = "datalayer";
 
-// The ledger table, and Diesel's (as diesel_migrations declares it). Not in `src/schema.rs`: `diesel.toml` filters them out of print-schema.
+// The ledger table, and Diesel's (as diesel_migrations declares it). Not in `src/schema.rs`:
+// `diesel.toml` filters them out of print-schema.
 #[allow(missing_docs)]
 mod table {
     diesel::table! {
