@@ -69,7 +69,7 @@ pub use self::connection::{Conn, MultiBackend};
 use self::line::{BEHIND, Line, POLL};
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
-use self::manager::{Manager, PoolEvents, RememberErrors, Shared};
+use self::manager::{Manager, PoolEvents, RememberErrors, Shared, clock_ns};
 pub use self::pool_connection::PoolConnection;
 use self::replica::Replica;
 pub use self::replica::ReplicaState;
@@ -185,8 +185,8 @@ pub struct PooledConn<C: PoolConnection = Conn> {
     /// Always `Some` until dropped.
     held: Option<Held<C>>,
     leak_threshold: Option<Duration>,
-    /// When it was handed over, for `db.client.connection.use_time`.
-    since: Instant,
+    /// When it was handed over ([`clock_ns`]), for `db.client.connection.use_time`.
+    since: u64,
 }
 
 impl<C: PoolConnection> PooledConn<C> {
@@ -230,7 +230,7 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         let Some(mut held) = self.held.take() else {
             return;
         };
-        let used = self.since.elapsed();
+        let used = Duration::from_nanos(clock_ns().saturating_sub(self.since));
         checkouts::end(&held.conn.health, used, self.leak_threshold);
         let shared = &held.books.shared;
         shared.metrics.use_time().record(used.as_secs_f64());
@@ -383,7 +383,7 @@ impl<C: PoolConnection> Engine<C> {
     /// PostgreSQL, when the server answers) its `pg_stat_activity` state.
     #[track_caller]
     pub fn get(&self) -> Result<PooledConn<C>, Error> {
-        self.get_from(std::panic::Location::caller(), Instant::now(), None)
+        self.get_from(std::panic::Location::caller(), clock_ns(), None)
     }
 
     /// Checks a connection out for reading: from the read replica's pool while the replica
@@ -398,18 +398,19 @@ impl<C: PoolConnection> Engine<C> {
     #[track_caller]
     pub fn read(&self) -> Result<PooledConn<C>, Error> {
         let site = std::panic::Location::caller();
-        let start = Instant::now();
+        let clock = clock_ns();
         if let Some(replica) = &self.replica {
+            let start = Instant::now();
             if replica.serving(start) {
                 let give_up = |now: Instant| replica.failing(start, now);
-                match replica.engine.get_from(site, start, Some(&give_up)) {
+                match replica.engine.get_from(site, clock, Some(&give_up)) {
                     Ok(conn) => return Ok(conn),
                     Err(error) => replica.checkout_failed(start, &error),
                 }
             }
             replica.fell_back();
         }
-        self.get_from(site, start, None)
+        self.get_from(site, clock, None)
     }
 
     /// Where reads go and why, with the replica pool's state; `None` without a replica.
@@ -417,38 +418,37 @@ impl<C: PoolConnection> Engine<C> {
         self.replica.as_ref().map(|replica| replica.state())
     }
 
-    /// [`Engine::get`] for the caller `site`, started at `start`; a wait gives up early when
-    /// `give_up` says so (given the time).
+    /// [`Engine::get`] for the caller `site`, started at `start` (a [`clock_ns`] reading); a
+    /// wait gives up early when `give_up` says so (given the time).
     fn get_from(
         &self,
         site: &'static std::panic::Location<'static>,
-        start: Instant,
+        start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> Result<PooledConn<C>, Error> {
-        if self
-            .books
-            .shared
-            .spare_held
-            .load(std::sync::atomic::Ordering::Relaxed)
-            && start.saturating_duration_since(self.spare_made) >= SPARE_FOR
+        let shared = &self.books.shared;
+        if shared.spare_held.load(std::sync::atomic::Ordering::Relaxed)
+            && shared
+                .instant_of(start)
+                .saturating_duration_since(self.spare_made)
+                >= SPARE_FOR
         {
             self.close_stale_spare();
         }
         let leak_threshold = self.settings.pool.leak_threshold;
         if let Some(threshold) = leak_threshold {
-            let shared = &self.books.shared;
             self.books
                 .checkouts
-                .warn_overdue(shared, shared.at(start), threshold);
+                .warn_overdue(shared, shared.since_epoch(start), threshold);
         }
         let (checked_out, waited) = self.checkout(start, give_up);
-        let metrics = &self.books.shared.metrics;
+        let metrics = &shared.metrics;
         metrics.checkout_wait().record(waited.as_secs_f64());
         match checked_out {
             Some(held) => {
                 metrics.checkouts().increment(1);
-                let since = start + waited;
-                checkouts::begin(&held.conn.health, site, self.books.shared.at(since));
+                let since = start.saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(0));
+                checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
                 Ok(PooledConn {
                     held: Some(held),
                     leak_threshold,
@@ -471,10 +471,10 @@ impl<C: PoolConnection> Engine<C> {
     /// another thread, else a wait for one (in short slices, stealing between them) until
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
-    /// this thread's own parked connection (validated against `start`).
+    /// this thread's own parked connection (validated against `start`, a [`clock_ns`] reading).
     fn checkout(
         &self,
-        start: Instant,
+        start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> (Option<Held<C>>, Duration) {
         use diesel::r2d2::ManageConnection;
@@ -487,6 +487,7 @@ impl<C: PoolConnection> Engine<C> {
         if own.is_some() {
             return (own, Duration::ZERO);
         }
+        let start = self.books.shared.instant_of(start);
         let valid = |mut held: Held<C>| {
             self.manager
                 .is_valid(&mut held.conn)
@@ -730,12 +731,13 @@ impl<C: PoolConnection> Engine<C> {
     /// pool timeout while the database is down or failing over.
     #[track_caller]
     pub fn ping_within(&self, limit: Duration) -> Result<Ping, Error> {
-        let start = Instant::now();
+        let clock = clock_ns();
         let shared = &self.books.shared;
+        let start = shared.instant_of(clock);
         let give_up = |now: Instant| {
             now.saturating_duration_since(start) >= limit || shared.failed_to_connect_since(start)
         };
-        Engine::ping_on(self.get_from(std::panic::Location::caller(), start, Some(&give_up))?)
+        Engine::ping_on(self.get_from(std::panic::Location::caller(), clock, Some(&give_up))?)
     }
 
     fn ping_on(mut conn: PooledConn<C>) -> Result<Ping, Error> {

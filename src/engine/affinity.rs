@@ -21,6 +21,7 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -50,6 +51,7 @@ impl<C: PoolConnection> Parked<C> {
     }
 
     /// Takes the parked connection out, if there is one.
+    #[inline]
     fn take(&self) -> Option<Held<C>> {
         let held = self.held.swap(std::ptr::null_mut(), Ordering::AcqRel);
         // SAFETY: a non-null pointer here came from `Box::into_raw` in `put`, and the swap
@@ -58,6 +60,7 @@ impl<C: PoolConnection> Parked<C> {
     }
 
     /// Parks `held`, or gives it back when the slot is taken.
+    #[inline]
     fn put(&self, held: Held<C>) -> Result<(), Held<C>> {
         let raw = Box::into_raw(held);
         match self.held.compare_exchange(
@@ -169,28 +172,29 @@ impl<C: PoolConnection> Parking<C> {
         u32::try_from(parked).unwrap_or(u32::MAX)
     }
 
-    /// This thread's slot for this engine, made on first use.
-    fn my_slot(self: &Arc<Self>) -> Option<Arc<Parked<C>>> {
+    /// This thread's slot for this engine, made on first use, as a pointer without a count
+    /// (taking one wrote the slot's count twice per checkout and return). `MINE` holds the
+    /// slot, and drops it only at thread exit or, in [`Parking::find_or_make_slot`], once its
+    /// engine is gone: so the pointer stays valid until this thread next calls this function
+    /// or exits. Callers use it at once and never keep it.
+    #[inline]
+    fn my_slot(self: &Arc<Self>) -> Option<NonNull<Parked<C>>> {
         if let Ok((id, slot)) = LAST.try_with(Cell::get)
             && id == self.id
-            && !slot.is_null()
         {
-            let slot = slot.cast::<Parked<C>>();
-            // SAFETY: `LAST` holds `Arc::as_ptr` of the slot `MINE` keeps for the engine `id`
-            // (ids are never reused, so the type is `Parked<C>`). `MINE` drops that slot only
-            // when the engine is gone (it is not: this is its `Parking`) or when the thread
-            // exits, after clearing `LAST`. So the `Arc` is alive, and one more count is ours.
-            return Some(unsafe {
-                Arc::increment_strong_count(slot);
-                Arc::from_raw(slot)
-            });
+            // `LAST` holds `Arc::as_ptr` of the slot `MINE` keeps for the engine `id` (ids are
+            // never reused, so the type is `Parked<C>`); `MINE`'s drop clears it first.
+            return NonNull::new(slot.cast_mut().cast::<Parked<C>>());
         }
         let slot = self.find_or_make_slot()?;
-        let _ = LAST.try_with(|last| last.set((self.id, Arc::as_ptr(&slot).cast::<()>())));
-        Some(slot)
+        let ptr = Arc::as_ptr(&slot);
+        let _ = LAST.try_with(|last| last.set((self.id, ptr.cast::<()>())));
+        // `MINE` holds another count: dropping this one leaves the slot alive.
+        NonNull::new(ptr.cast_mut())
     }
 
     /// [`Parking::my_slot`] without the shortcut.
+    #[cold]
     fn find_or_make_slot(self: &Arc<Self>) -> Option<Arc<Parked<C>>> {
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
@@ -217,7 +221,8 @@ impl<C: PoolConnection> Parking<C> {
     /// The connection this thread parked, if it is still there.
     pub(crate) fn take_own(self: &Arc<Self>) -> Option<Held<C>> {
         let slot = self.my_slot()?;
-        slot.take()
+        // SAFETY: see `my_slot`: used at once, on this thread.
+        unsafe { slot.as_ref() }.take()
     }
 
     /// Parks `conn` for this thread in its engine's parking, or hands it back (to be returned
@@ -234,7 +239,9 @@ impl<C: PoolConnection> Parking<C> {
         let Some(slot) = conn.books.parking.my_slot() else {
             return Some(conn);
         };
-        slot.put(conn).err()
+        // SAFETY: see `my_slot`: used at once, on this thread (moving `conn` into the slot,
+        // after which another thread may take it, does not touch `MINE`).
+        unsafe { slot.as_ref() }.put(conn).err()
     }
 
     /// A connection parked by any thread.

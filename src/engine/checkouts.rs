@@ -18,6 +18,7 @@ use crate::pool_state::Holder;
 /// Records that the connection of `health` is handed out from `site` at `since` (a
 /// [`Shared::now`] value, after any wait for it: a leak warning is about holding a connection,
 /// not waiting for one).
+#[inline]
 pub(crate) fn begin(health: &Health, site: &'static Location<'static>, since: u64) {
     health.leak_warned.store(false, Ordering::Relaxed);
     health.held_since.store(since, Ordering::Relaxed);
@@ -28,16 +29,25 @@ pub(crate) fn begin(health: &Health, site: &'static Location<'static>, since: u6
 
 /// Records that the connection of `health` was returned after `held`, warning if it was held
 /// past `threshold` unnoticed.
+#[inline]
 pub(crate) fn end(health: &Health, held: Duration, threshold: Option<Duration>) {
     let site = health.holder.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    let Some(threshold) = threshold else {
-        return;
-    };
+    if let Some(threshold) = threshold
+        && held > threshold
+    {
+        warn_leaked(health, site, held, threshold);
+    }
+}
+
+/// The leak warning of [`end`], out of the return's way: unless a checkout's scan warned
+/// already (or the connection was not checked out through the engine).
+#[cold]
+fn warn_leaked(health: &Health, site: *mut Location<'static>, held: Duration, threshold: Duration) {
     // SAFETY: only `begin` stores into `holder`, and it stores a `&'static Location`.
     let Some(site) = (unsafe { site.as_ref() }) else {
         return;
     };
-    if held > threshold && !health.leak_warned.load(Ordering::Relaxed) {
+    if !health.leak_warned.load(Ordering::Relaxed) {
         tracing::warn!(
             "a database connection checked out at {site} was held for {:.1}s \
              (DATABASE_POOL_LEAK_THRESHOLD {:.1}s)",

@@ -36,7 +36,7 @@ use secrecy::ExposeSecret;
 
 use super::Conn;
 use super::pool_connection::PoolConnection;
-pub(crate) use super::shared::{Health, Shared};
+pub(crate) use super::shared::{Health, Shared, clock_ns};
 use crate::config::{Backend, ConnectionUrl, Settings, Target};
 
 /// A connection whose last successful query started this recently is handed out without a
@@ -440,10 +440,16 @@ fn sql_only(query: &dyn std::fmt::Display) -> String {
 }
 
 impl DeathWatch {
+    /// Logs the query (`DATABASE_ECHO`) or warns that it was slow, when either is on.
+    #[inline]
     fn report(&self, query: &dyn std::fmt::Display, failed: bool) {
-        if !self.echo && self.slow.is_none() {
-            return;
+        if self.echo || self.slow.is_some() {
+            self.log(query, failed);
         }
+    }
+
+    #[cold]
+    fn log(&self, query: &dyn std::fmt::Display, failed: bool) {
         let took = Duration::from_nanos(self.shared.now().saturating_sub(self.started));
         let outcome = if failed { " (failed)" } else { "" };
         if self.echo {
@@ -521,24 +527,35 @@ impl Instrumentation for DeathWatch {
 }
 
 impl<C: PoolConnection> Manager<C> {
-    /// r2d2's validation, with the time already read by the caller (a clock read costs as
-    /// much as the rest of an idle checkout on some virtual machines).
-    pub(crate) fn is_valid_at(&self, slot: &mut Slot<C>, now: Instant) -> Result<(), ConnectError> {
+    /// r2d2's validation, with the time already read by the caller ([`clock_ns`]; a clock
+    /// read costs as much as the rest of an idle checkout on some virtual machines).
+    #[inline]
+    pub(crate) fn is_valid_at(&self, slot: &mut Slot<C>, clock: u64) -> Result<(), ConnectError> {
+        let now = self.shared.since_epoch(clock);
+        let last_ok = slot.health.last_ok.load(Ordering::Acquire);
+        let window = u64::try_from(VALIDATION_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        if !slot.health.dead.load(Ordering::Acquire)
+            && !self.shared.expired(&slot.health, now)
+            && now.saturating_sub(last_ok) < window
+            && !self.shared.dead_since(last_ok)
+        {
+            return Ok(());
+        }
+        self.check(slot, now)
+    }
+
+    /// [`Manager::is_valid_at`] for a connection that may not be handed out as it is: closed,
+    /// expired, or not used recently (a ping), at `now` ([`Shared::now`] units).
+    #[cold]
+    fn check(&self, slot: &mut Slot<C>, now: u64) -> Result<(), ConnectError> {
         if slot.health.dead.load(Ordering::Acquire) {
             return Err(ConnectError("the connection was closed".into()));
         }
-        let now = self.shared.at(now);
         if self.shared.expired(&slot.health, now) {
             slot.retire();
             return Err(ConnectError(
                 "past DATABASE_POOL_MAX_LIFETIME or DATABASE_POOL_IDLE_TIMEOUT".into(),
             ));
-        }
-        let last_ok = slot.health.last_ok.load(Ordering::Acquire);
-        let window = u64::try_from(VALIDATION_WINDOW.as_nanos()).unwrap_or(u64::MAX);
-        let recent = now.saturating_sub(last_ok) < window;
-        if recent && !self.shared.dead_since(last_ok) {
-            return Ok(());
         }
         slot.conn.ping().map_err(|e| {
             self.shared.metrics.broken().increment(1);
@@ -567,7 +584,7 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
     }
 
     fn is_valid(&self, slot: &mut Slot<C>) -> Result<(), ConnectError> {
-        self.is_valid_at(slot, Instant::now())
+        self.is_valid_at(slot, clock_ns())
     }
 
     fn has_broken(&self, slot: &mut Slot<C>) -> bool {

@@ -81,6 +81,7 @@ pub(crate) struct PoolMetrics {
 /// A function returning the current recorder's handle for one of the pool's metrics.
 macro_rules! handle {
     ($fn_name:ident, $index:expr, $kind:ident, $register:ident) => {
+        #[inline]
         pub(crate) fn $fn_name(&self) -> ::metrics::$kind {
             let key = &self.keys[$index];
             ::metrics::with_recorder(|recorder| recorder.$register(key, &METADATA))

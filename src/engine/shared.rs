@@ -208,6 +208,7 @@ impl Shared {
     /// the time of the last timer tick: a few ms behind, never ahead, and a fifth of the cost
     /// of a full read). For stamps where earlier is safe: a connection's last successful query
     /// stamped a few ms early is at worst validated or retired a few ms early.
+    #[inline]
     pub(super) fn coarse_now(&self) -> u64 {
         monotonic_ns(libc::CLOCK_MONOTONIC_COARSE)
             .saturating_sub(self.epoch_raw)
@@ -216,10 +217,22 @@ impl Shared {
 
     /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
     pub(super) fn now(&self) -> u64 {
-        self.at(Instant::now())
+        self.since_epoch(clock_ns())
     }
 
-    /// `instant` in [`Shared::now`] units.
+    /// A [`clock_ns`] reading in [`Shared::now`] units.
+    #[inline]
+    pub(super) fn since_epoch(&self, clock: u64) -> u64 {
+        clock.saturating_sub(self.epoch_raw).saturating_add(1)
+    }
+
+    /// A [`clock_ns`] reading as an `Instant`, for the slow paths that compute with them.
+    pub(super) fn instant_of(&self, clock: u64) -> Instant {
+        self.epoch + Duration::from_nanos(clock.saturating_sub(self.epoch_raw))
+    }
+
+    /// `instant` in [`Shared::now`] units (within the few ns between reading `epoch` and
+    /// `epoch_raw` of [`Shared::since_epoch`]).
     pub(super) fn at(&self, instant: Instant) -> u64 {
         u64::try_from(instant.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
@@ -229,6 +242,7 @@ impl Shared {
     /// Whether a connection is past `DATABASE_POOL_MAX_LIFETIME` (counted from when it was
     /// made) or `DATABASE_POOL_IDLE_TIMEOUT` (counted from its last successful query) at `now`
     /// (a [`Shared::now`] value).
+    #[inline]
     pub(super) fn expired(&self, health: &Health, now: u64) -> bool {
         let since = |moment: &AtomicU64| now.saturating_sub(moment.load(Ordering::Acquire));
         health.born.load(Ordering::Acquire) < self.retire_before.load(Ordering::Acquire)
@@ -304,6 +318,7 @@ impl Shared {
     }
 
     /// Was a connection found dead at or after `moment` (a [`Shared::now`] value)?
+    #[inline]
     pub(super) fn dead_since(&self, moment: u64) -> bool {
         self.last_dead.load(Ordering::Acquire) >= moment
     }
@@ -325,7 +340,17 @@ impl Shared {
     }
 }
 
+/// `CLOCK_MONOTONIC` (the clock `Instant` reads on Linux) in nanoseconds, as one integer. A
+/// checkout and its return read the time once each, and `Instant`'s arithmetic (normalising
+/// seconds and nanoseconds, checked) cost more instructions than the rest of a checkout of
+/// the thread's own parked connection.
+#[inline]
+pub(crate) fn clock_ns() -> u64 {
+    monotonic_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// A reading of `clock` in nanoseconds (`Instant` reads `CLOCK_MONOTONIC` on Linux).
+#[inline]
 fn monotonic_ns(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
