@@ -235,20 +235,25 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
         let shared = &held.books.shared;
         shared.metrics.use_time().record(used.as_secs_f64());
         if std::thread::panicking() || !held.conn.reusable() {
-            // Back to r2d2, which closes it; the first in line may open the replacement.
-            let books = Arc::clone(&held.books);
-            drop(held);
-            books.line.wake_first();
-            return;
-        }
-        if let Some(held) = Parking::park(held) {
+            close(held);
+        } else if let Some(held) = Parking::park(held) {
             // Not parked: someone is waiting, and the first in line gets it.
             hand_back(held);
         }
     }
 }
 
+/// Returns a connection that may not be reused to r2d2, which closes it; the first in line
+/// may open the replacement.
+#[cold]
+fn close<C: PoolConnection>(held: Held<C>) {
+    let books = Arc::clone(&held.books);
+    drop(held);
+    books.line.wake_first();
+}
+
 /// Gives a connection that is not parked back: to the first in line, else to r2d2.
+#[inline(never)]
 pub(crate) fn hand_back<C: PoolConnection>(mut held: Held<C>) {
     held.streak = 0;
     let books = Arc::clone(&held.books);
@@ -442,11 +447,9 @@ impl<C: PoolConnection> Engine<C> {
                 .warn_overdue(shared, shared.since_epoch(start), threshold);
         }
         let (checked_out, waited) = self.checkout(start, give_up);
-        let metrics = &shared.metrics;
-        metrics.checkout_wait().record(waited.as_secs_f64());
         match checked_out {
             Some(held) => {
-                metrics.checkouts().increment(1);
+                shared.metrics.checked_out(waited);
                 let since = start.saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(0));
                 checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
                 Ok(PooledConn {
@@ -455,15 +458,22 @@ impl<C: PoolConnection> Engine<C> {
                     since,
                 })
             }
-            None => Err({
-                metrics.checkout_timeouts().increment(1);
-                Error::PoolTimeout {
-                    waited,
-                    state: self.state(),
-                    last_error: self.books.shared.last_error().map(|(message, _)| message),
-                    holders: self.holders_with_state(),
-                }
-            }),
+            None => {
+                shared.metrics.checkout_wait().record(waited.as_secs_f64());
+                Err(self.timed_out(waited))
+            }
+        }
+    }
+
+    /// The error of a checkout that waited `waited` in vain.
+    #[cold]
+    fn timed_out(&self, waited: Duration) -> Error {
+        self.books.shared.metrics.checkout_timeouts().increment(1);
+        Error::PoolTimeout {
+            waited,
+            state: self.state(),
+            last_error: self.books.shared.last_error().map(|(message, _)| message),
+            holders: self.holders_with_state(),
         }
     }
 
@@ -472,12 +482,12 @@ impl<C: PoolConnection> Engine<C> {
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
     /// this thread's own parked connection (validated against `start`, a [`clock_ns`] reading).
+    #[inline]
     fn checkout(
         &self,
         start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> (Option<Held<C>>, Duration) {
-        use diesel::r2d2::ManageConnection;
         let own = self.books.parking.take_own().and_then(|mut held| {
             self.manager
                 .is_valid_at(&mut held.conn, start)
@@ -487,7 +497,20 @@ impl<C: PoolConnection> Engine<C> {
         if own.is_some() {
             return (own, Duration::ZERO);
         }
-        let start = self.books.shared.instant_of(start);
+        self.checkout_elsewhere(self.books.shared.instant_of(start), give_up)
+    }
+
+    /// [`Engine::checkout`] when this thread has no connection parked (or its parked one
+    /// failed validation): the pool, other threads' parked ones, the line. Out of line, so
+    /// that the usual checkout's code stays short.
+    #[cold]
+    #[inline(never)]
+    fn checkout_elsewhere(
+        &self,
+        start: Instant,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> (Option<Held<C>>, Duration) {
+        use diesel::r2d2::ManageConnection;
         let valid = |mut held: Held<C>| {
             self.manager
                 .is_valid(&mut held.conn)
@@ -567,6 +590,7 @@ impl<C: PoolConnection> Engine<C> {
 
     /// Closes the connection kept from `connect` (called once it is too old to serve a
     /// migration run), so an application that never migrates does not hold it for good.
+    #[cold]
     fn close_stale_spare(&self) {
         self.books.shared.drop_spare();
     }
