@@ -3,7 +3,8 @@
 //! around checkout + query + return into an HDR histogram. The engine against a plain r2d2
 //! pool of 8 (no test on checkout: its fastest) and pgbench through PgBouncer with 8 server
 //! connections (transaction mode, `-M extended`; its latencies from pgbench's per-transaction
-//! log). Rounds are interleaved and merged.
+//! log). Every round runs every C and case (in the reverse order of the round before); the
+//! latencies of the rounds are merged, and the ratios are medians of same-round pairs.
 
 use std::time::{Duration, Instant};
 
@@ -175,29 +176,44 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
         "| C | case | req/s | p50 ms | p99 ms | p99.9 ms | max ms | max / p99.9 | over 10x p50 |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut peak = f64::NAN;
-    for clients in [POOL, POOL * 4, POOL * 16] {
-        let mut cases = [Measured::new(), Measured::new(), Measured::new()];
-        for round in 0..config.rounds.max(1) {
-            for (case, total) in cases.iter_mut().enumerate() {
-                crate::progress::run(&format!(
-                    "overload C={clients}, round {}/{}, case {}/3",
-                    round + 1,
-                    config.rounds.max(1),
-                    case + 1
-                ));
-                settle(config)?;
-                let measured = match (case, &bouncer_url) {
-                    (0, _) => engine(config, &settings, clients)?,
-                    (1, _) => plain_r2d2(config, clients)?,
-                    (_, Some(url)) => pgbench(config, url, clients)?,
-                    (_, None) => continue,
-                };
-                total.add(measured);
-            }
+    // Every round runs every (C, case) pair, in the opposite order to the round before (ABBA),
+    // so that the ratios below pair figures measured minutes apart at most, not a whole
+    // column apart: the machine's other load drifts over a run.
+    const SIZES: [usize; 3] = [POOL, POOL * 4, POOL * 16];
+    let names = ["engine", "plain r2d2", "pgbench via PgBouncer"];
+    let mut cases: [[Measured; 3]; 3] =
+        std::array::from_fn(|_| std::array::from_fn(|_| Measured::new()));
+    let mut runs = crate::Runs::<9> { rounds: Vec::new() };
+    let rounds = config.rounds.max(1);
+    for round in 0..rounds {
+        let mut rates = [f64::NAN; 9];
+        let mut order: Vec<(usize, usize)> = (0..3)
+            .flat_map(|size| (0..3).map(move |case| (size, case)))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        let names = ["engine", "plain r2d2", "pgbench via PgBouncer"];
-        for (name, measured) in names.iter().zip(&cases) {
+        for (size, case) in order {
+            let clients = SIZES[size];
+            crate::progress::run(&format!(
+                "overload C={clients}, round {}/{rounds}, case {}/3",
+                round + 1,
+                case + 1
+            ));
+            settle(config)?;
+            let measured = match (case, &bouncer_url) {
+                (0, _) => engine(config, &settings, clients)?,
+                (1, _) => plain_r2d2(config, clients)?,
+                (_, Some(url)) => pgbench(config, url, clients)?,
+                (_, None) => continue,
+            };
+            rates[size * 3 + case] = measured.per_second();
+            cases[size][case].add(measured);
+        }
+        runs.rounds.push(rates);
+    }
+    for (size, clients) in SIZES.into_iter().enumerate() {
+        for (name, measured) in names.iter().zip(&cases[size]) {
             if measured.requests == 0 {
                 continue;
             }
@@ -233,16 +249,15 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
                 100.0 * slow as f64 / h.len().max(1) as f64,
             );
         }
-        if clients == POOL {
-            peak = cases[0].per_second();
-        } else {
+        if clients > POOL {
+            // Ratios: the median over rounds of the pair measured in the same round.
             println!(
                 "| {clients} | engine / plain r2d2 | {:.2} | | | | | | |",
-                cases[0].per_second() / cases[1].per_second()
+                runs.paired(size * 3, size * 3 + 1)
             );
             println!(
                 "| {clients} | engine / its peak at C = {POOL} | {:.2} | | | | | | |",
-                cases[0].per_second() / peak
+                runs.paired(size * 3, 0)
             );
         }
     }
