@@ -252,6 +252,44 @@ fn settings_built_in_code_are_checked_before_the_pool_is_built() {
 }
 
 #[test]
+fn a_thread_that_keeps_checking_out_hands_over_to_the_waiting_within_its_streak() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for (engine, _place) in crate::common::fresh_engines("dl_streak", &[]) {
+        let engine = Arc::new(crate::common::with_pool(&engine, |pool| {
+            pool.max_size = 1;
+            pool.min_idle = Some(1);
+        }));
+        let mut conn = engine.get().expect("the only connection");
+        let served = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (engine, served) = (Arc::clone(&engine), Arc::clone(&served));
+            std::thread::spawn(move || {
+                let conn = engine.get().expect("served in turn");
+                served.store(true, Ordering::Release);
+                drop(conn);
+            })
+        };
+        crate::common::wait_for("the thread joins the line", Duration::from_secs(10), || {
+            engine.state().waiting == 1
+        });
+        // This thread returns and takes the connection again and again: it keeps it (parked)
+        // for up to 12 checkouts in a row while one thread waits, then hands it over.
+        let mut checkouts = 0;
+        while !served.load(Ordering::Acquire) && checkouts < 1000 {
+            drop(conn);
+            conn = engine.get().expect("back after the waiter's turn");
+            checkouts += 1;
+        }
+        waiter.join().expect("no panic");
+        assert!(
+            (2..=13).contains(&checkouts),
+            "the waiter was served after {checkouts} checkouts of the other thread"
+        );
+    }
+}
+
+#[test]
 fn waiting_threads_are_served_in_the_order_they_arrived() {
     use std::sync::{Arc, Mutex};
     for (engine, _place) in crate::common::fresh_engines("dl_fifo", &[]) {
