@@ -91,7 +91,10 @@ struct Attempts {
 impl Shared {
     pub(crate) fn new(pool: &str, settings: &Settings) -> Arc<Shared> {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Read back to back: `at` (from `epoch`) and `since_epoch` (from `epoch_raw`) then agree
+        // within a clock read, and coarse readings never come out ahead of fine ones.
         let epoch = Instant::now();
+        let epoch_raw = monotonic_ns(libc::CLOCK_MONOTONIC);
         Arc::new(Shared {
             metrics: super::metrics::PoolMetrics::new(pool),
             pool_slots: AtomicU64::new(0),
@@ -103,8 +106,7 @@ impl Shared {
             lifetime: settings.pool.max_lifetime.map(nanos),
             idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch,
-            // Read after `epoch`: coarse readings then never come out ahead of fine ones.
-            epoch_raw: monotonic_ns(libc::CLOCK_MONOTONIC),
+            epoch_raw,
             last_dead: AtomicU64::new(0),
             retire_before: AtomicU64::new(0),
             last_error: Mutex::new(None),

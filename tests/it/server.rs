@@ -115,7 +115,8 @@ fn stop(running: Running) -> String {
 
 /// The API, as a client sees it.
 fn exercise(addr: SocketAddr) {
-    assert_eq!(http(addr, "GET", "/healthz", "").status, 200);
+    let health = http(addr, "GET", "/healthz", "");
+    assert_eq!(health.status, 200, "{}", health.body);
     // The boot's drift check runs in the background; once done, it found nothing.
     crate::common::wait_for(
         "/healthz reports the finished drift check",
