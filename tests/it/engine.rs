@@ -1,5 +1,6 @@
 //! The engine against real databases: session setup, pool state, ping, errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use datalayer::engine::PoolState;
@@ -251,15 +252,24 @@ fn settings_built_in_code_are_checked_before_the_pool_is_built() {
     );
 }
 
+/// A fresh engine of each backend with a pool of one connection, shareable between threads.
+fn one_connection_engines(prefix: &str) -> Vec<(Arc<Engine>, crate::common::Place)> {
+    crate::common::fresh_engines(prefix, &[])
+        .into_iter()
+        .map(|(engine, place)| {
+            let one = crate::common::with_pool(&engine, |pool| {
+                pool.max_size = 1;
+                pool.min_idle = Some(1);
+            });
+            (Arc::new(one), place)
+        })
+        .collect()
+}
+
 #[test]
 fn a_thread_that_keeps_checking_out_hands_over_to_the_waiting_within_its_streak() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    for (engine, _place) in crate::common::fresh_engines("dl_streak", &[]) {
-        let engine = Arc::new(crate::common::with_pool(&engine, |pool| {
-            pool.max_size = 1;
-            pool.min_idle = Some(1);
-        }));
+    for (engine, _place) in one_connection_engines("dl_streak") {
         let mut conn = engine.get().expect("the only connection");
         let served = Arc::new(AtomicBool::new(false));
         let waiter = {
@@ -291,12 +301,8 @@ fn a_thread_that_keeps_checking_out_hands_over_to_the_waiting_within_its_streak(
 
 #[test]
 fn waiting_threads_are_served_in_the_order_they_arrived() {
-    use std::sync::{Arc, Mutex};
-    for (engine, _place) in crate::common::fresh_engines("dl_fifo", &[]) {
-        let engine = Arc::new(crate::common::with_pool(&engine, |pool| {
-            pool.max_size = 1;
-            pool.min_idle = Some(1);
-        }));
+    use std::sync::Mutex;
+    for (engine, _place) in one_connection_engines("dl_fifo") {
         let held = engine.get().expect("the only connection");
         let served = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
