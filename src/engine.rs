@@ -42,6 +42,7 @@
 
 mod affinity;
 mod boot;
+mod checkout;
 mod checkouts;
 // The MultiConnection derive generates public items without docs.
 #[allow(missing_docs)]
@@ -50,27 +51,29 @@ mod line;
 mod manager;
 pub mod metrics;
 mod pool_connection;
+mod pooled_conn;
 mod replica;
 mod setup;
 mod shared;
 pub mod transaction;
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
-use diesel::r2d2::{Pool, PooledConnection};
+use diesel::r2d2::Pool;
 use diesel::sql_types::Text;
 
 use self::affinity::Parking;
 pub use self::connection::{Conn, MultiBackend};
-use self::line::{BEHIND, Line, POLL};
+use self::line::Line;
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, Shared, clock_ns};
 pub use self::pool_connection::PoolConnection;
+pub use self::pooled_conn::PooledConn;
+pub(crate) use self::pooled_conn::{Held, HeldConn, hand_back};
 use self::replica::Replica;
 pub use self::replica::ReplicaState;
 pub(crate) use self::setup::check_backend;
@@ -158,107 +161,6 @@ impl<C: PoolConnection> Books<C> {
             .pending()
             .set(self.line.waiting() as f64);
     }
-}
-
-/// A connection out of r2d2's hands (checked out or parked), boxed: a checkout and a return
-/// move it through several hands (slot, checkout, `PooledConn`), and copying r2d2's
-/// connection wrapper each time was a third of a checkout of a thread's parked connection.
-pub(crate) type Held<C> = Box<HeldConn<C>>;
-
-/// What [`Held`] boxes: the connection with its own handle on the engine's books. The handle
-/// travels with the connection into the parking slot and back, so the fast path never
-/// touches the `Arc`'s count, which every thread would otherwise write. Aligned to cache
-/// lines: each is written by the thread holding it.
-#[repr(align(128))]
-pub(crate) struct HeldConn<C: PoolConnection> {
-    conn: PooledConnection<Manager<C>>,
-    books: Arc<Books<C>>,
-    /// How many times in a row this thread kept it while others waited (see `line.rs`).
-    streak: u32,
-}
-
-/// A connection checked out of the pool; it goes back when dropped.
-///
-/// Dereferences to the engine's connection type (by default [`Conn`]), so `&mut pooled` is
-/// what query functions take.
-pub struct PooledConn<C: PoolConnection = Conn> {
-    /// Always `Some` until dropped.
-    held: Option<Held<C>>,
-    leak_threshold: Option<Duration>,
-    /// When it was handed over ([`clock_ns`]), for `db.client.connection.use_time`.
-    since: u64,
-}
-
-impl<C: PoolConnection> PooledConn<C> {
-    fn held(&self) -> &Held<C> {
-        match &self.held {
-            Some(held) => held,
-            None => unreachable!("a PooledConn holds its connection until dropped"),
-        }
-    }
-
-    fn pooled(&self) -> &PooledConnection<Manager<C>> {
-        &self.held().conn
-    }
-
-    /// The PostgreSQL backend pid of this connection (`None` on SQLite).
-    pub fn backend_pid(&self) -> Option<i32> {
-        self.pooled().health.backend_pid
-    }
-}
-
-impl<C: PoolConnection> Deref for PooledConn<C> {
-    type Target = C;
-    fn deref(&self) -> &C {
-        &self.pooled().conn
-    }
-}
-
-impl<C: PoolConnection> DerefMut for PooledConn<C> {
-    fn deref_mut(&mut self) -> &mut C {
-        match &mut self.held {
-            Some(held) => &mut held.conn.conn,
-            None => unreachable!("a PooledConn holds its connection until dropped"),
-        }
-    }
-}
-
-impl<C: PoolConnection> Drop for PooledConn<C> {
-    /// Parks a healthy connection for this thread's next checkout (see "Connection affinity"
-    /// in the module docs), or returns it to the pool.
-    fn drop(&mut self) {
-        let Some(mut held) = self.held.take() else {
-            return;
-        };
-        let used = Duration::from_nanos(clock_ns().saturating_sub(self.since));
-        checkouts::end(&held.conn.health, used, self.leak_threshold);
-        let shared = &held.books.shared;
-        shared.metrics.use_time().record(used.as_secs_f64());
-        if std::thread::panicking() || !held.conn.reusable() {
-            close(held);
-        } else if let Some(held) = Parking::park(held) {
-            // Not parked: someone is waiting, and the first in line gets it.
-            hand_back(held);
-        }
-    }
-}
-
-/// Returns a connection that may not be reused to r2d2, which closes it; the first in line
-/// may open the replacement.
-#[cold]
-fn close<C: PoolConnection>(held: Held<C>) {
-    let books = Arc::clone(&held.books);
-    drop(held);
-    books.line.wake_first();
-}
-
-/// Gives a connection that is not parked back: to the first in line, else to r2d2.
-#[inline(never)]
-pub(crate) fn hand_back<C: PoolConnection>(mut held: Held<C>) {
-    held.streak = 0;
-    let books = Arc::clone(&held.books);
-    drop(books.line.hand_off(held, books.shared.can_grow()));
-    books.report_waiting();
 }
 
 /// The answer to [`Engine::ping`].
@@ -421,171 +323,6 @@ impl<C: PoolConnection> Engine<C> {
     /// Where reads go and why, with the replica pool's state; `None` without a replica.
     pub fn replica_state(&self) -> Option<ReplicaState> {
         self.replica.as_ref().map(|replica| replica.state())
-    }
-
-    /// [`Engine::get`] for the caller `site`, started at `start` (a [`clock_ns`] reading); a
-    /// wait gives up early when `give_up` says so (given the time).
-    fn get_from(
-        &self,
-        site: &'static std::panic::Location<'static>,
-        start: u64,
-        give_up: Option<&dyn Fn(Instant) -> bool>,
-    ) -> Result<PooledConn<C>, Error> {
-        let shared = &self.books.shared;
-        if shared.spare_held.load(std::sync::atomic::Ordering::Relaxed)
-            && shared
-                .instant_of(start)
-                .saturating_duration_since(self.spare_made)
-                >= SPARE_FOR
-        {
-            self.close_stale_spare();
-        }
-        let leak_threshold = self.settings.pool.leak_threshold;
-        if let Some(threshold) = leak_threshold {
-            self.books
-                .checkouts
-                .warn_overdue(shared, shared.since_epoch(start), threshold);
-        }
-        let (checked_out, waited) = self.checkout(start, give_up);
-        match checked_out {
-            Some(held) => {
-                shared.metrics.checked_out(waited);
-                let since = start.saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(0));
-                checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
-                Ok(PooledConn {
-                    held: Some(held),
-                    leak_threshold,
-                    since,
-                })
-            }
-            None => {
-                shared.metrics.checkout_wait().record(waited.as_secs_f64());
-                Err(self.timed_out(waited))
-            }
-        }
-    }
-
-    /// The error of a checkout that waited `waited` in vain.
-    #[cold]
-    fn timed_out(&self, waited: Duration) -> Error {
-        self.books.shared.metrics.checkout_timeouts().increment(1);
-        Error::PoolTimeout {
-            waited,
-            state: self.state(),
-            last_error: self.books.shared.last_error().map(|(message, _)| message),
-            holders: self.holders_with_state(),
-        }
-    }
-
-    /// This thread's parked connection, else an idle one, else a parked one stolen from
-    /// another thread, else a wait for one (in short slices, stealing between them) until
-    /// the pool timeout. Parked and stolen connections pass the same validation as the
-    /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
-    /// this thread's own parked connection (validated against `start`, a [`clock_ns`] reading).
-    #[inline]
-    fn checkout(
-        &self,
-        start: u64,
-        give_up: Option<&dyn Fn(Instant) -> bool>,
-    ) -> (Option<Held<C>>, Duration) {
-        let own = self.books.parking.take_own().and_then(|mut held| {
-            self.manager
-                .is_valid_at(&mut held.conn, start)
-                .is_ok()
-                .then_some(held)
-        });
-        if own.is_some() {
-            return (own, Duration::ZERO);
-        }
-        self.checkout_elsewhere(self.books.shared.instant_of(start), give_up)
-    }
-
-    /// [`Engine::checkout`] when this thread has no connection parked (or its parked one
-    /// failed validation): the pool, other threads' parked ones, the line. Out of line, so
-    /// that the usual checkout's code stays short.
-    #[cold]
-    #[inline(never)]
-    fn checkout_elsewhere(
-        &self,
-        start: Instant,
-        give_up: Option<&dyn Fn(Instant) -> bool>,
-    ) -> (Option<Held<C>>, Duration) {
-        use diesel::r2d2::ManageConnection;
-        let valid = |mut held: Held<C>| {
-            self.manager
-                .is_valid(&mut held.conn)
-                .is_ok()
-                .then_some(held)
-        };
-        let hold = |conn| {
-            Box::new(HeldConn {
-                conn,
-                books: Arc::clone(&self.books),
-                streak: 0,
-            })
-        };
-        // A newcomer does not pass those waiting in line (see `line.rs`).
-        let line = &self.books.line;
-        if line.waiting() == 0 {
-            if let Some(conn) = self.pool.try_get() {
-                return (Some(hold(conn)), start.elapsed());
-            }
-            if let Some(conn) = self.books.parking.steal().and_then(valid) {
-                return (Some(conn), start.elapsed());
-            }
-        }
-        let deadline = start + self.settings.pool.timeout;
-        let shared = &self.books.shared;
-        let ticket = line.join();
-        self.books.report_waiting();
-        let conn = loop {
-            let now = Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
-                // One handed over at the last moment is still served.
-                break line.leave(&ticket, shared.can_grow()).and_then(valid);
-            }
-            let first = line.is_first(&ticket);
-            if first {
-                // The first in line also takes what reaches the pool rather than the line:
-                // connections parked before anyone waited, new ones (opening one when the
-                // pool has room and none is being opened: each `get_timeout` that finds no idle
-                // connection starts opening one, and an open slower than a poll would
-                // otherwise start another on every poll), replacements.
-                let found = self.books.parking.steal().and_then(valid).or_else(|| {
-                    let state = self.pool.state();
-                    let may_open =
-                        state.connections < self.pool.max_size() && !self.books.shared.connecting();
-                    if state.idle_connections > 0 || may_open {
-                        self.pool.get_timeout(left.min(POLL)).ok().map(hold)
-                    } else {
-                        None
-                    }
-                });
-                if let Some(conn) = found {
-                    if let Some(extra) = line.leave(&ticket, shared.can_grow()) {
-                        drop(line.hand_off(extra, shared.can_grow()));
-                    }
-                    break Some(conn);
-                }
-            }
-            // Only the first in line (and a health check, to give up in time) looks around
-            // every POLL; the others sleep until served or promoted.
-            let slice = if first || give_up.is_some() {
-                POLL
-            } else {
-                BEHIND
-            };
-            if let Some(handed) = line.wait(&ticket, left.min(slice)) {
-                match valid(handed) {
-                    Some(conn) => break Some(conn),
-                    // Closed on its way back to the pool; this thread keeps its turn.
-                    None => line.rejoin_first(&ticket),
-                }
-            }
-        };
-        self.books.report_waiting();
-        (conn, start.elapsed())
     }
 
     /// Closes the connection kept from `connect` (called once it is too old to serve a

@@ -1,0 +1,178 @@
+//! The checkout: this thread's parked connection on the usual path, kept short; the pool, other
+//! threads' parked connections and the line of waiting threads out of line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::checkouts;
+use super::line::{BEHIND, POLL};
+use super::pool_connection::PoolConnection;
+use super::{Engine, Held, HeldConn, PooledConn, SPARE_FOR};
+use crate::error::Error;
+
+impl<C: PoolConnection> Engine<C> {
+    /// [`Engine::get`] for the caller `site`, started at `start` (a [`clock_ns`](super::shared::clock_ns) reading); a
+    /// wait gives up early when `give_up` says so (given the time).
+    pub(super) fn get_from(
+        &self,
+        site: &'static std::panic::Location<'static>,
+        start: u64,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> Result<PooledConn<C>, Error> {
+        let shared = &self.books.shared;
+        if shared.spare_held.load(std::sync::atomic::Ordering::Relaxed)
+            && shared
+                .instant_of(start)
+                .saturating_duration_since(self.spare_made)
+                >= SPARE_FOR
+        {
+            self.close_stale_spare();
+        }
+        let leak_threshold = self.settings.pool.leak_threshold;
+        if let Some(threshold) = leak_threshold {
+            self.books
+                .checkouts
+                .warn_overdue(shared, shared.since_epoch(start), threshold);
+        }
+        let (checked_out, waited) = self.checkout(start, give_up);
+        match checked_out {
+            Some(held) => {
+                shared.metrics.checked_out(waited);
+                let since = start.saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(0));
+                checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
+                Ok(PooledConn {
+                    held: Some(held),
+                    leak_threshold,
+                    since,
+                })
+            }
+            None => {
+                shared.metrics.checkout_wait().record(waited.as_secs_f64());
+                Err(self.timed_out(waited))
+            }
+        }
+    }
+
+    /// The error of a checkout that waited `waited` in vain.
+    #[cold]
+    fn timed_out(&self, waited: Duration) -> Error {
+        self.books.shared.metrics.checkout_timeouts().increment(1);
+        Error::PoolTimeout {
+            waited,
+            state: self.state(),
+            last_error: self.books.shared.last_error().map(|(message, _)| message),
+            holders: self.holders_with_state(),
+        }
+    }
+
+    /// This thread's parked connection, else an idle one, else a parked one stolen from
+    /// another thread, else a wait for one (in short slices, stealing between them) until
+    /// the pool timeout. Parked and stolen connections pass the same validation as the
+    /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
+    /// this thread's own parked connection (validated against `start`, a [`clock_ns`](super::shared::clock_ns) reading).
+    #[inline]
+    fn checkout(
+        &self,
+        start: u64,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> (Option<Held<C>>, Duration) {
+        let own = self.books.parking.take_own().and_then(|mut held| {
+            self.manager
+                .is_valid_at(&mut held.conn, start)
+                .is_ok()
+                .then_some(held)
+        });
+        if own.is_some() {
+            return (own, Duration::ZERO);
+        }
+        self.checkout_elsewhere(self.books.shared.instant_of(start), give_up)
+    }
+
+    /// [`Engine::checkout`] when this thread has no connection parked (or its parked one
+    /// failed validation): the pool, other threads' parked ones, the line. Out of line, so
+    /// that the usual checkout's code stays short.
+    #[cold]
+    #[inline(never)]
+    fn checkout_elsewhere(
+        &self,
+        start: Instant,
+        give_up: Option<&dyn Fn(Instant) -> bool>,
+    ) -> (Option<Held<C>>, Duration) {
+        use diesel::r2d2::ManageConnection;
+        let valid = |mut held: Held<C>| {
+            self.manager
+                .is_valid(&mut held.conn)
+                .is_ok()
+                .then_some(held)
+        };
+        let hold = |conn| {
+            Box::new(HeldConn {
+                conn,
+                books: Arc::clone(&self.books),
+                streak: 0,
+            })
+        };
+        // A newcomer does not pass those waiting in line (see `line.rs`).
+        let line = &self.books.line;
+        if line.waiting() == 0 {
+            if let Some(conn) = self.pool.try_get() {
+                return (Some(hold(conn)), start.elapsed());
+            }
+            if let Some(conn) = self.books.parking.steal().and_then(valid) {
+                return (Some(conn), start.elapsed());
+            }
+        }
+        let deadline = start + self.settings.pool.timeout;
+        let shared = &self.books.shared;
+        let ticket = line.join();
+        self.books.report_waiting();
+        let conn = loop {
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
+                // One handed over at the last moment is still served.
+                break line.leave(&ticket, shared.can_grow()).and_then(valid);
+            }
+            let first = line.is_first(&ticket);
+            if first {
+                // The first in line also takes what reaches the pool rather than the line:
+                // connections parked before anyone waited, new ones (opening one when the
+                // pool has room and none is being opened: each `get_timeout` that finds no idle
+                // connection starts opening one, and an open slower than a poll would
+                // otherwise start another on every poll), replacements.
+                let found = self.books.parking.steal().and_then(valid).or_else(|| {
+                    let state = self.pool.state();
+                    let may_open =
+                        state.connections < self.pool.max_size() && !self.books.shared.connecting();
+                    if state.idle_connections > 0 || may_open {
+                        self.pool.get_timeout(left.min(POLL)).ok().map(hold)
+                    } else {
+                        None
+                    }
+                });
+                if let Some(conn) = found {
+                    if let Some(extra) = line.leave(&ticket, shared.can_grow()) {
+                        drop(line.hand_off(extra, shared.can_grow()));
+                    }
+                    break Some(conn);
+                }
+            }
+            // Only the first in line (and a health check, to give up in time) looks around
+            // every POLL; the others sleep until served or promoted.
+            let slice = if first || give_up.is_some() {
+                POLL
+            } else {
+                BEHIND
+            };
+            if let Some(handed) = line.wait(&ticket, left.min(slice)) {
+                match valid(handed) {
+                    Some(conn) => break Some(conn),
+                    // Closed on its way back to the pool; this thread keeps its turn.
+                    None => line.rejoin_first(&ticket),
+                }
+            }
+        };
+        self.books.report_waiting();
+        (conn, start.elapsed())
+    }
+}
