@@ -221,10 +221,16 @@ impl<C: PoolConnection> Manager<C> {
         };
         let result = T::establish_to(self.backend, url.expose_secret()).and_then(|mut conn| {
             // SQLite opens a file lazily: read its header now, so that a file that is not a
-            // database fails here, as a connect error about DATABASE_PATH.
+            // database fails here, as a connect error about DATABASE_PATH. The busy timeout
+            // first: without it a read that meets another connection's lock (a checkpoint, a
+            // migration) fails at once with "database is locked" (seen when a server's pool
+            // filled while its boot's connection was still at work).
             if self.backend == Backend::Sqlite {
-                conn.batch_execute("PRAGMA schema_version")
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA schema_version",
+                    SQLITE_BUSY_TIMEOUT.as_millis()
+                ))
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             }
             Ok(conn)
         });
@@ -668,5 +674,50 @@ pub(crate) struct RememberErrors(pub(crate) Arc<Shared>);
 impl HandleError<ConnectError> for RememberErrors {
     fn handle_error(&self, error: ConnectError) {
         self.0.set_last_error(error.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
+    use super::{Manager, Shared};
+    use crate::config::Settings;
+
+    #[test]
+    fn a_sqlite_connection_waits_out_another_connections_lock_while_it_opens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("locked.sqlite3");
+        // A new file is in rollback-journal mode, where an exclusive lock keeps readers out.
+        let mut other = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        other
+            .batch_execute("CREATE TABLE t (x INTEGER); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+            .expect("hold an exclusive lock");
+        let settings =
+            Settings::from_pairs([("DATABASE_PATH", path.as_os_str())]).expect("settings");
+        let manager =
+            Manager::<SqliteConnection>::new(&settings, Shared::new("locked", &settings), false);
+        let (done, finished) = mpsc::channel();
+        let opening = std::thread::spawn(move || {
+            let opened = manager.establish_to::<SqliteConnection>(None).map(|_| ());
+            let _ = done.send(());
+            opened
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the open gave up while the database was locked: {:?}",
+            opening
+                .join()
+                .map(|opened| opened.err().map(|e| e.to_string()))
+        );
+        other.batch_execute("COMMIT").expect("release the lock");
+        opening
+            .join()
+            .expect("no panic")
+            .expect("opened once the lock was released");
     }
 }
