@@ -11,8 +11,9 @@ use super::{Engine, Held, HeldConn, PooledConn, SPARE_FOR};
 use crate::error::Error;
 
 impl<C: PoolConnection> Engine<C> {
-    /// [`Engine::get`] for the caller `site`, started at `start` (a [`clock_ns`](super::shared::clock_ns) reading); a
-    /// wait gives up early when `give_up` says so (given the time).
+    /// [`Engine::get`] for the caller `site`, started at `start` (a
+    /// [`clock_ns`](super::shared::clock_ns) reading); a wait gives up early when `give_up`
+    /// says so (given the time).
     pub(super) fn get_from(
         &self,
         site: &'static std::panic::Location<'static>,
@@ -69,7 +70,8 @@ impl<C: PoolConnection> Engine<C> {
     /// another thread, else a wait for one (in short slices, stealing between them) until
     /// the pool timeout. Parked and stolen connections pass the same validation as the
     /// pool's own. Also returns how long it waited: zero, without reading the clock again, for
-    /// this thread's own parked connection (validated against `start`, a [`clock_ns`](super::shared::clock_ns) reading).
+    /// this thread's own parked connection (validated against `start`, a
+    /// [`clock_ns`](super::shared::clock_ns) reading).
     #[inline]
     fn checkout(
         &self,

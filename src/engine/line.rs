@@ -11,9 +11,10 @@
 //! A returned connection goes straight to the first in line (HikariCP's hand-off) once the
 //! thread returning it has kept it [`super::affinity::STREAK`] (12) checkouts in a row while
 //! others waited (fewer when more than 80 wait, down to 4: the streak times the line's length
-//! stays within 960 checkouts); until then it stays parked for that thread's next checkout. Strict hand-off on
-//! every return was measured first: the best tails (p99 2-3 ms at C = 32, 9-10 ms at C = 128)
-//! but a wake-up of another thread per request, which on this 2-core virtual machine cost
+//! stays within 960 checkouts); until then it stays parked for that thread's next checkout.
+//! Strict hand-off on every return was measured first: the best tails (p99 2-3 ms at C = 32,
+//! 9-10 ms at C = 128) but a wake-up of another thread per request, which on this 2-core
+//! virtual machine cost
 //! 5-33 % of the throughput under overload and about 40 % at 16 threads on the default pool of
 //! 10. The streak trades one for the other: a thread that joins the line waits about
 //! `streak x threads / throughput`, so p99 grows with it while hand-offs (and their wake-ups)
