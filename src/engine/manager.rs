@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::r2d2::{HandleError, ManageConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use secrecy::ExposeSecret;
@@ -135,11 +135,11 @@ fn session_sql(settings: &Settings) -> String {
         .filter_map(|(name, value)| value.map(|d| format!("SET {name} = {};", d.as_millis())))
         .collect::<Vec<_>>()
         .join(" "),
-        Target::Sqlite(_) => format!(
-            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = NORMAL;",
-            SQLITE_BUSY_TIMEOUT.as_millis()
-        ),
+        // The busy timeout is set when the connection is opened (`Manager::establish_to`).
+        Target::Sqlite(_) => {
+            "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+                .to_string()
+        }
     }
 }
 
@@ -298,7 +298,7 @@ impl MigrationConn {
     /// Readies the connection for migrations, once: on PostgreSQL no statement or
     /// idle-in-transaction timeout, and the name `<application_name> (migrations)` in
     /// `pg_stat_activity`, in the same round trip as reading the database and schema the
-    /// migrations go to; on SQLite a busy timeout.
+    /// migrations go to; on SQLite nothing (its busy timeout was set when it was opened).
     pub(crate) fn ready(&mut self) -> Result<(), ConnectError> {
         if self.ready {
             return Ok(());
@@ -322,13 +322,8 @@ impl MigrationConn {
                 .map_err(failed)?;
                 self.schema = Some((row.database, row.schema));
             }
-            Conn::Sqlite(conn) => {
-                conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {};",
-                    SQLITE_BUSY_TIMEOUT.as_millis()
-                ))
-                .map_err(failed)?;
-            }
+            // Its busy timeout was set when it was opened (`Manager::establish_to`).
+            Conn::Sqlite(_) => {}
         }
         self.ready = true;
         Ok(())
