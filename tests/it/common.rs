@@ -276,9 +276,18 @@ pub fn with_pool(
 /// Waits until `condition` holds, polling every 10 ms; fails the test naming `what` if it has
 /// not within `limit`.
 pub fn wait_for(what: &str, limit: std::time::Duration, condition: impl Fn() -> bool) {
+    assert!(eventually(limit, condition), "{what}");
+}
+
+/// Whether `condition` holds within `limit`, polling every 10 ms (for a test that says more
+/// than [`wait_for`] when it does not).
+pub fn eventually(limit: std::time::Duration, condition: impl Fn() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     while !condition() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    true
 }
