@@ -47,6 +47,7 @@ mod checkouts;
 // The MultiConnection derive generates public items without docs.
 #[allow(missing_docs)]
 mod connection;
+mod instrumentation;
 mod line;
 mod manager;
 pub mod metrics;
