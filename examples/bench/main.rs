@@ -32,7 +32,7 @@ mod progress;
 
 use std::process::Command;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use datalayer::models::users::{self, NewUser, User};
@@ -94,13 +94,15 @@ where
 {
     let start = Barrier::new(threads + 1);
     let done = AtomicUsize::new(0);
+    let window = Window::new();
     std::thread::scope(|scope| {
         for i in 0..threads {
-            let (start, done, make) = (&start, &done, &make);
+            let (start, done, make, window) = (&start, &done, &make, &window);
             scope.spawn(move || {
                 let mut operation = make(i);
                 start.wait();
-                let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+                let began = window.begin();
+                let deadline = began + Duration::from_secs_f64(seconds);
                 let mut count = 0;
                 while Instant::now() < deadline {
                     for _ in 0..16 {
@@ -108,12 +110,60 @@ where
                     }
                     count += 16;
                 }
+                window.end();
                 done.fetch_add(count, Ordering::Relaxed);
             });
         }
         start.wait();
     });
-    done.load(Ordering::Relaxed) as f64 / seconds
+    done.load(Ordering::Relaxed) as f64 / window.seconds()
+}
+
+/// The wall time a group of workers ran: from the first one's start to the last one's end.
+/// Each worker times its own run from its start, and on 2 cores the scheduler starts them
+/// over a few milliseconds: dividing by the nominal run time would overstate the speed of the
+/// groups that start most spread out (the many-thread ones).
+pub(crate) struct Window {
+    base: Instant,
+    first_start: AtomicU64,
+    last_end: AtomicU64,
+}
+
+impl Window {
+    pub(crate) fn new() -> Window {
+        Window {
+            base: Instant::now(),
+            first_start: AtomicU64::new(u64::MAX),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    fn since_base(&self, at: Instant) -> u64 {
+        u64::try_from((at - self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A worker starts now; returns now.
+    pub(crate) fn begin(&self) -> Instant {
+        let now = Instant::now();
+        self.first_start
+            .fetch_min(self.since_base(now), Ordering::Relaxed);
+        now
+    }
+
+    /// A worker ended now.
+    pub(crate) fn end(&self) {
+        self.last_end
+            .fetch_max(self.since_base(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Seconds from the first start to the last end.
+    pub(crate) fn seconds(&self) -> f64 {
+        let took = self
+            .last_end
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.first_start.load(Ordering::Relaxed));
+        took as f64 / 1e9
+    }
 }
 
 /// Operations per second of two cases that `threads` workers alternate in short blocks (each
@@ -130,30 +180,51 @@ where
     const BLOCK: usize = 2000;
     let barrier = Barrier::new(threads);
     let rounds = std::sync::Mutex::new(Vec::new());
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let base = Instant::now();
+    let deadline = base + Duration::from_secs_f64(seconds);
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // A block's wall time runs from the last worker's arrival at its start (no worker starts
+    // before that) to the last worker's finish: each worker reads the clock as it arrives and
+    // as it finishes, and the latest of each wins (times only grow, so no reset between
+    // blocks). A worker's own clock would start late whenever the scheduler woke it after the
+    // others (4 workers on 2 cores), and overstate the speed. One pair of clocks per step:
+    // the workers the end barrier lets go first arrive at the next block while its leader
+    // still reads this one's.
+    let arrived = [AtomicU64::new(0), AtomicU64::new(0)];
+    let finished = [AtomicU64::new(0), AtomicU64::new(0)];
+    let since_base = || u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX);
     std::thread::scope(|scope| {
         for i in 0..threads {
             let (barrier, rounds, make, stop) = (&barrier, &rounds, &make, &stop);
+            let (arrived, finished, since_base) = (&arrived, &finished, &since_base);
             scope.spawn(move || {
                 let mut operation = make(i);
                 for round in 0.. {
-                    let mut figures = [f64::NAN; 2];
                     for step in 0..2 {
                         let case = (round + step) % 2;
+                        arrived[step].fetch_max(since_base(), Ordering::Relaxed);
                         barrier.wait();
-                        let started = Instant::now();
                         for _ in 0..BLOCK {
                             operation(case);
                         }
-                        barrier.wait();
-                        figures[case] = (BLOCK * threads) as f64 / started.elapsed().as_secs_f64();
-                    }
-                    if i == 0 {
-                        if let Ok(mut rounds) = rounds.lock() {
-                            rounds.push(figures);
+                        finished[step].fetch_max(since_base(), Ordering::Relaxed);
+                        if barrier.wait().is_leader() {
+                            let took = finished[step].load(Ordering::Relaxed)
+                                - arrived[step].load(Ordering::Relaxed);
+                            let speed = (BLOCK * threads) as f64 / (took as f64 / 1e9);
+                            if let Ok(mut rounds) = rounds.lock() {
+                                // The round's first block starts its entry, the second ends it.
+                                if step == 0 {
+                                    rounds.push([f64::NAN; 2]);
+                                }
+                                if let Some(round) = rounds.last_mut() {
+                                    round[case] = speed;
+                                }
+                            }
+                            if step == 1 {
+                                stop.store(Instant::now() >= deadline, Ordering::Relaxed);
+                            }
                         }
-                        stop.store(Instant::now() >= deadline, Ordering::Relaxed);
                     }
                     barrier.wait();
                     if stop.load(Ordering::Relaxed) {

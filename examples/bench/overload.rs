@@ -13,7 +13,9 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use hdrhistogram::Histogram;
 
-use crate::{Bouncer, Config, Ids, Result, engine_read, pgbench_via, pool_read, settle, warmed_up};
+use crate::{
+    Bouncer, Config, Ids, Result, Window, engine_read, pgbench_via, pool_read, settle, warmed_up,
+};
 
 /// The pool size every case gets.
 const POOL: usize = 8;
@@ -60,14 +62,15 @@ where
 {
     let start = std::sync::Barrier::new(threads + 1);
     let merged = std::sync::Mutex::new(Measured::new());
+    let window = Window::new();
     std::thread::scope(|scope| {
         for i in 0..threads {
-            let (start, merged, make) = (&start, &merged, &make);
+            let (start, merged, make, window) = (&start, &merged, &make, &window);
             scope.spawn(move || {
                 let mut operation = make(i);
                 let mut latencies = histogram();
                 start.wait();
-                let began = Instant::now();
+                let began = window.begin();
                 let deadline = began + Duration::from_secs_f64(seconds);
                 let mut now = began;
                 let mut requests = 0;
@@ -78,6 +81,7 @@ where
                     now = end;
                     requests += 1;
                 }
+                window.end();
                 let mut merged = merged.lock().expect("merge");
                 merged.requests += requests;
                 merged
@@ -89,7 +93,7 @@ where
         start.wait();
     });
     let mut measured = merged.into_inner().expect("merge");
-    measured.seconds = seconds;
+    measured.seconds = window.seconds();
     measured
 }
 
