@@ -527,7 +527,7 @@ fn planned_runs(config: &Config, case: &str) -> usize {
         "sqlite" => config.clients.iter().filter(|c| **c <= 4).count() * rounds * 2,
         "checkout" => 2 * rounds * 2,
         "pgbouncer" => clients * rounds * 2,
-        "overload" => 3 * rounds * 3,
+        "overload" => 4 * rounds * 3,
         _ => 0,
     }
 }

@@ -183,15 +183,18 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
     // Every round runs every (C, case) pair, in the opposite order to the round before (ABBA),
     // so that the ratios below pair figures measured minutes apart at most, not a whole
     // column apart: the machine's other load drifts over a run.
-    const SIZES: [usize; 3] = [POOL, POOL * 4, POOL * 16];
+    // C = POOL + 1: one thread waiting, the smallest line. What the line's fairness costs shows
+    // here already (every hand-off puts one thread to sleep and wakes another; see the README),
+    // and plain r2d2, whose returning threads take their connection back, barely loses.
+    const SIZES: [usize; 4] = [POOL, POOL + 1, POOL * 4, POOL * 16];
     let names = ["engine", "plain r2d2", "pgbench via PgBouncer"];
-    let mut cases: [[Measured; 3]; 3] =
+    let mut cases: [[Measured; 3]; 4] =
         std::array::from_fn(|_| std::array::from_fn(|_| Measured::new()));
-    let mut runs = crate::Runs::<9> { rounds: Vec::new() };
+    let mut runs = crate::Runs::<12> { rounds: Vec::new() };
     let rounds = config.rounds.max(1);
     for round in 0..rounds {
-        let mut rates = [f64::NAN; 9];
-        let mut order: Vec<(usize, usize)> = (0..3)
+        let mut rates = [f64::NAN; 12];
+        let mut order: Vec<(usize, usize)> = (0..SIZES.len())
             .flat_map(|size| (0..3).map(move |case| (size, case)))
             .collect();
         if round % 2 == 1 {
@@ -224,7 +227,7 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             let h = &measured.latencies;
             let ms = |micros: u64| micros as f64 / 1000.0;
             let p50 = h.value_at_quantile(0.5);
-            if clients > POOL
+            if clients >= POOL * 4
                 && let Ok(mut figures) = crate::FIGURES.lock()
             {
                 figures.overload.push((
@@ -262,6 +265,10 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             println!(
                 "| {clients} | engine / its peak at C = {POOL} | {:.2} | | | | | | |",
                 runs.paired(size * 3, 0)
+            );
+            println!(
+                "| {clients} | plain r2d2 / its peak at C = {POOL} | {:.2} | | | | | | |",
+                runs.paired(size * 3 + 1, 1)
             );
         }
     }
