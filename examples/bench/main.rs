@@ -478,11 +478,12 @@ fn main() -> Result<()> {
     ];
     for (name, _) in &cases {
         if config.runs(name) {
-            progress::plan(planned_runs(&config, name));
+            progress::plan(name, planned_runs(&config, name));
         }
     }
     for (name, case) in cases {
         if config.runs(name) {
+            progress::case(name);
             case(&config, &settings)?;
         }
     }
@@ -524,7 +525,8 @@ fn planned_runs(config: &Config, case: &str) -> usize {
     match case {
         "reads" => clients * rounds * 5,
         "writes" => 2 * rounds * 2,
-        "sqlite" => config.clients.iter().filter(|c| **c <= 4).count() * rounds * 2,
+        // One run per C: its two cases alternate within it.
+        "sqlite" => config.clients.iter().filter(|c| **c <= 4).count(),
         "checkout" => 2 * rounds * 2,
         "pgbouncer" => clients * rounds * 2,
         "overload" => 4 * rounds * 3,
