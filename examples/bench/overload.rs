@@ -1,5 +1,6 @@
 //! Overload: more client threads than connections. A pool of 8 and C = 8 (saturated, the
-//! unsaturated peak), 32 and 128 (4x and 16x) threads doing point reads; each request is timed
+//! unsaturated peak), 9 (one thread waiting), 32 and 128 (4x and 16x) threads doing point
+//! reads; each request is timed
 //! around checkout + query + return into an HDR histogram. The engine against a plain r2d2
 //! pool of 8 (no test on checkout: its fastest) and pgbench through PgBouncer with 8 server
 //! connections (transaction mode, `-M extended`; its latencies from pgbench's per-transaction
