@@ -472,9 +472,13 @@ impl<'a> Loader<'a> {
         text: Option<&str>,
         default: Option<Duration>,
     ) -> Option<Duration> {
-        self.var(variable, text, default, optional_duration, |value| {
-            value.map_or_else(|| "0 (disabled)".to_string(), duration::format)
-        })
+        self.var(
+            variable,
+            text,
+            default,
+            optional_duration,
+            show_optional_duration,
+        )
     }
 }
 
@@ -502,6 +506,11 @@ fn nonzero_duration(text: &str, zero: &str) -> Result<Duration, String> {
         Some(d) => Ok(d),
         None => Err(format!("is not a duration; {}", duration::ACCEPTED)),
     }
+}
+
+/// How a duration where `0` disables is shown: `0 (disabled)`, else the duration.
+fn show_optional_duration(value: &Option<Duration>) -> String {
+    value.map_or_else(|| "0 (disabled)".to_string(), duration::format)
 }
 
 /// A duration where `0` means disabled (`None`).

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Loader, Raw, UrlTarget, nonzero_duration, optional_duration, parse_url, quote};
+use super::{
+    Loader, Raw, UrlTarget, nonzero_duration, optional_duration, parse_url, quote,
+    show_optional_duration,
+};
 use crate::config::{
     Backend, Host, Origin, PostgresSettings, REDACTED, SslMode, UrlParams, duration, password_file,
     postgres_limits, url,
@@ -333,7 +336,7 @@ impl Loader<'_> {
             text,
             default,
             |text| optional_duration(text).and_then(postgres_limits::millis),
-            |value| value.map_or_else(|| "0 (disabled)".to_string(), duration::format),
+            show_optional_duration,
         )
     }
 }
