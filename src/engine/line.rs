@@ -15,13 +15,13 @@
 //! Strict hand-off on every return was measured first: the best tails (p99 2-3 ms at C = 32,
 //! 9-10 ms at C = 128) but a wake-up of another thread per request, which on this 2-core
 //! virtual machine cost 5-33 % of the throughput under overload and about 40 % at 16 threads on
-//! the default pool of 10. The streak trades one for the other: a thread that joins the line waits about
-//! `streak x threads / throughput`, so p99 grows with it while hand-offs (and their wake-ups)
-//! get rarer. Measured at 128 threads on a pool of 8, once waiters slept until served (same-
-//! round pairs against plain r2d2): a fixed streak of 6 gave a p99 of 36 ms but 0.97x r2d2's
-//! throughput and a 170 ms stall; 8 gave 46 ms (r2d2: 55) at 1.30x; 10 and 12 gave 50-61 ms,
-//! about r2d2's 45-64. Hence the limit that shrinks with the line (8 at 120 waiting, 12 up to
-//! 80). No request waits more than a bounded number of turns.
+//! the default pool of 10. The streak trades one for the other: a thread that joins the line
+//! waits about `streak x threads / throughput`, so p99 grows with it while hand-offs (and their
+//! wake-ups) get rarer. Measured at 128 threads on a pool of 8, once waiters slept until served
+//! (same-round pairs against plain r2d2): a fixed streak of 6 gave a p99 of 36 ms but 0.97x
+//! r2d2's throughput and a 170 ms stall; 8 gave 46 ms (r2d2: 55) at 1.30x; 10 and 12 gave 50-61
+//! ms, about r2d2's 45-64. Hence the limit that shrinks with the line (8 at 120 waiting, 12 up
+//! to 80). No request waits more than a bounded number of turns.
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again

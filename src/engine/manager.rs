@@ -22,8 +22,9 @@
 //! after another one was found dead, must be checked.
 //!
 //! A connection is found dead when a query on it fails with Diesel's `ClosedConnection` (seen
-//! through Diesel's instrumentation hook, `instrumentation.rs`, since `PgConnection::is_broken` only reports a broken
-//! transaction) or when a validation ping fails. A dead connection is never put back in the pool.
+//! through Diesel's instrumentation hook, `instrumentation.rs`, since `PgConnection::is_broken`
+//! only reports a broken transaction) or when a validation ping fails. A dead connection is
+//! never put back in the pool.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
