@@ -21,7 +21,9 @@
 //! (same-round pairs against plain r2d2): a fixed streak of 6 gave a p99 of 36 ms but 0.97x
 //! r2d2's throughput and a 170 ms stall; 8 gave 46 ms (r2d2: 55) at 1.30x; 10 and 12 gave 50-61
 //! ms, about r2d2's 45-64. Hence the limit that shrinks with the line (8 at 120 waiting, 12 up
-//! to 80). No request waits more than a bounded number of turns.
+//! to 80). No request waits more than a bounded number of turns. These figures were measured
+//! with the benchmark and PostgreSQL sharing 2 cores as two scheduling groups (the kernel's
+//! autogroup); as one group, turns cost less and the long stalls go (the README's Overload).
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
