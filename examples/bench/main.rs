@@ -30,6 +30,7 @@ mod chart;
 mod overload;
 mod progress;
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -914,12 +915,28 @@ impl Bouncer {
             .args(["-R", "postgres:postgres"])
             .arg(&dir)
             .status()?;
-        let child = Command::new("runuser")
-            .args(["-u", "postgres", "--", "pgbouncer"])
+        // Run as `postgres` (PgBouncer refuses root), and told to stop if the benchmark dies
+        // without dropping this (a SIGTERM or SIGKILL), so that no PgBouncer outlives it.
+        let (uid, gid) = postgres_ids()?;
+        let mut command = Command::new("pgbouncer");
+        command
             .arg(path("pgbouncer.ini"))
+            .uid(uid)
+            .gid(gid)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
+            .stderr(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe, and runs in the child after its uid changed
+        // (a change of credentials would clear the death signal). The signal comes when the
+        // spawning thread ends: the main thread, for both cases that start one.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
         let bouncer = Bouncer {
             child,
             _dir: dir,
@@ -934,6 +951,17 @@ impl Bouncer {
         }
         Ok(bouncer)
     }
+}
+
+/// The `postgres` system user's uid and gid.
+fn postgres_ids() -> Result<(u32, u32)> {
+    // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once, on this thread.
+    let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    if entry.is_null() {
+        return Err("no postgres user on this machine (install PostgreSQL's packages)".into());
+    }
+    // SAFETY: non-null entry from getpwnam.
+    Ok(unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
 }
 
 impl Drop for Bouncer {
