@@ -23,7 +23,7 @@
 //! ms, about r2d2's 45-64. Hence the limit that shrinks with the line (8 at 120 waiting, 12 up
 //! to 80). No request waits more than a bounded number of turns. These figures were measured
 //! with the benchmark and PostgreSQL sharing 2 cores as two scheduling groups (the kernel's
-//! autogroup); as one group, turns cost less and the long stalls go (the README's Overload).
+//! autogroup); as one group, the 150-370 ms stalls go (the README's Overload).
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
