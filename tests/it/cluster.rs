@@ -25,6 +25,17 @@ fn bin(tool: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no PostgreSQL under {}", root.display()))
 }
 
+/// A temporary folder for a cluster, named for this test process
+/// (`datalayer-cluster-<pid>-...`): `pg_ctl` runs the server detached, so it outlives a test
+/// process that is killed before it can stop it; `scripts/test` stops and removes the clusters
+/// of test processes that are gone.
+fn cluster_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("datalayer-cluster-{}-", std::process::id()))
+        .tempdir()
+        .expect("temp dir")
+}
+
 fn as_postgres(tool: &str, args: &[&str]) {
     let output = Command::new("runuser")
         .args(["-u", "postgres", "--"])
@@ -175,7 +186,7 @@ impl Cluster {
     }
 
     fn start_with(tls: Option<&Certificates>) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = cluster_dir();
         let owner = |path: &Path| {
             let status = Command::new("chown")
                 .arg("postgres:postgres")
@@ -271,7 +282,7 @@ impl Cluster {
 
     /// A streaming replica of this cluster (`pg_basebackup -R`), started on its own port.
     pub fn replica(&self) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = cluster_dir();
         let status = Command::new("chown")
             .arg("postgres:postgres")
             .arg(dir.path())

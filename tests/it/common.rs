@@ -27,6 +27,22 @@ pub fn admin() -> Conn {
     })
 }
 
+/// Has the child `command` starts receive SIGTERM when the thread that spawns it ends: the
+/// test's own thread, which ends with the test, or with the test process if that is killed
+/// before the test can stop the child (a server left running would keep its port and files).
+pub fn stops_with_this_thread(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A name no other test (in this or another process) is using.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -1,7 +1,9 @@
 //! The engine behind PgBouncer in transaction mode (Debian's pgbouncer, started here on a free
-//! port in front of the shared cluster, stopped on drop).
+//! port in front of the shared cluster, stopped on drop, or by the kernel when the test's
+//! thread ends without dropping it).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,11 +50,16 @@ impl PgBouncer {
             .status()
             .expect("chown");
         assert!(status.success(), "chown (the tests run as root)");
-        let child = Command::new("runuser")
-            .args(["-u", "postgres", "--", "pgbouncer"])
+        // As `postgres` (PgBouncer refuses root), directly rather than through runuser: a
+        // runuser whose pgbouncer was signalled stayed behind.
+        let mut command = Command::new("pgbouncer");
+        command
             .arg(path("pgbouncer.ini"))
+            .uid(postgres_id("-u"))
+            .gid(postgres_id("-g"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        let child = crate::common::stops_with_this_thread(&mut command)
             .spawn()
             .expect("pgbouncer (apt-get install pgbouncer; ./scripts/test does)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -78,9 +85,24 @@ impl PgBouncer {
     }
 }
 
+/// The `postgres` system user's uid (`-u`) or gid (`-g`), as `id` tells.
+fn postgres_id(which: &str) -> u32 {
+    let output = Command::new("id")
+        .args([which, "postgres"])
+        .output()
+        .expect("id");
+    assert!(
+        output.status.success(),
+        "no postgres user: install postgresql"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("a numeric id")
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        // runuser passes the signal on to pgbouncer.
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();

@@ -94,7 +94,9 @@ fn start(env: &[(&str, String)], dir: &std::path::Path) -> Running {
         .env_clear();
     command.envs(env.iter().map(|(k, v)| (k, v)));
     command.stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = command.spawn().expect("start the server");
+    let child = crate::common::stops_with_this_thread(&mut command)
+        .spawn()
+        .expect("start the server");
     let running = Running { child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
