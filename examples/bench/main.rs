@@ -27,6 +27,7 @@
 //! pgbench included, so TLS costs nobody.
 
 mod chart;
+mod machine;
 mod overload;
 mod progress;
 

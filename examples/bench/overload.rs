@@ -14,6 +14,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use hdrhistogram::Histogram;
 
+use crate::machine::{Counters, Spent};
+
 use crate::{
     Bouncer, Config, Ids, Result, Window, engine_read, pgbench_via, pool_read, settle, warmed_up,
 };
@@ -31,6 +33,8 @@ struct Measured {
     requests: u64,
     seconds: f64,
     latencies: Histogram<u64>,
+    /// What the whole machine spent meanwhile.
+    spent: Spent,
 }
 
 impl Measured {
@@ -39,12 +43,14 @@ impl Measured {
             requests: 0,
             seconds: 0.0,
             latencies: histogram(),
+            spent: Spent::default(),
         }
     }
 
     fn add(&mut self, other: Measured) {
         self.requests += other.requests;
         self.seconds += other.seconds;
+        self.spent.merge(other.spent);
         self.latencies
             .add(&other.latencies)
             .expect("histograms of the same bounds");
@@ -64,7 +70,7 @@ where
     let start = std::sync::Barrier::new(threads + 1);
     let merged = std::sync::Mutex::new(Measured::new());
     let window = Window::new();
-    std::thread::scope(|scope| {
+    let before = std::thread::scope(|scope| {
         for i in 0..threads {
             let (start, merged, make, window) = (&start, &merged, &make, &window);
             scope.spawn(move || {
@@ -92,9 +98,12 @@ where
             });
         }
         start.wait();
+        Counters::now()
     });
+    let after = Counters::now();
     let mut measured = merged.into_inner().expect("merge");
     measured.seconds = window.seconds();
+    measured.spent.add(before, after);
     measured
 }
 
@@ -136,8 +145,10 @@ fn pgbench(config: &Config, url: &str, clients: usize) -> Result<Measured> {
         "-l".to_string(),
         format!("--log-prefix={}", prefix.display()),
     ];
+    let before = Counters::now();
     let tps = pgbench_via(config, url, "extended", &script, clients, &extra)?;
     let mut measured = Measured::new();
+    measured.spent.add(before, Counters::now());
     for entry in std::fs::read_dir(&dir)? {
         let text = std::fs::read_to_string(entry?.path())?;
         for line in text.lines() {
@@ -271,6 +282,21 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
                 "| {clients} | plain r2d2 / its peak at C = {POOL} | {:.2} | | | | | | |",
                 runs.paired(size * 3 + 1, 1)
             );
+        }
+    }
+    println!(
+        "\nWhat the whole machine spent per request while each case ran (every process: the \
+         benchmark, PostgreSQL, PgBouncer, pgbench; from /proc/stat, rounds merged):\n"
+    );
+    println!("| C | case | CPU µs / req | context switches / req | cores idle |");
+    println!("| ---: | --- | ---: | ---: | ---: |");
+    for (size, clients) in SIZES.into_iter().enumerate() {
+        for (name, measured) in names.iter().zip(&cases[size]) {
+            if measured.requests == 0 {
+                continue;
+            }
+            let [cpu, switches, idle] = measured.spent.cells(measured.requests);
+            println!("| {clients} | {name} | {cpu} | {switches} | {idle} |");
         }
     }
     Ok(())
