@@ -5,7 +5,8 @@
 //! pool of 8 (no test on checkout: its fastest) and pgbench through PgBouncer with 8 server
 //! connections (transaction mode, `-M extended`; its latencies from pgbench's per-transaction
 //! log). Every round runs every C and case (in the reverse order of the round before); the
-//! latencies of the rounds are merged, and the ratios are medians of same-round pairs.
+//! latencies of the rounds are merged, and the ratios are medians of same-round pairs. A
+//! second table gives what the whole machine spent per request meanwhile (`machine.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,7 @@ fn pgbench(config: &Config, url: &str, clients: usize) -> Result<Measured> {
         "-l".to_string(),
         format!("--log-prefix={}", prefix.display()),
     ];
+    // pgbench's whole run: its start-up and connection phase count too.
     let before = Counters::now();
     let tps = pgbench_via(config, url, "extended", &script, clients, &extra)?;
     let mut measured = Measured::new();
