@@ -134,10 +134,13 @@ impl DeathWatch {
         }
     }
 
-    /// Logs the query (`DATABASE_ECHO`) or warns that it was slow, when either is on.
+    /// Logs the query (`DATABASE_ECHO`) or warns that it was slow, when either is on, inside
+    /// the query's span (`span`, taken out of `self.span`: it closes when this returns), so
+    /// that the line carries the database's attributes.
     #[inline]
-    fn report(&self, query: &dyn std::fmt::Display, failed: bool) {
+    fn report(&self, span: Option<tracing::Span>, query: &dyn std::fmt::Display, failed: bool) {
         if self.echo || self.slow.is_some() {
+            let _inside = span.as_ref().map(tracing::Span::enter);
             self.log(query, failed);
         }
     }
@@ -193,16 +196,17 @@ impl Instrumentation for DeathWatch {
             InstrumentationEvent::FinishQuery {
                 query, error: None, ..
             } => {
-                self.span = None;
+                let span = self.span.take();
                 self.health.last_ok.store(self.started, Ordering::Release);
-                self.report(query, false);
+                self.report(span, query, false);
             }
             InstrumentationEvent::FinishQuery {
                 query,
                 error: Some(error),
                 ..
             } => {
-                if let Some(span) = self.span.take() {
+                let span = self.span.take();
+                if let Some(span) = &span {
                     span.record("error.type", error_type(error));
                 }
                 if let DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) = error {
@@ -213,7 +217,7 @@ impl Instrumentation for DeathWatch {
                 if is_failover_sign(error) {
                     self.shared.retire_all_made_before_now();
                 }
-                self.report(query, true);
+                self.report(span, query, true);
             }
             _ => {}
         }

@@ -372,4 +372,12 @@ fn every_query_runs_in_a_span_with_the_databases_attributes() {
             .any(|l| l.contains("db.query") && l.contains("db.query.text=\"SELECT 1 AS spanned\"")),
         "{echoed}"
     );
+    // The echo line itself is logged inside the query's span, with its attributes.
+    assert!(
+        echoed.lines().any(|l| l.contains("db.query{")
+            && l.contains("db.system=\"postgresql\"")
+            && l.contains("datalayer::sql")
+            && l.contains("SELECT 1 AS spanned [")),
+        "{echoed}"
+    );
 }
