@@ -64,6 +64,7 @@ impl Spent {
         }
     }
 
+    /// Adds what `other` counted (another round of the same case).
     pub(crate) fn merge(&mut self, other: Spent) {
         self.busy_ticks += other.busy_ticks;
         self.idle_ticks += other.idle_ticks;

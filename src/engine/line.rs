@@ -25,9 +25,10 @@
 //! instead to one of the first four in line that last ran on the returning thread's core
 //! (`sched_getcpu`; the first in line passed over at most twice), so that the connection's
 //! data and its backend's partner stay on one core, made no difference: 1.07, 1.00 and 0.99x
-//! the plain line's throughput at 128 threads in three runs of 10 alternating rounds. These figures were measured
-//! with the benchmark and PostgreSQL sharing 2 cores as two scheduling groups (the kernel's
-//! autogroup); as one group, the 150-370 ms stalls go (the README's Overload).
+//! the plain line's throughput at 128 threads in three runs of 10 alternating rounds. These
+//! figures were measured with the benchmark and PostgreSQL sharing 2 cores as two scheduling
+//! groups (the kernel's autogroup); as one group, the 150-370 ms stalls go (the README's
+//! Overload).
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
