@@ -619,6 +619,28 @@ impl<const N: usize> Runs<N> {
     fn paired(&self, a: usize, b: usize) -> f64 {
         median(self.rounds.iter().map(|r| r[a] / r[b]))
     }
+
+    /// [`Runs::paired`] as a table cell, with the lowest and highest round's ratio beside it
+    /// when there are several: on a small shared machine one round's ratio can be 15 % off the
+    /// next one's, and the range says how far the median can be trusted.
+    fn paired_with_range(&self, a: usize, b: usize) -> String {
+        let ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .map(|r| r[a] / r[b])
+            .filter(|ratio| ratio.is_finite())
+            .collect();
+        let middle = self.paired(a, b);
+        match (
+            ratios.iter().copied().reduce(f64::min),
+            ratios.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) if ratios.len() > 1 => {
+                format!("{middle:.2} ({low:.2}-{high:.2})")
+            }
+            _ => format!("{middle:.2}"),
+        }
+    }
 }
 
 /// The median; of an even count, the mean of the two middle values (the upper one alone made

@@ -271,18 +271,19 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             );
         }
         if clients > POOL {
-            // Ratios: the median over rounds of the pair measured in the same round.
+            // Ratios: the median over rounds of the pair measured in the same round, the
+            // lowest and highest round's beside it.
             println!(
-                "| {clients} | engine / plain r2d2 | {:.2} | | | | | | |",
-                runs.paired(size * 3, size * 3 + 1)
+                "| {clients} | engine / plain r2d2 | {} | | | | | | |",
+                runs.paired_with_range(size * 3, size * 3 + 1)
             );
             println!(
-                "| {clients} | engine / its peak at C = {POOL} | {:.2} | | | | | | |",
-                runs.paired(size * 3, 0)
+                "| {clients} | engine / its peak at C = {POOL} | {} | | | | | | |",
+                runs.paired_with_range(size * 3, 0)
             );
             println!(
-                "| {clients} | plain r2d2 / its peak at C = {POOL} | {:.2} | | | | | | |",
-                runs.paired(size * 3 + 1, 1)
+                "| {clients} | plain r2d2 / its peak at C = {POOL} | {} | | | | | | |",
+                runs.paired_with_range(size * 3 + 1, 1)
             );
         }
     }
