@@ -617,25 +617,25 @@ impl<const N: usize> Runs<N> {
     /// the two ran back to back, so the ratio of a pair shares the machine's state of the
     /// moment, which the ratio of two medians (taken at different moments) does not.
     fn paired(&self, a: usize, b: usize) -> f64 {
-        median(self.rounds.iter().map(|r| r[a] / r[b]))
+        median(self.ratios(a, b))
+    }
+
+    /// Each round's figure of case `a` over case `b`'s.
+    fn ratios(&self, a: usize, b: usize) -> impl Iterator<Item = f64> + '_ {
+        self.rounds.iter().map(move |r| r[a] / r[b])
     }
 
     /// [`Runs::paired`] as a table cell, with the lowest and highest round's ratio beside it
     /// when there are several: on a small shared machine one round's ratio can be 15 % off the
     /// next one's, and the range says how far the median can be trusted.
     fn paired_with_range(&self, a: usize, b: usize) -> String {
-        let ratios: Vec<f64> = self
-            .rounds
-            .iter()
-            .map(|r| r[a] / r[b])
-            .filter(|ratio| ratio.is_finite())
-            .collect();
         let middle = self.paired(a, b);
+        let finite: Vec<f64> = self.ratios(a, b).filter(|r| r.is_finite()).collect();
         match (
-            ratios.iter().copied().reduce(f64::min),
-            ratios.iter().copied().reduce(f64::max),
+            finite.iter().copied().reduce(f64::min),
+            finite.iter().copied().reduce(f64::max),
         ) {
-            (Some(low), Some(high)) if ratios.len() > 1 => {
+            (Some(low), Some(high)) if finite.len() > 1 => {
                 format!("{middle:.2} ({low:.2}-{high:.2})")
             }
             _ => format!("{middle:.2}"),
