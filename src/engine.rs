@@ -51,6 +51,7 @@ mod instrumentation;
 mod line;
 mod manager;
 pub mod metrics;
+mod placement;
 mod pool_connection;
 mod pooled_conn;
 mod replica;
@@ -148,6 +149,21 @@ pub(crate) struct Books<C: PoolConnection> {
 }
 
 impl<C: PoolConnection> Books<C> {
+    /// How long a returning thread may keep its connection while others wait: shorter when
+    /// the server runs on other cores (`placement.rs`).
+    #[inline]
+    fn streak(&self) -> affinity::Streak {
+        if self
+            .shared
+            .server_elsewhere
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            affinity::ELSEWHERE
+        } else {
+            affinity::SHARED_CORES
+        }
+    }
+
     /// Records the pool's gauges as they are now: connections by state, the limits, the line.
     fn record_gauges(&self) {
         self.shared.record_counts();

@@ -9,9 +9,10 @@
 //! to r2d2, and that thread's next checkout takes it back (after the usual cheap validation).
 //! It stays available to everyone: a thread that finds the pool empty steals parked
 //! connections before it joins the line of waiting threads (`line.rs`), and the first in line
-//! looks for them while it waits. While threads wait, a connection is parked for its thread at
-//! most [`STREAK`] times in a row (fewer when many wait: [`streak_limit`]), then goes to the
-//! first in line; a broken connection is never parked.
+//! looks for them while it waits. While threads wait, a connection is parked for its thread a
+//! bounded number of times in a row ([`Streak`]: fewer when many wait, and fewer when the
+//! server runs on other cores), then goes to the first in line; a broken connection is never
+//! parked.
 //! No counter is shared by the threads' fast path (a shared counter written on every park and
 //! take cost the SQLite reads at 2 threads a tenth of their throughput): counting parked
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
@@ -28,28 +29,50 @@ use std::sync::{Arc, Mutex, Weak};
 use super::pool_connection::PoolConnection;
 use super::{Held, HeldConn};
 
-/// How many times in a row a thread may keep the connection it returns while others wait
-/// before it must go to the first in line (see `line.rs`), at most: see [`streak_limit`].
-pub(crate) const STREAK: u32 = 12;
+/// How many times in a row a thread may keep the connection it returns while others wait:
+/// at most `max`, fewer as the line grows, so that the wait of the last in line (about
+/// `waiting x streak` checkouts of the others, see `line.rs`) stays within `turns`; never
+/// fewer than `min`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Streak {
+    max: u32,
+    min: u32,
+    turns: usize,
+}
 
-/// The fewest times in a row a thread keeps its connection while others wait, however long
-/// the line.
-const MIN_STREAK: u32 = 4;
+/// The streak while the server shares this process's cores (SQLite, in the process itself;
+/// a PostgreSQL on this machine whose backends may run where the threads do), where a
+/// hand-off costs far more than a wake-up (`placement.rs`). Measured at 128 threads on a pool
+/// of 8 on 2 shared cores (120 waiting): a fixed streak of 12 left the p99 at 50-61 ms against
+/// plain r2d2's 45-64 ms; 8 (what 960 / 120 gives) at 46 ms, with throughput still above
+/// r2d2's; 6 at 36 ms but below r2d2's throughput.
+pub(crate) const SHARED_CORES: Streak = Streak {
+    max: 12,
+    min: 4,
+    turns: 960,
+};
 
-/// What `waiting` threads times the streak may come to: a thread joining the line waits for
-/// about `waiting x streak` checkouts of the others (see `line.rs`).
-const TURNS: usize = 960;
+/// The streak while the PostgreSQL server runs on other cores (another machine, the usual
+/// production layout), where a hand-off costs one wake-up: 4 in a row, 2 at 120 waiting, 1
+/// from 121. Measured with the server on a core of its own and the client
+/// threads on the other (the benchmark's "separate cores", pool of 8, 3 rounds, same-round
+/// pairs against plain r2d2): with [`SHARED_CORES`]' streak the p99 at 32 and 128 threads was
+/// 10.5 and 41 ms against r2d2's 6.9 and 36.5; a streak of 6 at 32 threads still gave 7.8
+/// against 6.5 ms; this one gave 7.1 and 7.3 ms against 6.8 and 7.9 at 32 threads (0.92 and
+/// 0.96x r2d2's throughput), and 18 ms against 55 and 44 at 128 (1.00 and 0.99x), in two runs.
+pub(crate) const ELSEWHERE: Streak = Streak {
+    max: 4,
+    min: 1,
+    turns: 240,
+};
 
-/// How many times in a row a thread may keep its connection while `waiting` threads wait:
-/// [`STREAK`] while the line is short, fewer as it grows, so that the wait of the last in line
-/// (`waiting x streak` checkouts) stays within [`TURNS`]; never fewer than [`MIN_STREAK`].
-/// Measured at 128 threads on a pool of 8 (120 waiting): a fixed streak of 12 left the p99 at
-/// 50-61 ms against plain r2d2's 45-64 ms; 8 (what 960 / 120 gives) at 46 ms, with throughput
-/// still above r2d2's; 6 at 36 ms but below r2d2's throughput.
-fn streak_limit(waiting: usize) -> u32 {
-    u32::try_from(TURNS / waiting.max(1))
-        .unwrap_or(u32::MAX)
-        .clamp(MIN_STREAK, STREAK)
+impl Streak {
+    /// The longest streak while `waiting` threads wait.
+    fn limit(self, waiting: usize) -> u32 {
+        u32::try_from(self.turns / waiting.max(1))
+            .unwrap_or(u32::MAX)
+            .clamp(self.min, self.max)
+    }
 }
 
 /// One thread's parked connection for one engine: a pointer swapped in and out (one atomic
@@ -252,7 +275,7 @@ impl<C: PoolConnection> Parking<C> {
         let waiting = conn.books.line.waiting();
         if waiting == 0 {
             conn.streak = 0;
-        } else if conn.streak >= streak_limit(waiting) {
+        } else if conn.streak >= conn.books.streak().limit(waiting) {
             return Some(conn);
         } else {
             conn.streak += 1;
@@ -295,13 +318,18 @@ impl<C: PoolConnection> Parking<C> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIN_STREAK, STREAK, streak_limit};
+    use super::{ELSEWHERE, SHARED_CORES};
 
     #[test]
     fn the_streak_shrinks_as_the_line_grows() {
-        assert_eq!(streak_limit(1), STREAK);
-        assert_eq!(streak_limit(80), STREAK);
-        assert_eq!(streak_limit(120), 8);
-        assert_eq!(streak_limit(10_000), MIN_STREAK);
+        assert_eq!(SHARED_CORES.limit(1), 12);
+        assert_eq!(SHARED_CORES.limit(80), 12);
+        assert_eq!(SHARED_CORES.limit(120), 8);
+        assert_eq!(SHARED_CORES.limit(10_000), 4);
+        assert_eq!(ELSEWHERE.limit(1), 4);
+        assert_eq!(ELSEWHERE.limit(60), 4);
+        assert_eq!(ELSEWHERE.limit(120), 2);
+        assert_eq!(ELSEWHERE.limit(121), 1);
+        assert_eq!(ELSEWHERE.limit(10_000), 1);
     }
 }

@@ -9,10 +9,16 @@
 //! looks at the pool's idle connections only when nobody waits.
 //!
 //! A returned connection goes straight to the first in line (HikariCP's hand-off) once the
-//! thread returning it has kept it [`super::affinity::STREAK`] (12) checkouts in a row while
-//! others waited (fewer when more than 80 wait, down to 4: the streak times the line's length
-//! stays within 960 checkouts); until then it stays parked for that thread's next checkout.
-//! Strict hand-off on every return was measured first: the best tails (p99 2-3 ms at C = 32,
+//! thread returning it has kept it a streak of checkouts in a row while others waited
+//! ([`super::affinity::Streak`]); until then it stays parked for that thread's next checkout.
+//! How long a streak depends on where the server runs (`placement.rs`). On other cores (another
+//! machine), a hand-off costs a wake-up: 4 in a row, fewer when more than 60 wait, down to 1
+//! (within 240 checkouts). On cores the server shares (SQLite; PostgreSQL on this machine, free
+//! to run where the client threads run), a hand-off also separates a backend from the core of
+//! its client thread, and re-pairing them costs every process: 12 in a row, fewer when more
+//! than 80 wait, down to 4 (the streak times the line's length stays within 960 checkouts).
+//! The rest of this comment is about shared cores, where the trade-off was measured first.
+//! Strict hand-off on every return: the best tails (p99 2-3 ms at C = 32,
 //! 9-10 ms at C = 128) but a wake-up of another thread per request, which on this 2-core
 //! virtual machine cost 5-33 % of the throughput under overload and about 40 % at 16 threads on
 //! the default pool of 10. The streak trades one for the other: a thread that joins the line
@@ -25,7 +31,8 @@
 //! instead to one of the first four in line that last ran on the returning thread's core
 //! (`sched_getcpu`; the first in line passed over at most twice), so that the connection's
 //! data and its backend's partner stay on one core, made no difference: 1.07, 1.00 and 0.99x
-//! the plain line's throughput at 128 threads in three runs of 10 alternating rounds. These
+//! the plain line's throughput at 128 threads in three runs of 10 alternating rounds: the
+//! kernel places a woken thread on whichever core is free, wherever it last ran. These
 //! figures were measured with the benchmark and PostgreSQL sharing 2 cores as two scheduling
 //! groups (the kernel's autogroup); as one group, the 150-370 ms stalls go (the README's
 //! Overload).

@@ -77,6 +77,10 @@ pub(crate) struct Shared {
     pub(crate) spare: Mutex<Option<MigrationConn>>,
     /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
     pub(crate) spare_held: AtomicBool,
+    /// The PostgreSQL server runs on other cores than this process's threads (another machine,
+    /// or cores of its own), as found when the latest connection opened (`placement.rs`); false
+    /// until then, on SQLite, and behind a transaction pooler (no backend to look at).
+    pub(crate) server_elsewhere: AtomicBool,
     /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
     lifetime: Option<u64>,
     idle_timeout: Option<u64>,
@@ -103,6 +107,7 @@ impl Shared {
             connections: Mutex::new(Vec::new()),
             spare: Mutex::new(None),
             spare_held: AtomicBool::new(false),
+            server_elsewhere: AtomicBool::new(false),
             lifetime: settings.pool.max_lifetime.map(nanos),
             idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch,

@@ -266,37 +266,85 @@ fn one_connection_engines(prefix: &str) -> Vec<(Arc<Engine>, crate::common::Plac
         .collect()
 }
 
+/// How many checkouts in a row this thread makes of `engine`'s only connection, returning it
+/// each time, until a thread that waits for it is served.
+fn checkouts_until_the_waiter_is_served(engine: &Arc<Engine>) -> usize {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut conn = engine.get().expect("the only connection");
+    let served = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (engine, served) = (Arc::clone(engine), Arc::clone(&served));
+        std::thread::spawn(move || {
+            let conn = engine.get().expect("served in turn");
+            served.store(true, Ordering::Release);
+            drop(conn);
+        })
+    };
+    crate::common::wait_for("the thread joins the line", Duration::from_secs(10), || {
+        engine.state().waiting == 1
+    });
+    let mut checkouts = 0;
+    while !served.load(Ordering::Acquire) && checkouts < 1000 {
+        drop(conn);
+        conn = engine.get().expect("back after the waiter's turn");
+        checkouts += 1;
+    }
+    waiter.join().expect("no panic");
+    checkouts
+}
+
 #[test]
 fn a_thread_that_keeps_checking_out_hands_over_to_the_waiting_within_its_streak() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     for (engine, _place) in one_connection_engines("dl_streak") {
-        let mut conn = engine.get().expect("the only connection");
-        let served = Arc::new(AtomicBool::new(false));
-        let waiter = {
-            let (engine, served) = (Arc::clone(&engine), Arc::clone(&served));
-            std::thread::spawn(move || {
-                let conn = engine.get().expect("served in turn");
-                served.store(true, Ordering::Release);
-                drop(conn);
-            })
-        };
-        crate::common::wait_for("the thread joins the line", Duration::from_secs(10), || {
-            engine.state().waiting == 1
-        });
-        // This thread returns and takes the connection again and again: it keeps it (parked)
-        // for up to 12 checkouts in a row while one thread waits, then hands it over.
-        let mut checkouts = 0;
-        while !served.load(Ordering::Acquire) && checkouts < 1000 {
-            drop(conn);
-            conn = engine.get().expect("back after the waiter's turn");
-            checkouts += 1;
-        }
-        waiter.join().expect("no panic");
+        // The server shares this machine's cores (SQLite; the local PostgreSQL, free to run
+        // anywhere): this thread keeps the connection (parked) for up to 12 checkouts in a row
+        // while one thread waits, then hands it over.
+        let checkouts = checkouts_until_the_waiter_is_served(&engine);
         assert!(
             (2..=13).contains(&checkouts),
             "the waiter was served after {checkouts} checkouts of the other thread"
         );
     }
+}
+
+/// Restricts the calling thread, and the threads and processes it starts from now on, to `cpu`.
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes a bit inside it, and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    let done = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(done, 0, "pin this thread to core {cpu}");
+}
+
+#[test]
+fn a_server_on_cores_of_its_own_gets_the_waiting_served_after_a_shorter_streak() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cores >= 2,
+        "this test needs 2 cores to pin apart, found {cores}"
+    );
+    // A cluster whose processes run on core 0 only (they inherit this thread's cores), and an
+    // engine whose threads run on core 1: as with a server on another machine, a hand-off
+    // costs one wake-up, and the engine keeps a connection at most 4 checkouts in a row.
+    pin_this_thread(0);
+    let cluster = crate::cluster::Cluster::start();
+    pin_this_thread(1);
+    let url = cluster.url();
+    let settings = datalayer::Settings::from_pairs([
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_POOL_MAX_SIZE", "1"),
+        ("DATABASE_POOL_MIN_IDLE", "1"),
+    ])
+    .expect("settings");
+    let engine = Arc::new(Engine::connect(&settings).expect("connect"));
+    let checkouts = checkouts_until_the_waiter_is_served(&engine);
+    assert!(
+        (2..=5).contains(&checkouts),
+        "the waiter was served after {checkouts} checkouts of the other thread"
+    );
 }
 
 #[test]
