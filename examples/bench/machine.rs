@@ -2,7 +2,9 @@
 //! process (the benchmark, PostgreSQL, PgBouncer, pgbench) and context switches. The overload
 //! case divides them by the requests served, so that a throughput lost under overload shows as
 //! CPU spent per request (the machine stayed busy) or as idle time (it waited), and the
-//! switches show the wake-ups behind it. `None` where `/proc/stat` cannot be read.
+//! switches show the wake-ups behind it. On a virtual machine the hypervisor's share shows too
+//! (steal time: the cores wanted to run and the host ran something else). `None` where
+//! `/proc/stat` cannot be read.
 
 /// Counters of `/proc/stat` at one moment.
 #[derive(Clone, Copy)]
@@ -11,6 +13,8 @@ pub(crate) struct Counters {
     busy: u64,
     /// Clock ticks of all cores spent idle or waiting for I/O.
     idle: u64,
+    /// Clock ticks the hypervisor took from cores that had work (steal).
+    stolen: u64,
     /// Context switches since boot.
     switches: u64,
 }
@@ -36,6 +40,7 @@ impl Counters {
         Some(Counters {
             busy: tick(0) + tick(1) + tick(2) + tick(5) + tick(6),
             idle: tick(3) + tick(4),
+            stolen: tick(7),
             switches,
         })
     }
@@ -46,6 +51,7 @@ impl Counters {
 pub(crate) struct Spent {
     busy_ticks: u64,
     idle_ticks: u64,
+    stolen_ticks: u64,
     switches: u64,
     /// A span added lacked a reading: the figures would undercount.
     incomplete: bool,
@@ -58,6 +64,7 @@ impl Spent {
             (Some(before), Some(after)) => {
                 self.busy_ticks += after.busy.saturating_sub(before.busy);
                 self.idle_ticks += after.idle.saturating_sub(before.idle);
+                self.stolen_ticks += after.stolen.saturating_sub(before.stolen);
                 self.switches += after.switches.saturating_sub(before.switches);
             }
             _ => self.incomplete = true,
@@ -68,13 +75,15 @@ impl Spent {
     pub(crate) fn merge(&mut self, other: Spent) {
         self.busy_ticks += other.busy_ticks;
         self.idle_ticks += other.idle_ticks;
+        self.stolen_ticks += other.stolen_ticks;
         self.switches += other.switches;
         self.incomplete |= other.incomplete;
     }
 
-    /// CPU microseconds of all cores per request, context switches per request and the share
-    /// of the cores' time spent idle, as table cells (empty when not measured).
-    pub(crate) fn cells(&self, requests: u64) -> [String; 3] {
+    /// CPU microseconds of all cores per request, context switches per request, and the
+    /// shares of the cores' time spent idle and taken by the hypervisor, as table cells (empty
+    /// when not measured).
+    pub(crate) fn cells(&self, requests: u64) -> [String; 4] {
         if self.incomplete || requests == 0 || self.busy_ticks + self.idle_ticks == 0 {
             return Default::default();
         }
@@ -84,11 +93,12 @@ impl Spent {
             return Default::default();
         }
         let requests = requests as f64;
-        let total = (self.busy_ticks + self.idle_ticks) as f64;
+        let total = (self.busy_ticks + self.idle_ticks + self.stolen_ticks) as f64;
         [
             format!("{:.1}", self.busy_ticks as f64 * 1e6 / hz as f64 / requests),
             format!("{:.2}", self.switches as f64 / requests),
             format!("{:.1} %", self.idle_ticks as f64 * 100.0 / total),
+            format!("{:.1} %", self.stolen_ticks as f64 * 100.0 / total),
         ]
     }
 }

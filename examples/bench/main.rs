@@ -30,6 +30,7 @@ mod chart;
 mod machine;
 mod overload;
 mod progress;
+mod split;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -46,6 +47,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+#[derive(Clone)]
 struct Config {
     seconds: f64,
     clients: Vec<usize>,
@@ -531,7 +533,7 @@ fn planned_runs(config: &Config, case: &str) -> usize {
         "sqlite" => config.clients.iter().filter(|c| **c <= 4).count(),
         "checkout" => 2 * rounds * 2,
         "pgbouncer" => clients * rounds * 2,
-        "overload" => 4 * rounds * 3,
+        "overload" => overload::planned_runs(config),
         _ => 0,
     }
 }

@@ -7,6 +7,9 @@
 //! log). Every round runs every C and case (in the reverse order of the round before); the
 //! latencies of the rounds are merged, and the ratios are medians of same-round pairs. A
 //! second table gives what the whole machine spent per request meanwhile (`machine.rs`).
+//! Then the engine and plain r2d2 again at C = 8, 32 and 128 with PostgreSQL and the client
+//! threads on separate cores (`split.rs`), where the shared cores' cost of re-pairing client
+//! threads with backends after a hand-off is out of the figures.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use hdrhistogram::Histogram;
 
 use crate::machine::{Counters, Spent};
+use crate::split;
 
 use crate::{
     Bouncer, Config, Ids, Result, Window, engine_read, pgbench_via, pool_read, settle, warmed_up,
@@ -168,15 +172,172 @@ fn pgbench(config: &Config, url: &str, clients: usize) -> Result<Measured> {
     Ok(measured)
 }
 
+/// The case names, in the order of their index in a layout's figures.
+const NAMES: [&str; 3] = ["engine", "plain r2d2", "pgbench via PgBouncer"];
+
+/// Every C of the shared layout. C = POOL + 1: one thread waiting, the smallest line. What the
+/// line's fairness costs shows here already (every hand-off puts one thread to sleep and wakes
+/// another; see the README), and plain r2d2, whose returning threads take their connection
+/// back, barely loses.
+const SIZES: [usize; 4] = [POOL, POOL + 1, POOL * 4, POOL * 16];
+
+/// What one layout measured: by C, by case (`NAMES`), over all rounds; and each round's rates,
+/// at `size * 3 + case`, for the same-round ratios.
+struct Layout {
+    sizes: Vec<usize>,
+    cases: Vec<[Measured; 3]>,
+    runs: crate::Runs<12>,
+}
+
+impl Layout {
+    /// Runs every (C, case) pair of `sizes` and `cases` each round, in the opposite order to
+    /// the round before (ABBA), so that the ratios pair figures measured minutes apart at
+    /// most, not a whole column apart: the machine's other load drifts over a run. `run`
+    /// measures one pair (`None`: the case cannot run here).
+    fn measure(
+        config: &Config,
+        label: &str,
+        sizes: &[usize],
+        cases: &[usize],
+        mut run: impl FnMut(usize, usize) -> Result<Option<Measured>>,
+    ) -> Result<Layout> {
+        let mut layout = Layout {
+            sizes: sizes.to_vec(),
+            cases: sizes
+                .iter()
+                .map(|_| std::array::from_fn(|_| Measured::new()))
+                .collect(),
+            runs: crate::Runs { rounds: Vec::new() },
+        };
+        let rounds = config.rounds.max(1);
+        for round in 0..rounds {
+            let mut rates = [f64::NAN; 12];
+            let mut order: Vec<(usize, usize)> = (0..sizes.len())
+                .flat_map(|size| cases.iter().map(move |&case| (size, case)))
+                .collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (size, case) in order {
+                let clients = sizes[size];
+                crate::progress::run(&format!(
+                    "overload{label} C={clients}, round {}/{rounds}, {}",
+                    round + 1,
+                    NAMES[case]
+                ));
+                if let Some(measured) = run(clients, case)? {
+                    rates[size * 3 + case] = measured.per_second();
+                    layout.cases[size][case].add(measured);
+                }
+            }
+            layout.runs.rounds.push(rates);
+        }
+        Ok(layout)
+    }
+
+    /// The latency table; with `chart`, its C >= 4x the pool rows feed the overload chart.
+    fn print_latencies(&self, chart: bool) {
+        println!(
+            "| C | case | req/s | p50 ms | p99 ms | p99.9 ms | max ms | max / p99.9 | over 10x p50 |"
+        );
+        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for (size, &clients) in self.sizes.iter().enumerate() {
+            for (name, measured) in NAMES.iter().zip(&self.cases[size]) {
+                if measured.requests == 0 {
+                    continue;
+                }
+                let h = &measured.latencies;
+                let ms = |micros: u64| micros as f64 / 1000.0;
+                let p50 = h.value_at_quantile(0.5);
+                if chart
+                    && clients >= POOL * 4
+                    && let Ok(mut figures) = crate::FIGURES.lock()
+                {
+                    figures.overload.push((
+                        format!("{name}, C = {clients}"),
+                        [
+                            ms(p50),
+                            ms(h.value_at_quantile(0.99)),
+                            ms(h.value_at_quantile(0.999)),
+                            ms(h.max()),
+                        ],
+                    ));
+                }
+                let slow = h
+                    .iter_recorded()
+                    .filter(|v| v.value_iterated_to() > p50.saturating_mul(10))
+                    .map(|v| v.count_at_value())
+                    .sum::<u64>();
+                println!(
+                    "| {clients} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} % |",
+                    measured.per_second(),
+                    ms(p50),
+                    ms(h.value_at_quantile(0.99)),
+                    ms(h.value_at_quantile(0.999)),
+                    ms(h.max()),
+                    h.max() as f64 / h.value_at_quantile(0.999).max(1) as f64,
+                    100.0 * slow as f64 / h.len().max(1) as f64,
+                );
+            }
+            if clients > POOL {
+                // Ratios: the median over rounds of the pair measured in the same round, the
+                // lowest and highest round's beside it.
+                let runs = &self.runs;
+                println!(
+                    "| {clients} | engine / plain r2d2 | {} | | | | | | |",
+                    runs.paired_with_range(size * 3, size * 3 + 1)
+                );
+                println!(
+                    "| {clients} | engine / its peak at C = {POOL} | {} | | | | | | |",
+                    runs.paired_with_range(size * 3, 0)
+                );
+                println!(
+                    "| {clients} | plain r2d2 / its peak at C = {POOL} | {} | | | | | | |",
+                    runs.paired_with_range(size * 3 + 1, 1)
+                );
+            }
+        }
+    }
+
+    /// What the whole machine spent per request while each case ran.
+    fn print_machine(&self) {
+        println!(
+            "| C | case | CPU µs / req | context switches / req | cores idle | taken by the host |"
+        );
+        println!("| ---: | --- | ---: | ---: | ---: | ---: |");
+        for (size, &clients) in self.sizes.iter().enumerate() {
+            for (name, measured) in NAMES.iter().zip(&self.cases[size]) {
+                if measured.requests == 0 {
+                    continue;
+                }
+                let [cpu, switches, idle, stolen] = measured.spent.cells(measured.requests);
+                println!("| {clients} | {name} | {cpu} | {switches} | {idle} | {stolen} |");
+            }
+        }
+    }
+}
+
+/// Runs of the case: the shared layout's (C, case) pairs, and the separate cores' when this
+/// machine can run that layout.
+pub(crate) fn planned_runs(config: &Config) -> usize {
+    let rounds = config.rounds.max(1);
+    let separate = if split::possible().is_ok() {
+        SEPARATE_SIZES.len() * 2
+    } else {
+        0
+    };
+    rounds * (SIZES.len() * NAMES.len() + separate)
+}
+
+/// Every C of the separate cores' layout.
+const SEPARATE_SIZES: [usize; 3] = [POOL, POOL * 4, POOL * 16];
+
 pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
     println!(
         "\n## Overload: point reads, pool of {POOL}, more threads than connections \
          (latency of checkout + query + return; rounds merged)\n"
     );
-    let settings = Settings::from_pairs([
-        ("DATABASE_URL", config.url.as_str()),
-        ("DATABASE_POOL_MAX_SIZE", &POOL.to_string()),
-    ])?;
+    let settings = pool_settings(&config.url)?;
     let bouncer = match Bouncer::start(POOL) {
         Ok(bouncer) => Some(bouncer),
         Err(why) => {
@@ -190,117 +351,68 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
             b.port, config.dbname
         )
     });
-    println!(
-        "| C | case | req/s | p50 ms | p99 ms | p99.9 ms | max ms | max / p99.9 | over 10x p50 |"
-    );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    // Every round runs every (C, case) pair, in the opposite order to the round before (ABBA),
-    // so that the ratios below pair figures measured minutes apart at most, not a whole
-    // column apart: the machine's other load drifts over a run.
-    // C = POOL + 1: one thread waiting, the smallest line. What the line's fairness costs shows
-    // here already (every hand-off puts one thread to sleep and wakes another; see the README),
-    // and plain r2d2, whose returning threads take their connection back, barely loses.
-    const SIZES: [usize; 4] = [POOL, POOL + 1, POOL * 4, POOL * 16];
-    let names = ["engine", "plain r2d2", "pgbench via PgBouncer"];
-    let mut cases: [[Measured; 3]; 4] =
-        std::array::from_fn(|_| std::array::from_fn(|_| Measured::new()));
-    let mut runs = crate::Runs::<12> { rounds: Vec::new() };
-    let rounds = config.rounds.max(1);
-    for round in 0..rounds {
-        let mut rates = [f64::NAN; 12];
-        let mut order: Vec<(usize, usize)> = (0..SIZES.len())
-            .flat_map(|size| (0..3).map(move |case| (size, case)))
-            .collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for (size, case) in order {
-            let clients = SIZES[size];
-            crate::progress::run(&format!(
-                "overload C={clients}, round {}/{rounds}, case {}/3",
-                round + 1,
-                case + 1
-            ));
-            settle(config)?;
-            let measured = match (case, &bouncer_url) {
-                (0, _) => engine(config, &settings, clients)?,
-                (1, _) => plain_r2d2(config, clients)?,
-                (_, Some(url)) => pgbench(config, url, clients)?,
-                (_, None) => continue,
-            };
-            rates[size * 3 + case] = measured.per_second();
-            cases[size][case].add(measured);
-        }
-        runs.rounds.push(rates);
-    }
-    for (size, clients) in SIZES.into_iter().enumerate() {
-        for (name, measured) in names.iter().zip(&cases[size]) {
-            if measured.requests == 0 {
-                continue;
-            }
-            let h = &measured.latencies;
-            let ms = |micros: u64| micros as f64 / 1000.0;
-            let p50 = h.value_at_quantile(0.5);
-            if clients >= POOL * 4
-                && let Ok(mut figures) = crate::FIGURES.lock()
-            {
-                figures.overload.push((
-                    format!("{name}, C = {clients}"),
-                    [
-                        ms(p50),
-                        ms(h.value_at_quantile(0.99)),
-                        ms(h.value_at_quantile(0.999)),
-                        ms(h.max()),
-                    ],
-                ));
-            }
-            let slow = h
-                .iter_recorded()
-                .filter(|v| v.value_iterated_to() > p50.saturating_mul(10))
-                .map(|v| v.count_at_value())
-                .sum::<u64>();
-            println!(
-                "| {clients} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} % |",
-                measured.per_second(),
-                ms(p50),
-                ms(h.value_at_quantile(0.99)),
-                ms(h.value_at_quantile(0.999)),
-                ms(h.max()),
-                h.max() as f64 / h.value_at_quantile(0.999).max(1) as f64,
-                100.0 * slow as f64 / h.len().max(1) as f64,
-            );
-        }
-        if clients > POOL {
-            // Ratios: the median over rounds of the pair measured in the same round, the
-            // lowest and highest round's beside it.
-            println!(
-                "| {clients} | engine / plain r2d2 | {} | | | | | | |",
-                runs.paired_with_range(size * 3, size * 3 + 1)
-            );
-            println!(
-                "| {clients} | engine / its peak at C = {POOL} | {} | | | | | | |",
-                runs.paired_with_range(size * 3, 0)
-            );
-            println!(
-                "| {clients} | plain r2d2 / its peak at C = {POOL} | {} | | | | | | |",
-                runs.paired_with_range(size * 3 + 1, 1)
-            );
-        }
-    }
+    let shared = Layout::measure(config, "", &SIZES, &[0, 1, 2], |clients, case| {
+        settle(config)?;
+        Ok(match (case, &bouncer_url) {
+            (0, _) => Some(engine(config, &settings, clients)?),
+            (1, _) => Some(plain_r2d2(config, clients)?),
+            (_, Some(url)) => Some(pgbench(config, url, clients)?),
+            (_, None) => None,
+        })
+    })?;
+    drop(bouncer);
+    shared.print_latencies(true);
     println!(
         "\nWhat the whole machine spent per request while each case ran (every process: the \
          benchmark, PostgreSQL, PgBouncer, pgbench; from /proc/stat, rounds merged):\n"
     );
-    println!("| C | case | CPU µs / req | context switches / req | cores idle |");
-    println!("| ---: | --- | ---: | ---: | ---: |");
-    for (size, clients) in SIZES.into_iter().enumerate() {
-        for (name, measured) in names.iter().zip(&cases[size]) {
-            if measured.requests == 0 {
-                continue;
-            }
-            let [cpu, switches, idle] = measured.spent.cells(measured.requests);
-            println!("| {clients} | {name} | {cpu} | {switches} | {idle} |");
+    shared.print_machine();
+    separate_cores(config)
+}
+
+/// The engine and plain r2d2 again with PostgreSQL and the client threads on separate cores
+/// (`split.rs`), or a line saying why this machine cannot.
+fn separate_cores(config: &Config) -> Result<()> {
+    let split = match split::possible().and_then(|()| split::Split::start()) {
+        Ok(split) => split,
+        Err(why) => {
+            println!("\nThe same on separate cores: skipped ({why}).");
+            return Ok(());
         }
-    }
+    };
+    let there = split.config(config);
+    crate::setup(&there)?;
+    let settings = pool_settings(&there.url)?;
+    let layout = Layout::measure(
+        config,
+        ", separate cores,",
+        &SEPARATE_SIZES,
+        &[0, 1],
+        |clients, case| {
+            settle(&there)?;
+            let measured = split.on_client_core(|| match case {
+                0 => engine(&there, &settings, clients),
+                _ => plain_r2d2(&there, clients),
+            })??;
+            Ok(Some(measured))
+        },
+    )?;
+    println!(
+        "\nThe engine and plain r2d2 with PostgreSQL on cores {:?} (a cluster of the \
+         benchmark's own) and the client threads on core {}, as when the database runs on a \
+         machine of its own (`split.rs`):\n",
+        split.server_cores, split.client_core
+    );
+    layout.print_latencies(false);
+    println!("\nWhat the whole machine spent per request meanwhile:\n");
+    layout.print_machine();
     Ok(())
+}
+
+/// The engine's settings for the benchmark database at `url`, with a pool of [`POOL`].
+fn pool_settings(url: &str) -> Result<Settings> {
+    Ok(Settings::from_pairs([
+        ("DATABASE_URL", url),
+        ("DATABASE_POOL_MAX_SIZE", &POOL.to_string()),
+    ])?)
 }
