@@ -373,7 +373,7 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
 /// The engine and plain r2d2 again with PostgreSQL and the client threads on separate cores
 /// (`split.rs`), or a line saying why this machine cannot.
 fn separate_cores(config: &Config) -> Result<()> {
-    let split = match split::possible().and_then(|()| split::Split::start()) {
+    let split = match split::Split::start() {
         Ok(split) => split,
         Err(why) => {
             println!("\nThe same on separate cores: skipped ({why}).");
