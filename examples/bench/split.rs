@@ -100,10 +100,18 @@ impl Split {
     /// Starts the cluster, its processes restricted to every allowed core but the last.
     pub(crate) fn start() -> Result<Split> {
         possible()?;
-        let cores = allowed_cores();
-        let (&client_core, server_cores) = cores.split_last().ok_or("no cores")?;
         let dir = std::env::temp_dir().join(format!("dl_bench_split_{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        // A failure before the server runs leaves no folder behind (after, the drop removes it).
+        Split::start_in(dir.clone()).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// [`Split::start`] in the folder `dir`.
+    fn start_in(dir: PathBuf) -> Result<Split> {
+        let cores = allowed_cores();
+        let (&client_core, server_cores) = cores.split_last().ok_or("no cores")?;
         let data = dir.join("data");
         let (uid, gid) = postgres_ids()?;
         Command::new("chown")
