@@ -18,19 +18,28 @@ use diesel::{Connection, PgConnection};
 
 use crate::{Config, Result, postgres_ids};
 
-/// The cores this process may run on, in order.
-fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by sched_getaffinity for this
-    // process; CPU_ISSET reads it.
+/// The cores the calling thread may run on, as the kernel's set.
+fn this_thread_set() -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by sched_getaffinity for the
+    // calling thread (pid 0).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
+            return Err(std::io::Error::last_os_error());
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
+        Ok(set)
     }
+}
+
+/// The cores this process may run on, in order (none when they cannot be read).
+fn allowed_cores() -> Vec<usize> {
+    let Ok(set) = this_thread_set() else {
+        return Vec::new();
+    };
+    // SAFETY: CPU_ISSET reads a bit of a valid set.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
 }
 
 fn set_of(cores: &[usize]) -> libc::cpu_set_t {
@@ -197,7 +206,7 @@ impl Split {
 
     /// Runs `f` with the calling thread, and the threads it spawns, on the client's core.
     pub(crate) fn on_client_core<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let before = set_of(&allowed_cores());
+        let before = this_thread_set()?;
         pin_this_thread(&set_of(&[self.client_core]))?;
         let result = f();
         pin_this_thread(&before)?;
