@@ -51,7 +51,6 @@ mod instrumentation;
 mod line;
 mod manager;
 pub mod metrics;
-mod placement;
 mod pool_connection;
 mod pooled_conn;
 mod replica;
@@ -150,17 +149,13 @@ pub(crate) struct Books<C: PoolConnection> {
 
 impl<C: PoolConnection> Books<C> {
     /// How long a returning thread may keep its connection while others wait: shorter when
-    /// the server runs on other cores (`placement.rs`).
+    /// the server runs outside this process.
     #[inline]
     fn streak(&self) -> affinity::Streak {
-        if self
-            .shared
-            .server_elsewhere
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            affinity::ELSEWHERE
+        if self.shared.server_elsewhere {
+            affinity::OUT_OF_PROCESS
         } else {
-            affinity::SHARED_CORES
+            affinity::IN_PROCESS
         }
     }
 

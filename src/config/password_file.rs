@@ -1,8 +1,10 @@
 //! `DATABASE_PASSWORD_FILE`: a password kept in a file, as container and Kubernetes secrets
 //! are mounted, read when the settings load and again for each new connection.
+//!
+//! On Unix a file that other users may read earns a warning; Windows has no such mode bits
+//! (its files are guarded by ACLs, which this check does not read), so there is no warning.
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use secrecy::SecretString;
@@ -38,8 +40,10 @@ pub(super) fn read(path: &Path) -> Result<SecretString, String> {
     Ok(SecretString::from(text))
 }
 
-/// A warning when users other than the owner may read the file.
+/// A warning when users other than the owner may read the file (Unix mode bits).
+#[cfg(unix)]
 pub(super) fn exposed(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
         format!(
@@ -47,4 +51,10 @@ pub(super) fn exposed(path: &Path) -> Option<String> {
             path.display()
         )
     })
+}
+
+/// No warning: Windows files carry ACLs, not the mode bits this check reads.
+#[cfg(not(unix))]
+pub(super) fn exposed(_path: &Path) -> Option<String> {
+    None
 }

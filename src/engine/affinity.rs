@@ -40,27 +40,20 @@ pub(crate) struct Streak {
     turns: usize,
 }
 
-/// The streak while the server shares this process's cores (SQLite, in the process itself;
-/// a PostgreSQL on this machine whose backends may run where the threads do), where a
-/// hand-off costs far more than a wake-up (`placement.rs`). Measured at 128 threads on a pool
-/// of 8 on 2 shared cores (120 waiting): a fixed streak of 12 left the p99 at 50-61 ms against
-/// plain r2d2's 45-64 ms; 8 (what 960 / 120 gives) at 46 ms, with throughput still above
-/// r2d2's; 6 at 36 ms but below r2d2's throughput.
-pub(crate) const SHARED_CORES: Streak = Streak {
+/// The streak while the database runs inside this process (SQLite): the server's work shares
+/// the client threads' cores, so a hand-off also moves the work to another core and costs far
+/// more than a wake-up. Long, shrinking as the line grows so that the last in line waits at
+/// most about `turns` checkouts (the figures behind it: `docs/design.md`).
+pub(crate) const IN_PROCESS: Streak = Streak {
     max: 12,
     min: 4,
     turns: 960,
 };
 
-/// The streak while the PostgreSQL server runs on other cores (another machine, the usual
-/// production layout), where a hand-off costs one wake-up: 4 in a row, 2 at 120 waiting, 1
-/// from 121. Measured with the server on a core of its own and the client
-/// threads on the other (the benchmark's "separate cores", pool of 8, 3 rounds, same-round
-/// pairs against plain r2d2): with [`SHARED_CORES`]' streak the p99 at 32 and 128 threads was
-/// 10.5 and 41 ms against r2d2's 6.9 and 36.5; a streak of 6 at 32 threads still gave 7.8
-/// against 6.5 ms; this one gave 7.1 and 7.3 ms against 6.8 and 7.9 at 32 threads (0.92 and
-/// 0.96x r2d2's throughput), and 18 ms against 55 and 44 at 128 (1.00 and 0.99x), in two runs.
-pub(crate) const ELSEWHERE: Streak = Streak {
+/// The streak while the database runs outside this process (PostgreSQL, on another machine
+/// in production), where a hand-off costs one wake-up: short, down to strict hand-off when
+/// more than 120 threads wait (the figures behind it: `docs/design.md`).
+pub(crate) const OUT_OF_PROCESS: Streak = Streak {
     max: 4,
     min: 1,
     turns: 240,
@@ -318,18 +311,18 @@ impl<C: PoolConnection> Parking<C> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ELSEWHERE, SHARED_CORES};
+    use super::{IN_PROCESS, OUT_OF_PROCESS};
 
     #[test]
     fn the_streak_shrinks_as_the_line_grows() {
-        assert_eq!(SHARED_CORES.limit(1), 12);
-        assert_eq!(SHARED_CORES.limit(80), 12);
-        assert_eq!(SHARED_CORES.limit(120), 8);
-        assert_eq!(SHARED_CORES.limit(10_000), 4);
-        assert_eq!(ELSEWHERE.limit(1), 4);
-        assert_eq!(ELSEWHERE.limit(60), 4);
-        assert_eq!(ELSEWHERE.limit(120), 2);
-        assert_eq!(ELSEWHERE.limit(121), 1);
-        assert_eq!(ELSEWHERE.limit(10_000), 1);
+        assert_eq!(IN_PROCESS.limit(1), 12);
+        assert_eq!(IN_PROCESS.limit(80), 12);
+        assert_eq!(IN_PROCESS.limit(120), 8);
+        assert_eq!(IN_PROCESS.limit(10_000), 4);
+        assert_eq!(OUT_OF_PROCESS.limit(1), 4);
+        assert_eq!(OUT_OF_PROCESS.limit(60), 4);
+        assert_eq!(OUT_OF_PROCESS.limit(120), 2);
+        assert_eq!(OUT_OF_PROCESS.limit(121), 1);
+        assert_eq!(OUT_OF_PROCESS.limit(10_000), 1);
     }
 }

@@ -168,13 +168,7 @@ impl Instrumentation for DeathWatch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         match event {
             InstrumentationEvent::StartQuery { query, .. } => {
-                // The coarse clock unless a duration is reported (a stamp a few ms early only
-                // makes validation a little more eager).
-                self.started = if self.echo || self.slow.is_some() {
-                    self.shared.now()
-                } else {
-                    self.shared.coarse_now()
-                };
+                self.started = self.shared.now();
                 // A span per query, child of whatever span the caller is in; the statement
                 // only with DATABASE_ECHO (the text can be long, and the binds never go in).
                 let about = &self.about;

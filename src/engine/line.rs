@@ -11,31 +11,14 @@
 //! A returned connection goes straight to the first in line (HikariCP's hand-off) once the
 //! thread returning it has kept it a streak of checkouts in a row while others waited
 //! ([`super::affinity::Streak`]); until then it stays parked for that thread's next checkout.
-//! How long a streak depends on where the server runs (`placement.rs`). On other cores (another
-//! machine), a hand-off costs a wake-up: 4 in a row, fewer when more than 60 wait, down to 1
-//! (within 240 checkouts). On cores the server shares (SQLite; PostgreSQL on this machine, free
-//! to run where the client threads run), a hand-off also separates a backend from the core of
-//! its client thread, and re-pairing them costs every process: 12 in a row, fewer when more
-//! than 80 wait, down to 4 (the streak times the line's length stays within 960 checkouts).
-//! The rest of this comment is about shared cores, where the trade-off was measured first.
-//! Strict hand-off on every return: the best tails (p99 2-3 ms at C = 32,
-//! 9-10 ms at C = 128) but a wake-up of another thread per request, which on this 2-core
-//! virtual machine cost 5-33 % of the throughput under overload and about 40 % at 16 threads on
-//! the default pool of 10. The streak trades one for the other: a thread that joins the line
-//! waits about `streak x threads / throughput`, so p99 grows with it while hand-offs (and their
-//! wake-ups) get rarer. Measured at 128 threads on a pool of 8, once waiters slept until served
-//! (same-round pairs against plain r2d2): a fixed streak of 6 gave a p99 of 36 ms but 0.97x
-//! r2d2's throughput and a 170 ms stall; 8 gave 46 ms (r2d2: 55) at 1.30x; 10 and 12 gave 50-61
-//! ms, about r2d2's 45-64. Hence the limit that shrinks with the line (8 at 120 waiting, 12 up
-//! to 80). No request waits more than a bounded number of turns. Handing the connection
-//! instead to one of the first four in line that last ran on the returning thread's core
-//! (`sched_getcpu`; the first in line passed over at most twice), so that the connection's
-//! data and its backend's partner stay on one core, made no difference: 1.07, 1.00 and 0.99x
-//! the plain line's throughput at 128 threads in three runs of 10 alternating rounds: the
-//! kernel places a woken thread on whichever core is free, wherever it last ran. These
-//! figures were measured with the benchmark and PostgreSQL sharing 2 cores as two scheduling
-//! groups (the kernel's autogroup); as one group, the 150-370 ms stalls go (the README's
-//! Overload).
+//! How long a streak depends on where the database runs. Outside the process (PostgreSQL, on
+//! another machine in production), a hand-off costs one wake-up: 4 in a row, fewer when more
+//! than 60 wait, down to 1. Inside it (SQLite), the server's work shares the client threads'
+//! cores and a hand-off moves it to another core: 12 in a row, fewer when more than 80 wait,
+//! down to 4. Strict hand-off on every return gives the best tails but a wake-up of another
+//! thread per request; the streak trades one for the other (a thread that joins the line waits
+//! about `streak x threads / throughput`), and no request waits more than a bounded number of
+//! turns. The measurements behind these numbers are in `docs/design.md`.
 //!
 //! The first in line also takes what reaches the pool rather than the line (connections r2d2
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again

@@ -429,11 +429,6 @@ impl<C: PoolConnection> Manager<C> {
             conn.backend_pid()
                 .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?
         };
-        if let Some(pid) = backend_pid {
-            self.shared
-                .server_elsewhere
-                .store(!super::placement::shares_cores(pid), Ordering::Relaxed);
-        }
         self.shared
             .metrics
             .create_time()

@@ -10,28 +10,27 @@ use crate::config::{Settings, Target};
 use crate::error::Error;
 
 /// Creates a missing SQLite database file, and the folders it needs, readable by their owner
-/// only (a database holds the application's data; SQLite gives its WAL and shared-memory
-/// files the database file's permissions). An existing file or folder is left as it is.
+/// only on Unix (a database holds the application's data; SQLite gives its WAL and
+/// shared-memory files the database file's permissions); on Windows they inherit the ACLs of
+/// the folder they are made in. An existing file or folder is left as it is.
 pub(super) fn create_sqlite_file(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create the folder {}: {e} (check DATABASE_PATH)",
-                    dir.display()
-                )
-            })?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    let mut folders = std::fs::DirBuilder::new();
+    let mut file = std::fs::OpenOptions::new();
+    #[cfg(unix)]
     {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        folders.mode(0o700);
+        file.mode(0o600);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        folders.recursive(true).create(dir).map_err(|e| {
+            format!(
+                "cannot create the folder {}: {e} (check DATABASE_PATH)",
+                dir.display()
+            )
+        })?;
+    }
+    match file.write(true).create_new(true).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!(

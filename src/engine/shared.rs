@@ -50,7 +50,7 @@ pub(crate) struct Counts {
 #[derive(Debug)]
 pub(crate) struct Shared {
     epoch: Instant,
-    /// `CLOCK_MONOTONIC` in nanoseconds, read just after `epoch` (see [`Shared::coarse_now`]).
+    /// [`clock_ns`] read just after `epoch`.
     epoch_raw: u64,
     /// Nanoseconds after `epoch` at which a connection was last found dead, plus one (0: never).
     last_dead: AtomicU64,
@@ -77,10 +77,9 @@ pub(crate) struct Shared {
     pub(crate) spare: Mutex<Option<MigrationConn>>,
     /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
     pub(crate) spare_held: AtomicBool,
-    /// The PostgreSQL server runs on other cores than this process's threads (another machine,
-    /// or cores of its own), as found when the latest connection opened (`placement.rs`); false
-    /// until then, on SQLite, and behind a transaction pooler (no backend to look at).
-    pub(crate) server_elsewhere: AtomicBool,
+    /// The database runs outside this process (PostgreSQL, on another machine in production),
+    /// not in it (SQLite): it sets how long the line's streak may be (`affinity.rs`).
+    pub(crate) server_elsewhere: bool,
     /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
     lifetime: Option<u64>,
     idle_timeout: Option<u64>,
@@ -96,9 +95,9 @@ impl Shared {
     pub(crate) fn new(pool: &str, settings: &Settings) -> Arc<Shared> {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         // Read back to back: `at` (from `epoch`) and `since_epoch` (from `epoch_raw`) then agree
-        // within a clock read, and coarse readings never come out ahead of fine ones.
+        // within a clock read.
         let epoch = Instant::now();
-        let epoch_raw = monotonic_ns(libc::CLOCK_MONOTONIC);
+        let epoch_raw = clock_ns();
         Arc::new(Shared {
             metrics: super::metrics::PoolMetrics::new(pool),
             pool_slots: AtomicU64::new(0),
@@ -107,7 +106,7 @@ impl Shared {
             connections: Mutex::new(Vec::new()),
             spare: Mutex::new(None),
             spare_held: AtomicBool::new(false),
-            server_elsewhere: AtomicBool::new(false),
+            server_elsewhere: settings.backend() == crate::config::Backend::Postgres,
             lifetime: settings.pool.max_lifetime.map(nanos),
             idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch,
@@ -209,17 +208,6 @@ impl Shared {
             .lock()
             .map(|connections| connections.iter().filter_map(Weak::upgrade).collect())
             .unwrap_or_default()
-    }
-
-    /// [`Shared::now`] from the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`,
-    /// the time of the last timer tick: a few ms behind, never ahead, and a fifth of the cost
-    /// of a full read). For stamps where earlier is safe: a connection's last successful query
-    /// stamped a few ms early is at worst validated or retired a few ms early.
-    #[inline]
-    pub(super) fn coarse_now(&self) -> u64 {
-        monotonic_ns(libc::CLOCK_MONOTONIC_COARSE)
-            .saturating_sub(self.epoch_raw)
-            .saturating_add(1)
     }
 
     /// Nanoseconds since the engine was made, plus one (so that 0 can mean "never").
@@ -347,26 +335,12 @@ impl Shared {
     }
 }
 
-/// `CLOCK_MONOTONIC` (the clock `Instant` reads on Linux) in nanoseconds, as one integer. A
-/// checkout and its return read the time once each, and `Instant`'s arithmetic (normalising
-/// seconds and nanoseconds, checked) cost more instructions than the rest of a checkout of
-/// the thread's own parked connection.
+/// The monotonic clock in nanoseconds since the first reading in this process, as one
+/// integer: a checkout and its return read the time once each, and stamps kept as integers
+/// fit in atomics. `Instant` on every platform, so the engine calls no platform clock API.
 #[inline]
 pub(crate) fn clock_ns() -> u64 {
-    monotonic_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// A reading of `clock` in nanoseconds (`Instant` reads `CLOCK_MONOTONIC` on Linux).
-#[inline]
-fn monotonic_ns(clock: libc::clockid_t) -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write into; both clocks exist on every Linux.
-    unsafe { libc::clock_gettime(clock, &mut now) };
-    u64::try_from(now.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -168,14 +168,44 @@ fn sqlite_lock_path(settings: &Settings) -> Option<PathBuf> {
     }
 }
 
+/// Options that never open through a symbolic link: `O_NOFOLLOW` on Unix (opening a link
+/// fails with `ELOOP`); on Windows `FILE_FLAG_OPEN_REPARSE_POINT`, which opens a link itself
+/// rather than what it points to.
+fn no_follow() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        options.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
+    }
+    options
+}
+
+/// Whether opening failed because the path is a symbolic link that [`no_follow`] refused.
+fn is_link_refusal(error: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        error.raw_os_error() == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
 fn sqlite_holder(path: &Path) -> LockHolder {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // What a holder writes is one short line; read no more, and never through a link.
     let mut text = String::new();
-    let read = OpenOptions::new()
+    let read = no_follow()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .and_then(|file| file.take(256).read_to_string(&mut text));
     let description = read
@@ -189,21 +219,24 @@ fn sqlite_holder(path: &Path) -> LockHolder {
     }
 }
 
-/// Opens (creating, readable by its owner only) the SQLite lock file, never through a
+/// Opens (creating, readable by its owner only on Unix) the SQLite lock file, never through a
 /// symbolic link: one planted there would make a migrating process (often root) truncate and
 /// rewrite whatever it points to.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
+    let mut options = no_follow();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            if is_link_refusal(&e) {
                 std::io::Error::new(
                     e.kind(),
                     "it is a symbolic link, which is never followed there: remove it",
@@ -324,14 +357,7 @@ pub(crate) fn holder(
             postgres_holder(&mut migration.conn, key)
         }
         Some(path) => {
-            let no_follow = {
-                use std::os::unix::fs::OpenOptionsExt;
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-            };
-            let Ok(file) = no_follow else {
+            let Ok(file) = no_follow().read(true).open(&path) else {
                 return Ok(None);
             };
             match file.try_lock_shared() {
