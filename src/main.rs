@@ -3,5 +3,5 @@
 //! own migrator.
 
 fn main() -> std::process::ExitCode {
-    datalayer::cli::run(&datalayer::models::migrator())
+    datalayer::cli::run(&blog::migrator())
 }

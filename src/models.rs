@@ -4,14 +4,14 @@
 //! One module per table, each with its row type (`Queryable` + `Selectable`, checked against
 //! both backends), a borrowed insert type, and query functions that take `&mut Conn`, so they
 //! run on a pooled connection, a plain one, or inside a test transaction alike. Timestamps are
-//! UTC `NaiveDateTime`s (see [`Conn`](crate::Conn) for why not `timestamptz`).
+//! UTC `NaiveDateTime`s (see [`Conn`](datalayer::Conn) for why not `timestamptz`).
 //!
 //! ```
-//! use datalayer::models::{posts, users};
+//! use blog::models::{posts, users};
 //! # let dir = tempfile::tempdir()?;
 //! # let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db").as_os_str())])?;
 //! # let engine = datalayer::Engine::connect(&settings)?;
-//! # datalayer::models::migrator().run_pending(&engine)?;
+//! # blog::migrator().run_pending(&engine)?;
 //! let mut conn = engine.get()?;
 //! let ada = users::create(&mut conn, &users::NewUser { email: "ada@example.com", display_name: "Ada" })?;
 //! let post = posts::create(&mut conn, &posts::NewPost { author_id: ada.id, title: "Notes", body: "…" })?;
@@ -23,14 +23,16 @@
 pub mod posts;
 pub mod users;
 
-use crate::migrations::Migrator;
+use datalayer::Migrator;
 
 /// The reference application's migrations (`migrations/postgres`, `migrations/sqlite`), as
-/// any application embeds its own. The ledger records them as the `datalayer` set.
+/// any application embeds its own. The ledger records them as the `datalayer` set, the name
+/// of the binary that runs them.
 pub fn migrator() -> Migrator {
-    crate::embed_migrations!(
+    datalayer::embed_migrations!(
         postgres = "migrations/postgres",
-        sqlite = "migrations/sqlite"
+        sqlite = "migrations/sqlite",
+        name = "datalayer"
     )
 }
 
@@ -59,7 +61,7 @@ pub enum ModelError {
 }
 
 /// Lets a model's error tell `Engine::transaction` when to run a transaction again.
-impl crate::engine::transaction::DatabaseFailure for ModelError {
+impl datalayer::engine::transaction::DatabaseFailure for ModelError {
     fn database_error(&self) -> Option<&diesel::result::Error> {
         match self {
             ModelError::Database(error) => Some(error),

@@ -38,8 +38,8 @@ use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use datalayer::models::users::{self, NewUser, User};
-use datalayer::schema::users as users_table;
+use blog::models::users::{self, NewUser, User};
+use blog::schema::users as users_table;
 use datalayer::{Engine, Settings};
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
 use diesel::prelude::*;
@@ -421,7 +421,7 @@ fn setup(config: &Config) -> Result<()> {
         "DATABASE_URL",
         config.url.as_str(),
     )])?)?;
-    datalayer::models::migrator().run_pending(&engine)?;
+    blog::models::migrator().run_pending(&engine)?;
     let mut conn = engine.get()?;
     let count = users::count(&mut conn)?;
     if count != config.rows {
@@ -798,7 +798,7 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     let lite_settings = Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
     {
         let engine = Engine::connect(&lite_settings)?;
-        datalayer::models::migrator().run_pending(&engine)?;
+        blog::models::migrator().run_pending(&engine)?;
         engine.get()?.batch_execute(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
              INSERT INTO users (email, display_name) SELECT 'user' || i || '@example.com', 'User ' || i FROM n;"
@@ -1059,7 +1059,7 @@ fn testdb(config: &Config, settings: &Settings) -> Result<()> {
     use datalayer::testing::TestDatabase;
     const SAMPLES: usize = 20;
     println!("\n## Per-test database setup (median of {SAMPLES})\n");
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let dir = std::env::temp_dir().join(format!("dl_bench_testdb_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let sqlite = Settings::from_pairs([("DATABASE_PATH", dir.join("unused.sqlite3"))])?;
@@ -1172,7 +1172,7 @@ fn boot_cost(settings: &Settings, url: &str) -> Result<()> {
         drop(engine.get()?);
         let before = STATEMENTS.load(Ordering::Relaxed);
         let started = Instant::now();
-        let report = datalayer::models::migrator().boot(&engine)?;
+        let report = blog::models::migrator().boot(&engine)?;
         engine.ping()?;
         let took = started.elapsed();
         let differences = report.drift.differences();

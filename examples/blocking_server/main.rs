@@ -34,12 +34,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use blog::models::ModelError;
+use blog::models::posts::{self, Cursor, NewPost, Post};
+use blog::models::users::{self, NewUser, User};
 use chrono::NaiveDateTime;
 use datalayer::config::Vars;
 use datalayer::engine::transaction::{Isolation, TransactionError};
-use datalayer::models::ModelError;
-use datalayer::models::posts::{self, Cursor, NewPost, Post};
-use datalayer::models::users::{self, NewUser, User};
 use datalayer::{Engine, Error};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -425,7 +425,7 @@ fn boot() -> Result<Engine, Error> {
         .load()?
         .settings;
     let engine = Engine::connect(&settings)?;
-    let report = datalayer::models::migrator().boot(&engine)?;
+    let report = blog::models::migrator().boot(&engine)?;
     tracing::info!("{} migration(s) applied", report.applied.len());
     Ok(engine)
 }

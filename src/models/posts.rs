@@ -5,9 +5,9 @@ use diesel::prelude::*;
 
 use super::ModelError as Error;
 use super::users::User;
-use crate::dispatch;
-use crate::engine::Conn;
 use crate::schema::posts;
+use datalayer::Conn;
+use datalayer::dispatch;
 
 /// A post row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Associations)]

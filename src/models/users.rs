@@ -5,9 +5,9 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::ModelError as Error;
-use crate::dispatch;
-use crate::engine::Conn;
 use crate::schema::users;
+use datalayer::Conn;
+use datalayer::dispatch;
 
 /// A user row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]

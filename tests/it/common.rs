@@ -175,7 +175,7 @@ pub fn fresh_sqlite(extra: &[(&str, &str)]) -> (datalayer::Engine, Place) {
 /// application's migrations (from a template, with `datalayer::testing`), with an engine (pool
 /// of 4) on it.
 pub fn migrated_engines() -> Vec<datalayer::testing::TestDatabase> {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let postgres = postgres_settings("postgres", &[("DATABASE_POOL_MAX_SIZE", "4")]);
     let sqlite = datalayer::Settings::from_pairs([
         ("DATABASE_PATH", "unused.sqlite3"),

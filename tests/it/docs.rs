@@ -9,7 +9,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn every_variable_is_documented() {
-    let module_doc: String = read("src/config.rs")
+    let module_doc: String = read("datalayer/src/config.rs")
         .lines()
         .filter(|l| l.starts_with("//!"))
         .collect::<Vec<_>>()

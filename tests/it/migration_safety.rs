@@ -156,7 +156,7 @@ fn times_out_on_the_lock(engine: &Engine) -> (Engine, Error) {
     let impatient = Engine::connect(&with(engine, &[("DATABASE_MIGRATION_LOCK_TIMEOUT", "1s")]))
         .expect("connect");
     let started = Instant::now();
-    let error = datalayer::models::migrator()
+    let error = blog::models::migrator()
         .run_pending(&impatient)
         .expect_err("the lock is held");
     let elapsed = started.elapsed();
@@ -213,7 +213,7 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
 
     drop(squatter);
     assert_eq!(
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&impatient)
             .expect("lock free")
             .len(),
@@ -227,7 +227,7 @@ fn a_held_postgres_lock_times_out_naming_its_holder() {
     squatter
         .query(&format!("SELECT pg_advisory_lock({k1}, {k2})"))
         .expect("lock");
-    let report = datalayer::models::migrator()
+    let report = blog::models::migrator()
         .boot(&impatient)
         .expect("nothing to do needs no lock");
     assert!(report.applied.is_empty());
@@ -259,7 +259,7 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
 
     drop(file);
     assert_eq!(
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&impatient)
             .expect("lock free")
             .len(),
@@ -269,7 +269,7 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
     // With nothing to do, a boot reads the ledger without the lock.
     let file = std::fs::File::open(&lock_path).expect("lock file");
     file.lock().expect("lock");
-    let report = datalayer::models::migrator()
+    let report = blog::models::migrator()
         .boot(&impatient)
         .expect("nothing to do needs no lock");
     assert!(report.applied.is_empty());
@@ -279,7 +279,7 @@ fn a_held_sqlite_lock_times_out_naming_its_holder() {
 #[test]
 fn an_edited_migration_is_refused_until_accepted() {
     for (engine, _place) in fresh_engines("dl_checksum", &[]) {
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&engine)
             .expect("migrate");
         let mut conn = engine.get().expect("checkout");
@@ -294,7 +294,7 @@ fn an_edited_migration_is_refused_until_accepted() {
         .expect("simulate an edit");
         drop(conn);
 
-        let error = datalayer::models::migrator()
+        let error = blog::models::migrator()
             .run_pending(&engine)
             .expect_err("checksum differs");
         let Error::Migration(MigrationError::ChecksumMismatch {
@@ -321,11 +321,11 @@ fn an_edited_migration_is_refused_until_accepted() {
             "{message}"
         );
 
-        datalayer::models::migrator()
+        blog::models::migrator()
             .accept_checksum(&engine, "20261125000001")
             .expect("accept");
         assert!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .run_pending(&engine)
                 .expect("accepted")
                 .is_empty()
@@ -336,7 +336,7 @@ fn an_edited_migration_is_refused_until_accepted() {
 #[test]
 fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
     for (engine, _place) in fresh_engines("dl_ahead", &[]) {
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&engine)
             .expect("migrate");
         engine
@@ -346,7 +346,7 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
                 "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000')",
             )
             .expect("a newer release's migration");
-        let error = datalayer::models::migrator()
+        let error = blog::models::migrator()
             .run_pending(&engine)
             .expect_err("unknown version");
         assert!(
@@ -358,7 +358,7 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
                 .to_string()
                 .contains("DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true")
         );
-        let boot = datalayer::models::migrator()
+        let boot = blog::models::migrator()
             .boot(&engine)
             .expect_err("boot decides the same way");
         assert!(matches!(
@@ -371,16 +371,14 @@ fn a_database_ahead_of_the_binary_is_refused_unless_allowed() {
             &[("DATABASE_ALLOW_UNKNOWN_MIGRATIONS", "true")],
         ))
         .expect("connect");
-        let report = datalayer::models::migrator()
-            .boot(&tolerant)
-            .expect("allowed");
+        let report = blog::models::migrator().boot(&tolerant).expect("allowed");
         assert_eq!(report.unknown, ["20991231000000"]);
         assert!(
             report.applied.is_empty() && report.drift.differences().is_empty(),
             "{report:?}"
         );
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .status(&engine)
                 .expect("status")
                 .unknown,
@@ -497,7 +495,7 @@ fn broken_sql_leaves_the_previous_version_and_a_fix_succeeds() {
 #[test]
 fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
     for (engine, _place) in fresh_engines("dl_drift", &[]) {
-        let report = datalayer::models::migrator().boot(&engine).expect("boot");
+        let report = blog::models::migrator().boot(&engine).expect("boot");
         assert_eq!(report.applied.len(), 2);
         assert_eq!(
             report.drift.wait(),
@@ -509,9 +507,7 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
             .expect("checkout")
             .batch_execute("ALTER TABLE posts DROP COLUMN body")
             .expect("drop a column by hand");
-        let report = datalayer::models::migrator()
-            .boot(&engine)
-            .expect("warn boots");
+        let report = blog::models::migrator().boot(&engine).expect("warn boots");
         assert_eq!(report.drift.differences(), ["posts.body: missing"]);
         assert_eq!(
             engine.drift_check().map(|check| check.wait()),
@@ -521,7 +517,7 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
 
         let strict = Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "strict")]))
             .expect("connect");
-        let error = datalayer::models::migrator()
+        let error = blog::models::migrator()
             .boot(&strict)
             .expect_err("strict refuses");
         assert!(
@@ -531,7 +527,7 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
         let off =
             Engine::connect(&with(&engine, &[("DATABASE_SCHEMA_CHECK", "off")])).expect("connect");
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .boot(&off)
                 .expect("off skips")
                 .drift
@@ -545,7 +541,7 @@ fn a_dropped_column_is_reported_and_strict_refuses_to_boot() {
 fn the_committed_fingerprints_match_what_the_migrations_produce() {
     let mut stale = Vec::new();
     for (engine, _place) in fresh_engines("dl_fingerprint", &[]) {
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&engine)
             .expect("migrate");
         let mut conn = engine.get().expect("checkout");

@@ -26,7 +26,7 @@ const AUDIT: [&str; 2] = [
 /// The reference migrator, after it migrated `engine`'s database and `sql` changed what it
 /// left (to make the database look as another release or a hand left it).
 fn migrated_then(engine: &Engine, sql: &str) -> datalayer::Migrator {
-    let reference = datalayer::models::migrator();
+    let reference = blog::models::migrator();
     reference.run_pending(engine).expect("migrate");
     engine
         .get()
@@ -47,7 +47,7 @@ fn ledger(engine: &Engine) -> Vec<String> {
 #[test]
 fn two_sets_share_a_database_and_ignore_each_other() {
     for (engine, _place) in fresh_engines("dl_sets", &[]) {
-        let reference = datalayer::models::migrator();
+        let reference = blog::models::migrator();
         let library = test_migrator("audit", "audit_library");
         assert_eq!(reference.name(), "datalayer");
         assert_eq!(
@@ -144,9 +144,7 @@ fn a_ledger_from_the_previous_release_belongs_to_the_reference_set() {
 #[test]
 fn status_on_a_database_never_migrated_writes_nothing() {
     for (engine, _place) in fresh_engines("dl_status_ro", &[]) {
-        let status = datalayer::models::migrator()
-            .status(&engine)
-            .expect("status");
+        let status = blog::models::migrator().status(&engine).expect("status");
         assert_eq!(status.pending, REFERENCE);
         assert!(status.applied.is_empty(), "{status:?}");
         let mut conn = engine.get().expect("checkout");
@@ -359,7 +357,7 @@ fn status_runs_as_a_read_only_role_on_a_fresh_and_a_migrated_database() {
     };
     let owner = crate::common::postgres_settings(&db.name, &[]);
     let reader = Engine::connect(&as_role(&owner)).expect("connect as the read-only role");
-    let reference = datalayer::models::migrator();
+    let reference = blog::models::migrator();
     let status = reference
         .status(&reader)
         .expect("status on a fresh database");

@@ -53,13 +53,13 @@ fn up_down_up_on_both_backends() {
     for (engine, _place) in fresh_engines("dl_migrate", &[]) {
         let empty = snapshot(&engine);
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .run_pending(&engine)
                 .expect("migrate"),
             ALL
         );
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .run_pending(&engine)
                 .expect("again"),
             Vec::<String>::new()
@@ -67,9 +67,7 @@ fn up_down_up_on_both_backends() {
         let migrated = snapshot(&engine);
         assert!(migrated.len() >= 5, "{migrated:#?}");
         assert_eq!(
-            datalayer::models::migrator()
-                .status(&engine)
-                .expect("status"),
+            blog::models::migrator().status(&engine).expect("status"),
             Status {
                 edited: Vec::new(),
                 applied: ALL.map(String::from).to_vec(),
@@ -81,7 +79,7 @@ fn up_down_up_on_both_backends() {
 
         // The last down undoes the last up exactly: re-applying it gives the same schema.
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .revert(&engine, Revert::Steps(1))
                 .expect("revert"),
             [ALL[1]]
@@ -92,25 +90,21 @@ fn up_down_up_on_both_backends() {
             "{first_only:#?}"
         );
         assert_eq!(
-            datalayer::models::migrator()
-                .run_pending(&engine)
-                .expect("redo"),
+            blog::models::migrator().run_pending(&engine).expect("redo"),
             [ALL[1]]
         );
         assert_eq!(snapshot(&engine), migrated);
 
         // Reverting everything leaves nothing behind.
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .revert(&engine, Revert::All)
                 .expect("revert all"),
             [ALL[1], ALL[0]]
         );
         assert_eq!(snapshot(&engine), empty);
         assert_eq!(
-            datalayer::models::migrator()
-                .status(&engine)
-                .expect("status"),
+            blog::models::migrator().status(&engine).expect("status"),
             Status {
                 edited: Vec::new(),
                 applied: vec![],
@@ -120,7 +114,7 @@ fn up_down_up_on_both_backends() {
             }
         );
         assert_eq!(
-            datalayer::models::migrator()
+            blog::models::migrator()
                 .run_pending(&engine)
                 .expect("up again"),
             ALL
@@ -138,7 +132,7 @@ fn a_failing_migration_is_named_and_the_database_stays_at_the_last_good_one() {
             conn.batch_execute("CREATE TABLE posts (x INTEGER)")
                 .expect("squat on posts");
         }
-        let error = datalayer::models::migrator()
+        let error = blog::models::migrator()
             .run_pending(&engine)
             .expect_err("posts already exists");
         let Error::Migration(MigrationError::Apply {
@@ -159,9 +153,7 @@ fn a_failing_migration_is_named_and_the_database_stays_at_the_last_good_one() {
                 .to_string()
                 .starts_with(&format!("migration {} ({file}) failed: ", ALL[1]))
         );
-        let status = datalayer::models::migrator()
-            .status(&engine)
-            .expect("status");
+        let status = blog::models::migrator().status(&engine).expect("status");
         assert_eq!(status.applied, [ALL[0]]);
         assert_eq!(status.pending, [ALL[1]]);
     }
@@ -173,7 +165,7 @@ fn migrations_ignore_the_applications_statement_timeout() {
     // With a 1 ms statement timeout on every pooled connection, DDL that takes longer would
     // fail if migrations ran on one of them.
     assert_eq!(
-        datalayer::models::migrator()
+        blog::models::migrator()
             .run_pending(&engine)
             .expect("migrate"),
         ALL
@@ -266,13 +258,11 @@ fn read_only_calls_give_the_boot_connection_back() {
     *ESTABLISH_FILTER.lock().expect("filter") = format!("/{}", db.name);
     diesel::connection::set_default_instrumentation(count_establishes).expect("instrument");
 
-    let status = datalayer::models::migrator()
-        .status(&engine)
-        .expect("status");
+    let status = blog::models::migrator().status(&engine).expect("status");
     assert_eq!(status.pending, ALL);
     assert_eq!(migrations::lock_holder(&engine).expect("lock"), None);
     assert_eq!(
-        datalayer::models::migrator()
+        blog::models::migrator()
             .boot(&engine)
             .expect("boot")
             .applied,
@@ -284,8 +274,6 @@ fn read_only_calls_give_the_boot_connection_back() {
         "status, lock_holder and boot all ran on the connection made by Engine::connect"
     );
     // Once the migrations ran, the next migration call opens its own connection.
-    datalayer::models::migrator()
-        .status(&engine)
-        .expect("status");
+    blog::models::migrator().status(&engine).expect("status");
     assert_eq!(ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

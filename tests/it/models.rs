@@ -1,9 +1,9 @@
 //! The models on both backends: CRUD, updated_at, unique email, cascade, publish, keyset pages.
 
+use blog::models::ModelError as Error;
+use blog::models::posts::{self, Cursor, NewPost};
+use blog::models::users::{self, NewUser, UserChanges};
 use chrono::NaiveDate;
-use datalayer::models::ModelError as Error;
-use datalayer::models::posts::{self, Cursor, NewPost};
-use datalayer::models::users::{self, NewUser, UserChanges};
 use diesel::connection::SimpleConnection;
 
 use crate::common::{migrated_engines, query_lines};

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blog::models::users::{self, NewUser};
 use datalayer::engine::metrics as names;
-use datalayer::models::users::{self, NewUser};
 use datalayer::{Engine, Error};
 use diesel::connection::SimpleConnection;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datalayer::models::posts::{self, NewPost};
-use datalayer::models::users::{self, NewUser, UserChanges};
+use blog::models::posts::{self, NewPost};
+use blog::models::users::{self, NewUser, UserChanges};
 use datalayer::{Engine, Error, Settings};
 
 use crate::common::{TestDb, unique_name};
@@ -193,7 +193,7 @@ fn every_model_query_works_through_pgbouncer_in_transaction_mode() {
         ],
     )
     .expect("connect through pgbouncer");
-    datalayer::models::migrator()
+    blog::models::migrator()
         .boot(&migrated)
         .expect("migrations over the direct URL");
     let engine = Arc::new(migrated);
@@ -228,7 +228,7 @@ fn migrations_never_take_their_session_lock_through_the_pooler() {
     let bouncer = PgBouncer::start(2);
     let pooled =
         engine(&bouncer, &db, &[("DATABASE_POOLER", "transaction".into())]).expect("connect");
-    let error = datalayer::models::migrator()
+    let error = blog::models::migrator()
         .boot(&pooled)
         .expect_err("no direct URL");
     let Error::Config(problems) = &error else {
@@ -246,7 +246,7 @@ fn migrations_never_take_their_session_lock_through_the_pooler() {
         ],
     )
     .expect("connect");
-    let report = datalayer::models::migrator().boot(&direct).expect("boot");
+    let report = blog::models::migrator().boot(&direct).expect("boot");
     assert_eq!(report.applied.len(), 2);
     // The lock went away with the direct session; nothing is left on a pooled one.
     let held = crate::common::admin()

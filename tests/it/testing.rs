@@ -31,7 +31,7 @@ fn database_exists(name: &str) -> bool {
 
 #[test]
 fn a_postgres_test_database_is_migrated_named_after_the_test_and_dropped() {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let db = TestDatabase::with_settings(&migrator, &postgres()).expect("test database");
     let name = db.name();
     assert!(
@@ -63,7 +63,7 @@ fn a_postgres_test_database_is_migrated_named_after_the_test_and_dropped() {
 
 #[test]
 fn two_test_databases_share_one_template() {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let stamp = |db: &TestDatabase| {
         let mut conn = db.get().expect("checkout");
         query_lines(
@@ -91,7 +91,7 @@ fn two_test_databases_share_one_template() {
 
 #[test]
 fn a_failing_test_keeps_its_database_and_says_which() {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let kept = std::thread::Builder::new()
         .name("testing::a_failing_test".into())
         .spawn(move || {
@@ -120,7 +120,7 @@ fn a_failing_test_keeps_its_database_and_says_which() {
 
 #[test]
 fn a_sqlite_test_database_is_a_fresh_copy_removed_afterwards() {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let db = TestDatabase::with_settings(&migrator, &sqlite()).expect("test database");
     assert_eq!(db.backend(), Backend::Sqlite);
     let path = std::path::PathBuf::from(db.name());
@@ -130,7 +130,7 @@ fn a_sqlite_test_database_is_a_fresh_copy_removed_afterwards() {
             .is_some_and(|n| n.to_string_lossy().contains("a_fresh_copy_removed")),
         "{path:?}"
     );
-    let users = datalayer::models::users::count(&mut db.get().expect("checkout")).expect("count");
+    let users = blog::models::users::count(&mut db.get().expect("checkout")).expect("count");
     assert_eq!(users, 0);
     drop(db);
     assert!(!path.exists(), "removed when the test passes");
@@ -138,7 +138,7 @@ fn a_sqlite_test_database_is_a_fresh_copy_removed_afterwards() {
 
 #[test]
 fn a_typed_engine_serves_its_own_connection_type_with_the_engine_s_checks() {
-    let migrator = datalayer::models::migrator();
+    let migrator = blog::models::migrator();
     let db = TestDatabase::<PgConnection>::with_settings_as(&migrator, &postgres())
         .expect("test database");
     let engine: &Engine<PgConnection> = db.engine();

@@ -7,7 +7,7 @@
 /// `&mut Conn` run on both backends. Limits of that derive, and how datalayer lives with them:
 ///
 /// - Only SQL types every backend has are usable (integers, floats, text, binary, date, time,
-///   `Timestamp`, bool). That is why the reference models keep timestamps as `timestamp`
+///   `Timestamp`, bool). That is why models on `Conn` keep timestamps as `timestamp`
 ///   holding UTC on PostgreSQL too: `timestamptz` has no SQLite counterpart.
 /// - No `ON CONFLICT` clause through the shared backend; use [`dispatch!`](crate::dispatch)
 ///   for backend-specific SQL.
@@ -38,8 +38,9 @@ pub enum Conn {
 ///
 /// ```
 /// use datalayer::{Conn, dispatch};
-/// use datalayer::schema::users;
 /// use diesel::prelude::*;
+///
+/// diesel::table! { users (id) { id -> BigInt, email -> Text } }
 ///
 /// fn count_users(conn: &mut Conn) -> QueryResult<i64> {
 ///     dispatch!(conn, |c| users::table.count().get_result(c))

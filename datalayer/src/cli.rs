@@ -3,8 +3,8 @@
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     // In an application: datalayer::embed_migrations!("migrations")
-//!     datalayer::cli::run(&datalayer::models::migrator())
+//!     // An application embeds its own folder, usually "migrations".
+//!     datalayer::cli::run(&datalayer::embed_migrations!("doc/migrations"))
 //! }
 //! ```
 //!

@@ -25,8 +25,9 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), datalayer::Error> {
-//! // In an application's tests: its own `datalayer::embed_migrations!("migrations")`.
-//! let db = datalayer::testing::TestDatabase::new(&datalayer::models::migrator())?;
+//! // An application embeds its own folder, usually "migrations".
+//! let migrator = datalayer::embed_migrations!("doc/migrations");
+//! let db = datalayer::testing::TestDatabase::new(&migrator)?;
 //! let mut conn = db.engine().get()?;
 //! # drop(conn);
 //! # Ok(())

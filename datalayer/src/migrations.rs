@@ -128,10 +128,10 @@ type BackendSet = (Option<Backend>, MigrationSet);
 /// ```
 /// # let dir = tempfile::tempdir()?;
 /// # let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", dir.path().join("db").as_os_str())])?;
-/// let migrator = datalayer::models::migrator(); // an application: datalayer::embed_migrations!("migrations")
+/// let migrator = datalayer::embed_migrations!("doc/migrations"); // an application: "migrations"
 /// let engine = datalayer::Engine::connect(&settings)?;
 /// let report = migrator.boot(&engine)?;
-/// assert_eq!(report.applied.len(), 2);
+/// assert_eq!(report.applied.len(), 1);
 /// assert!(migrator.status(&engine)?.pending.is_empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
