@@ -192,6 +192,17 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// Whether this build of datalayer can reach the backend: its cargo feature (named as
+    /// the backend's `Display`, `postgres` or `sqlite`) is on.
+    pub const fn is_enabled(self) -> bool {
+        match self {
+            Backend::Postgres => cfg!(feature = "postgres"),
+            Backend::Sqlite => cfg!(feature = "sqlite"),
+        }
+    }
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -29,6 +29,12 @@
 // The expansion of `embed_migrations!` names `::datalayer`, inside this crate too.
 extern crate self as datalayer;
 
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!(
+    "datalayer needs a backend: enable its `postgres` or `sqlite` feature (or both) in Cargo.toml"
+);
+
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -34,17 +34,23 @@
 //! # }
 //! ```
 
+#[cfg(feature = "postgres")]
 mod spare;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "postgres")]
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
+#[cfg(feature = "postgres")]
 use diesel::PgConnection;
 use diesel::connection::SimpleConnection;
+#[cfg(feature = "postgres")]
 use diesel::sql_types::BigInt;
+#[cfg(feature = "postgres")]
 use diesel::{QueryableByName, RunQueryDsl};
 use sha2::{Digest, Sha256};
 
@@ -62,6 +68,7 @@ pub struct TestDatabase<C: PoolConnection = Conn> {
 }
 
 enum Place {
+    #[cfg(feature = "postgres")]
     Postgres {
         name: String,
         admin: Arc<Engine<PgConnection>>,
@@ -104,11 +111,20 @@ impl<C: PoolConnection> TestDatabase<C> {
         let name = test_name();
         let template = template_name(migrator, &settings)?;
         let place = match &settings.target {
+            #[cfg(feature = "postgres")]
             Target::Postgres(_) => {
                 let admin = admin(&settings)?;
                 postgres_template(&admin, migrator, &settings, &template)?;
                 spare::create(&admin, &template, &name)?;
                 Place::Postgres { name, admin }
+            }
+            // `check_backend` refused it above: no connection type reaches PostgreSQL.
+            #[cfg(not(feature = "postgres"))]
+            Target::Postgres(_) => {
+                return Err(Error::Connect {
+                    target: settings.connection_url().to_string(),
+                    reason: "this build of datalayer has no postgres support".into(),
+                });
             }
             Target::Sqlite(_) => {
                 let folder = std::env::temp_dir().join("datalayer-tests");
@@ -122,6 +138,7 @@ impl<C: PoolConnection> TestDatabase<C> {
             }
         };
         match (&mut settings.target, &place) {
+            #[cfg(feature = "postgres")]
             (Target::Postgres(pg), Place::Postgres { name, .. }) => {
                 pg.database = Some(name.clone())
             }
@@ -148,6 +165,7 @@ impl<C: PoolConnection> TestDatabase<C> {
     /// The database's name (PostgreSQL) or file (SQLite).
     pub fn name(&self) -> String {
         match &self.place {
+            #[cfg(feature = "postgres")]
             Place::Postgres { name, .. } => name.clone(),
             Place::Sqlite { path } => path.display().to_string(),
         }
@@ -173,6 +191,7 @@ impl<C: PoolConnection> Drop for TestDatabase<C> {
             return;
         }
         match &self.place {
+            #[cfg(feature = "postgres")]
             Place::Postgres { name, admin } => {
                 if let Ok(mut conn) = admin.get() {
                     let _ = conn.batch_execute(&format!(
@@ -190,10 +209,12 @@ impl<C: PoolConnection> Drop for TestDatabase<C> {
 /// [`TestDatabase`], is ready (at most 30 s). Tests do not need it; a benchmark of something
 /// else calls it so that no clone runs meanwhile.
 pub fn wait_for_spares() {
+    #[cfg(feature = "postgres")]
     spare::settle();
 }
 
 /// A PostgreSQL identifier, quoted.
+#[cfg(feature = "postgres")]
 pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -244,6 +265,7 @@ fn template_name(migrator: &Migrator, settings: &Settings) -> Result<String, Err
     Ok(format!("dlt_tpl_{}_{hash}", sanitized(migrator.name(), 24)))
 }
 
+#[cfg(feature = "postgres")]
 /// One admin engine per server and maintenance database for the whole process.
 fn admin(settings: &Settings) -> Result<Arc<Engine<PgConnection>>, Error> {
     static ADMINS: Mutex<Vec<(String, Arc<Engine<PgConnection>>)>> = Mutex::new(Vec::new());
@@ -277,6 +299,7 @@ fn known_templates() -> &'static Mutex<HashSet<String>> {
     KNOWN.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
+#[cfg(feature = "postgres")]
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -285,6 +308,7 @@ struct Count {
 
 /// Makes sure the template exists: under an advisory lock (one builder across processes),
 /// migrated under a temporary name and renamed, stale templates of the same set dropped.
+#[cfg(feature = "postgres")]
 fn postgres_template(
     admin: &Engine<PgConnection>,
     migrator: &Migrator,
@@ -368,6 +392,7 @@ fn postgres_template(
     Ok(())
 }
 
+#[cfg(feature = "postgres")]
 #[derive(QueryableByName)]
 struct Name {
     #[diesel(sql_type = diesel::sql_types::Text)]

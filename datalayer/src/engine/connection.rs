@@ -18,11 +18,15 @@
 /// - The derived `establish` tries each backend in turn and drops their errors, so datalayer
 ///   never calls it: the engine establishes the configured backend's connection itself and
 ///   reports that backend's own error.
+///
+/// Its variants are the backends the crate's features enable (`postgres`, `sqlite`).
 #[derive(diesel::MultiConnection)]
 pub enum Conn {
     /// A PostgreSQL connection (libpq).
+    #[cfg(feature = "postgres")]
     Postgres(diesel::PgConnection),
     /// A SQLite connection.
+    #[cfg(feature = "sqlite")]
     Sqlite(diesel::SqliteConnection),
 }
 
@@ -46,11 +50,36 @@ pub enum Conn {
 ///     dispatch!(conn, |c| users::table.count().get_result(c))
 /// }
 /// ```
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
 #[macro_export]
 macro_rules! dispatch {
     ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
             $crate::Conn::Postgres($c) => $body,
+            $crate::Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Runs the same Diesel code on the concrete connection inside a [`Conn`] (built with the
+/// `postgres` feature only: always a `PgConnection`).
+#[cfg(all(feature = "postgres", not(feature = "sqlite")))]
+#[macro_export]
+macro_rules! dispatch {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::Conn::Postgres($c) => $body,
+        }
+    };
+}
+
+/// Runs the same Diesel code on the concrete connection inside a [`Conn`] (built with the
+/// `sqlite` feature only: always a `SqliteConnection`).
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+#[macro_export]
+macro_rules! dispatch {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
             $crate::Conn::Sqlite($c) => $body,
         }
     };

@@ -303,11 +303,12 @@ impl MigrationConn {
         if self.ready {
             return Ok(());
         }
-        let failed = |e: diesel::result::Error| {
-            ConnectError(format!("setting up the migration session: {e}"))
-        };
         match &mut self.conn {
+            #[cfg(feature = "postgres")]
             Conn::Postgres(conn) => {
+                let failed = |e: diesel::result::Error| {
+                    ConnectError(format!("setting up the migration session: {e}"))
+                };
                 use diesel::RunQueryDsl;
                 let row: SchemaRow = diesel::sql_query(
                     "SELECT set_config('statement_timeout', '0', false) AS statement_timeout, \
@@ -323,6 +324,7 @@ impl MigrationConn {
                 self.schema = Some((row.database, row.schema));
             }
             // Its busy timeout was set when it was opened (`Manager::establish_to`).
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(_) => {}
         }
         self.ready = true;
@@ -330,6 +332,7 @@ impl MigrationConn {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[derive(diesel::QueryableByName)]
 struct SchemaRow {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -481,7 +484,7 @@ impl HandleError<ConnectError> for RememberErrors {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::sync::mpsc;
     use std::time::Duration;

@@ -2,12 +2,16 @@
 //! chosen by the settings), or a plain `PgConnection` or `SqliteConnection` for an application
 //! that runs on one backend and wants all of its SQL types and clauses.
 
+#[cfg(feature = "postgres")]
+use diesel::PgConnection;
+#[cfg(feature = "sqlite")]
+use diesel::SqliteConnection;
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::R2D2Connection;
-use diesel::sql_types::{Integer, Nullable, Text};
-use diesel::{
-    Connection, ConnectionResult, PgConnection, QueryResult, RunQueryDsl, SqliteConnection,
-};
+#[cfg(feature = "postgres")]
+use diesel::sql_types::Integer;
+use diesel::sql_types::{Nullable, Text};
+use diesel::{Connection, ConnectionResult, QueryResult, RunQueryDsl};
 
 use super::Conn;
 use crate::config::Backend;
@@ -42,11 +46,14 @@ impl From<IdentityRow> for Identity {
     }
 }
 
+#[cfg(feature = "postgres")]
 const POSTGRES_IDENTITY: &str = "SELECT version() AS version, current_user::text AS user, \
                                  current_database()::text AS database";
+#[cfg(feature = "sqlite")]
 const SQLITE_IDENTITY: &str = "SELECT 'SQLite ' || sqlite_version() AS version, NULL AS user, \
                                (SELECT file FROM pragma_database_list WHERE name = 'main') AS database";
 
+#[cfg(feature = "postgres")]
 #[derive(diesel::QueryableByName)]
 struct BackendPid {
     #[diesel(sql_type = Integer)]
@@ -84,16 +91,20 @@ pub trait PoolConnection:
 mod private {
     pub trait Sealed {}
     impl Sealed for super::Conn {}
+    #[cfg(feature = "postgres")]
     impl Sealed for diesel::PgConnection {}
+    #[cfg(feature = "sqlite")]
     impl Sealed for diesel::SqliteConnection {}
 }
 
+#[cfg(feature = "postgres")]
 fn postgres_pid(conn: &mut PgConnection) -> QueryResult<Option<i32>> {
     diesel::sql_query("SELECT pg_backend_pid() AS pid")
         .get_result::<BackendPid>(conn)
         .map(|row| Some(row.pid))
 }
 
+#[cfg(feature = "postgres")]
 impl PoolConnection for PgConnection {
     const BACKENDS: &'static [Backend] = &[Backend::Postgres];
 
@@ -116,6 +127,7 @@ impl PoolConnection for PgConnection {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl PoolConnection for SqliteConnection {
     const BACKENDS: &'static [Backend] = &[Backend::Sqlite];
 
@@ -139,26 +151,44 @@ impl PoolConnection for SqliteConnection {
 }
 
 impl PoolConnection for Conn {
-    const BACKENDS: &'static [Backend] = &[Backend::Postgres, Backend::Sqlite];
+    const BACKENDS: &'static [Backend] = &[
+        #[cfg(feature = "postgres")]
+        Backend::Postgres,
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite,
+    ];
 
     fn establish_to(backend: Backend, url: &str) -> ConnectionResult<Self> {
         // Not the derived `establish`, which tries each backend and drops their errors.
         match backend {
+            #[cfg(feature = "postgres")]
             Backend::Postgres => PgConnection::establish(url).map(Conn::Postgres),
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite => SqliteConnection::establish(url).map(Conn::Sqlite),
+            #[allow(
+                unreachable_patterns,
+                reason = "reached when a backend's feature is off"
+            )]
+            other => Err(diesel::ConnectionError::BadConnection(format!(
+                "datalayer was built without its `{other}` feature"
+            ))),
         }
     }
 
     fn backend_pid(&mut self) -> QueryResult<Option<i32>> {
         match self {
+            #[cfg(feature = "postgres")]
             Conn::Postgres(pg) => postgres_pid(pg),
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(_) => Ok(None),
         }
     }
 
     fn identity(&mut self) -> QueryResult<Identity> {
         match self {
+            #[cfg(feature = "postgres")]
             Conn::Postgres(pg) => pg.identity(),
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(sqlite) => sqlite.identity(),
         }
     }

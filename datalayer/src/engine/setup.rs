@@ -74,6 +74,28 @@ pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<()
     if C::BACKENDS.contains(&settings.backend()) {
         return Ok(());
     }
+    let backend = settings.backend();
+    if !backend.is_enabled() {
+        return Err(Error::Config(crate::error::ConfigErrors(vec![
+            crate::error::ConfigProblem {
+                variable: match backend {
+                    crate::config::Backend::Sqlite => "DATABASE_PATH",
+                    crate::config::Backend::Postgres => "DATABASE_URL",
+                }
+                .into(),
+                message: format!(
+                    "the settings choose a {backend} database, but this build of datalayer has \
+                     no {backend} support: add \"{backend}\" to the features of the datalayer \
+                     dependency in Cargo.toml, or configure a {} database",
+                    C::BACKENDS
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            },
+        ])));
+    }
     let name = std::any::type_name::<C>();
     Err(Error::Config(crate::error::ConfigErrors(vec![
         crate::error::ConfigProblem {

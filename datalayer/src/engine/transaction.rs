@@ -10,9 +10,13 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use diesel::PgConnection;
+use diesel::QueryResult;
+#[cfg(feature = "sqlite")]
+use diesel::SqliteConnection;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::{PgConnection, QueryResult, SqliteConnection};
 
 use super::boot::Jitter;
 use super::pool_connection::PoolConnection;
@@ -30,6 +34,7 @@ pub enum Isolation {
 }
 
 impl Isolation {
+    #[cfg(feature = "postgres")]
     fn postgres_begin(self) -> &'static str {
         match self {
             Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
@@ -49,18 +54,25 @@ fn begin<C: PoolConnection>(conn: &mut C, isolation: Isolation) -> QueryResult<(
     conn.begin_with(isolation)
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) fn begin_postgres(conn: &mut PgConnection, isolation: Isolation) -> QueryResult<()> {
     AnsiTransactionManager::begin_transaction_sql(conn, isolation.postgres_begin())
 }
 
+#[cfg(feature = "sqlite")]
 pub(crate) fn begin_sqlite(conn: &mut SqliteConnection) -> QueryResult<()> {
     AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")
 }
 
 pub(crate) fn begin_conn(conn: &mut Conn, isolation: Isolation) -> QueryResult<()> {
     match conn {
+        #[cfg(feature = "postgres")]
         Conn::Postgres(pg) => begin_postgres(pg, isolation),
-        Conn::Sqlite(sqlite) => begin_sqlite(sqlite),
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(sqlite) => {
+            let _ = isolation;
+            begin_sqlite(sqlite)
+        }
     }
 }
 

@@ -91,9 +91,11 @@ pub(crate) fn ensure(conn: &mut Conn) -> Result<(), MigrationError> {
         "ALTER TABLE datalayer_migrations ADD COLUMN migration_set TEXT NOT NULL DEFAULT '{LEGACY_SET}'"
     );
     match conn {
+        #[cfg(feature = "postgres")]
         Conn::Postgres(pg) => {
             pg.batch_execute(&add_column.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
         }
+        #[cfg(feature = "sqlite")]
         Conn::Sqlite(sqlite) => {
             #[derive(QueryableByName)]
             struct Count {
