@@ -1,10 +1,57 @@
-//! The command line every application gets for its own migrations: [`run`] is a whole
-//! `main`.
+//! The command line every application gets for its own migrations, whole or embedded in its
+//! own (`cli` feature).
+//!
+//! [`run`] is a whole `main`:
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
 //!     // An application embeds its own folder, usually "migrations".
 //!     datalayer::cli::run(&datalayer::embed_migrations!("doc/migrations"))
+//! }
+//! ```
+//!
+//! An application with commands of its own (a `serve`) embeds the shared ones in its clap
+//! command line, one binary and one `--help`, and boots its server with the same pieces the
+//! command line uses: [`init_logging`] (so that lock and drift warnings are seen),
+//! [`load_settings`] (the environment, then `./.env`; configuration warnings printed) and
+//! [`report`] (the error on stderr, the exit status [`Error::exit_code`] documents):
+//!
+//! ```no_run
+//! use clap::{Parser, Subcommand};
+//! use std::process::ExitCode;
+//!
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(subcommand)]
+//!     command: Option<Command>,
+//! }
+//!
+//! #[derive(Subcommand)]
+//! enum Command {
+//!     /// Serve HTTP.
+//!     Serve,
+//!     #[command(flatten)]
+//!     Database(datalayer::cli::Command),
+//! }
+//!
+//! fn serve() -> Result<(), datalayer::Error> {
+//!     let settings = datalayer::cli::load_settings()?;
+//!     let engine = datalayer::Engine::connect(&settings)?;
+//!     datalayer::embed_migrations!("doc/migrations").boot(&engine)?;
+//!     // ... accept requests, `engine.get()?` in each handler
+//!     Ok(())
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     let cli = Cli::parse();
+//!     datalayer::cli::init_logging();
+//!     match cli.command {
+//!         Some(Command::Serve) => serve().map_or_else(|e| datalayer::cli::report(&e), |()| ExitCode::SUCCESS),
+//!         Some(Command::Database(command)) => {
+//!             datalayer::cli::execute(&datalayer::embed_migrations!("doc/migrations"), Some(command))
+//!         }
+//!         None => datalayer::cli::execute(&datalayer::embed_migrations!("doc/migrations"), None),
+//!     }
 //! }
 //! ```
 //!
@@ -39,8 +86,11 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand)]
-enum Command {
+/// The shared commands, to embed in an application's own clap command line with
+/// `#[command(flatten)]` and run with [`execute`].
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
     /// Print every effective setting with its value and where it came from (environment,
     /// .env, DATABASE_URL or default), and the connection URL with its password redacted.
     Config,
@@ -81,47 +131,14 @@ enum Command {
     },
 }
 
-/// What went wrong, and the exit status it earns.
-struct Failure {
-    error: Error,
-    status: u8,
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        let status = match &error {
-            Error::Config(_)
-            | Error::DotEnv { .. }
-            | Error::Migration(MigrationError::UnsupportedBackend { .. }) => 2,
-            Error::Connect { .. } | Error::PoolTimeout { .. } => 3,
-            Error::Migration(_) => 4,
-            _ => 1,
-        };
-        Failure { error, status }
-    }
-}
-
-impl From<MigrationError> for Failure {
-    fn from(error: MigrationError) -> Self {
-        Failure::from(Error::from(error))
-    }
-}
-
 /// The whole command line, for an application's `main`: parses the arguments (the program's
 /// own name in `--help`), reads the settings from the environment and `./.env`, runs the
 /// subcommand on `migrator`, prints errors one line each to stderr, and returns the exit
 /// status.
 pub fn run(migrator: &Migrator) -> ExitCode {
-    let program = std::env::args_os()
-        .next()
-        .and_then(|arg0| {
-            Path::new(&arg0)
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned())
-        })
-        .map_or_else(|| migrator.name().to_string(), |name| printable(&name));
+    let program = program_name(migrator);
     let matches = Cli::command()
-        .name(program.clone())
+        .name(program)
         .version(env!("CARGO_PKG_VERSION"))
         .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -129,22 +146,61 @@ pub fn run(migrator: &Migrator) -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging();
-    match command(&program, migrator, cli.command) {
+    execute(migrator, cli.command)
+}
+
+/// Runs one shared command (`None`: the boot sequence a server runs, printing one summary
+/// line) on `migrator`, with the settings of [`load_settings`]; prints an error as [`report`]
+/// does and returns the exit status. Call [`init_logging`] first.
+pub fn execute(migrator: &Migrator, command: Option<Command>) -> ExitCode {
+    match load().and_then(|loaded| self::command(migrator, &loaded, command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            let mut stderr = io::stderr().lock();
-            for line in failure.error.to_string().lines() {
-                let _ = writeln!(stderr, "{program}: error: {line}");
-            }
-            ExitCode::from(failure.status)
-        }
+        Err(error) => report(&error),
     }
 }
 
-fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Result<(), Failure> {
+/// The settings as the command line reads them: `DATABASE_*` variables from the process
+/// environment, then from `./.env` for variables the environment does not set (a missing
+/// `.env` is fine; an unreadable one is an error). Configuration warnings (a password file
+/// others may read, a misspelt `DATABASE_*` variable) go to stderr, one line each, as
+/// `<program>: warning: ...`.
+pub fn load_settings() -> Result<Settings, Error> {
+    Ok(load()?.settings)
+}
+
+/// Prints `error` to stderr, one `<program>: error: ...` line per line of its message, and
+/// returns its exit status ([`Error::exit_code`]).
+pub fn report(error: &Error) -> ExitCode {
+    let program = program_name_or("datalayer");
+    let mut stderr = io::stderr().lock();
+    for line in error.to_string().lines() {
+        let _ = writeln!(stderr, "{program}: error: {}", printable(line));
+    }
+    ExitCode::from(error.exit_code())
+}
+
+/// The running program's file name, printable; `fallback` when there is none.
+fn program_name_or(fallback: &str) -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|arg0| {
+            Path::new(&arg0)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .map_or_else(|| fallback.to_string(), |name| printable(&name))
+}
+
+fn program_name(migrator: &Migrator) -> String {
+    program_name_or(migrator.name())
+}
+
+/// [`load_settings`], with the record of where each value came from (for `config`).
+fn load() -> Result<Loaded, Error> {
     let loaded = Vars::from_process_env()
         .with_dotenv(Path::new(".env"))?
         .load()?;
+    let program = program_name_or("datalayer");
     for warning in &loaded.warnings {
         eprintln!("{program}: warning: {}", printable(warning));
     }
@@ -154,11 +210,15 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
             printable(name)
         );
     }
+    Ok(loaded)
+}
+
+fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Result<(), Error> {
     let Some(command) = command else {
-        return boot(migrator, &loaded);
+        return boot(migrator, loaded);
     };
     if let Command::Config = command {
-        print(&config_table(&loaded));
+        print(&config_table(loaded));
         return Ok(());
     }
     let mut settings = one_shot(&loaded.settings);
@@ -187,12 +247,12 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
                     replica.target
                 ));
                 if !replica.reachable {
-                    return Err(Failure::from(Error::Connect {
+                    return Err(Error::Connect {
                         target: replica.target,
                         reason: replica
                             .reason
                             .unwrap_or_else(|| "the read replica cannot be reached".into()),
-                    }));
+                    });
                 }
             }
         }
@@ -270,7 +330,7 @@ fn command(program: &str, migrator: &Migrator, command: Option<Command>) -> Resu
 
 /// The boot sequence a server runs: engine, migrations (lock, ledger, pending, drift check),
 /// ping; one summary line.
-fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Failure> {
+fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Error> {
     let engine = Engine::connect(&one_shot(&loaded.settings))?;
     let report = migrator.boot(&engine)?;
     let ping = engine.ping()?;
@@ -306,9 +366,11 @@ fn one_shot(settings: &Settings) -> Settings {
     settings
 }
 
-/// Logs go to stderr. `RUST_LOG` picks the level (`info`, or targets such as
-/// `datalayer=debug`); the default shows warnings.
-fn init_logging() {
+/// Installs the command line's log subscriber, unless the process already has one: logs go to
+/// stderr; `RUST_LOG` picks the level (`info`, or targets such as `datalayer=debug`); the
+/// default shows warnings. Without a subscriber, datalayer's warnings (a migration lock that
+/// others wait for, schema drift, a slow query) are lost.
+pub fn init_logging() {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|text| text.parse::<tracing_subscriber::filter::Targets>().ok())

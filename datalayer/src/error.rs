@@ -73,6 +73,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit status a command line or a server's boot gives this error, the codes the
+    /// `datalayer` command line documents:
+    ///
+    /// | code | meaning |
+    /// | ---: | --- |
+    /// | 2 | configuration error (a variable, `.env`, a backend this build lacks) |
+    /// | 3 | the database cannot be reached (connect failure, pool timeout) |
+    /// | 4 | a migration failed |
+    /// | 1 | anything else |
+    ///
+    /// (0 is success, and clap exits 2 on a bad command line.)
+    ///
+    /// ```
+    /// let error = datalayer::Settings::from_pairs([("DATABASE_PORT", "x")]).unwrap_err();
+    /// assert_eq!(error.exit_code(), 2);
+    /// ```
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_)
+            | Error::DotEnv { .. }
+            | Error::Migration(MigrationError::UnsupportedBackend { .. }) => 2,
+            Error::Connect { .. } | Error::PoolTimeout { .. } => 3,
+            Error::Migration(_) => 4,
+            Error::Database(_) => 1,
+        }
+    }
+
     /// The configuration problems, when this is a configuration error.
     pub fn config_problems(&self) -> &[ConfigProblem] {
         match self {

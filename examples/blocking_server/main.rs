@@ -38,7 +38,6 @@ use blog::models::ModelError;
 use blog::models::posts::{self, Cursor, NewPost, Post};
 use blog::models::users::{self, NewUser, User};
 use chrono::NaiveDateTime;
-use datalayer::config::Vars;
 use datalayer::engine::transaction::{Isolation, TransactionError};
 use datalayer::{Engine, Error};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -366,10 +365,9 @@ fn main() -> std::process::ExitCode {
     };
     let engine = match boot() {
         Ok(engine) => Arc::new(engine),
-        Err(e) => {
-            tracing::error!("boot failed: {e}");
-            return std::process::ExitCode::from(3);
-        }
+        // The error on stderr, and the command line's exit status for it (2 configuration,
+        // 3 database unreachable, 4 migration failed).
+        Err(e) => return datalayer::cli::report(&e),
     };
     let listener = match std::net::TcpListener::bind(&listen) {
         Ok(listener) => listener,
@@ -420,10 +418,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn boot() -> Result<Engine, Error> {
-    let settings = Vars::from_process_env()
-        .with_dotenv(std::path::Path::new(".env"))?
-        .load()?
-        .settings;
+    // As the command line reads them: the environment, then ./.env; warnings on stderr.
+    let settings = datalayer::cli::load_settings()?;
     let engine = Engine::connect(&settings)?;
     let report = blog::models::migrator().boot(&engine)?;
     tracing::info!("{} migration(s) applied", report.applied.len());
