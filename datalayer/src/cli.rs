@@ -99,8 +99,9 @@ pub enum Command {
     /// Apply pending migrations, printing each one applied.
     Migrate {
         /// Record the current checksum of this applied migration's edited up.sql as the
-        /// accepted one (VERSION as `status` shows it, e.g. 20261125000001), then migrate.
-        #[arg(long, value_name = "VERSION")]
+        /// accepted one (MIGRATION as `status` shows it, e.g. 2026-11-25-000001_create_users,
+        /// or its version, 20261125000001), then migrate.
+        #[arg(long, value_name = "MIGRATION")]
         accept_checksum: Vec<String>,
     },
     /// List applied, pending and unknown migrations, one per line, and who holds the
@@ -344,12 +345,12 @@ fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Error> {
     };
     let replica = engine
         .replica_state()
-        .map(|state| format!("; replica {}: {state}", state.target))
+        .zip(engine.settings().replica_settings())
+        .map(|(state, replica)| format!("; replica {}: {state}", replica.summary()))
         .unwrap_or_default();
     print(&format!(
-        "ready: {} at {}; {} migration(s) applied; {}; ping {:.2?}{drift}{replica}\n",
-        engine.backend(),
-        engine.target(),
+        "ready: {}; {} migration(s) applied; {}; ping {:.2?}{drift}{replica}\n",
+        engine.settings().summary(),
         report.applied.len(),
         ping.server_version,
         ping.latency,

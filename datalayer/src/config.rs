@@ -25,7 +25,7 @@
 //! | `DATABASE_SSLROOTCERT` | unset | CA certificate file for `verify-ca` / `verify-full`; must exist. |
 //! | `DATABASE_SSLCERT` | unset | Client certificate file, for `cert` authentication; must exist, and comes with `DATABASE_SSLKEY`. |
 //! | `DATABASE_SSLKEY` | unset | The client certificate's private key file (libpq wants it readable by its owner only); must exist. Shown by path only. |
-//! | `DATABASE_APPLICATION_NAME` | `datalayer` | Shown in `pg_stat_activity`. |
+//! | `DATABASE_APPLICATION_NAME` | the program's name | Shown in `pg_stat_activity`: the running binary's file name (cargo's test-binary hash dropped; `datalayer` if it has none). |
 //! | `DATABASE_CONNECT_TIMEOUT` | `10s` | Limit for one connection attempt; libpq counts whole seconds (rounded up, at least 2). |
 //! | `DATABASE_POOL_MAX_SIZE` | `10` | Most connections the pool holds, at least 1. |
 //! | `DATABASE_POOL_MIN_IDLE` | unset | Idle connections the pool keeps ready, at most the max size; unset keeps the pool's default (max size). |
@@ -68,12 +68,13 @@
 //!     ("DATABASE_USER", "app"),
 //!     ("DATABASE_PASSWORD", "p@ss/word"),
 //!     ("DATABASE_NAME", "app"),
+//!     ("DATABASE_APPLICATION_NAME", "billing-api"),
 //!     ("DATABASE_TCP_USER_TIMEOUT", "0"),
 //! ])?;
 //! assert_eq!(settings.backend(), Backend::Postgres);
 //! assert_eq!(
 //!     settings.connection_url().redacted(),
-//!     "postgres://app:***@db.internal:5432/app?sslmode=prefer&application_name=datalayer&connect_timeout=10"
+//!     "postgres://app:***@db.internal:5432/app?sslmode=prefer&application_name=billing-api&connect_timeout=10"
 //! );
 //! # Ok::<(), datalayer::Error>(())
 //! ```
@@ -574,6 +575,35 @@ impl Settings {
             pg.password = Some(password);
         }
         Ok(current.connection_url())
+    }
+
+    /// Where the settings point, in one line for a boot or a log: the backend, the host(s) and
+    /// port(s), the database and the TLS mode (PostgreSQL), or the file (SQLite); no user, no
+    /// secret, no other libpq parameter.
+    ///
+    /// ```
+    /// let settings = datalayer::Settings::from_pairs([
+    ///     ("DATABASE_URL", "postgres://app:pw@db.internal/app?sslmode=verify-full&keepalives=1"),
+    /// ])?;
+    /// assert_eq!(settings.summary(), "postgres at db.internal:5432, database app, sslmode verify-full");
+    /// # Ok::<(), datalayer::Error>(())
+    /// ```
+    pub fn summary(&self) -> String {
+        match &self.target {
+            Target::Sqlite(sqlite) => format!("sqlite at {}", sqlite.path.display()),
+            Target::Postgres(pg) => {
+                let hosts = std::iter::once((&pg.host, pg.port))
+                    .chain(pg.more_hosts.iter().map(|(host, port)| (host, *port)))
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                format!(
+                    "postgres at {hosts}, database {}, sslmode {}",
+                    pg.database.as_deref().unwrap_or("(the user's)"),
+                    pg.ssl_mode.as_str()
+                )
+            }
+        }
     }
 
     /// The connection URL. For PostgreSQL a libpq URL with every part percent-encoded and

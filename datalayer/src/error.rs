@@ -256,8 +256,8 @@ pub enum MigrationError {
 
     /// No migration of this set has the version given (to `--accept-checksum`).
     #[error(
-        "{set:?} has no migration with version {version}; give it as `status` shows it, \
-         without dashes (e.g. 20261125000001)"
+        "{set:?} has no migration {version:?}; give it as `status` shows it (its folder name, \
+         e.g. 2026-11-25-000001_create_users) or as its version (20261125000001)"
     )]
     NoSuchVersion {
         /// The set.

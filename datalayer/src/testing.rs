@@ -18,8 +18,10 @@
 //! setup is a rename instead of a copy (see `spare.rs`); the spare left at the end is dropped
 //! when the process exits.
 //!
-//! When the test passes, the database (or file) is dropped; when it fails (the guard is
-//! dropped while panicking) it is kept and its name printed, to look at what the test left.
+//! When the test passes, the database (or file) is dropped (a PostgreSQL database by a
+//! background thread, so the test does not wait for it; every one is gone when the process
+//! exits); when it fails (the guard is dropped while panicking) it is kept and its name
+//! printed, to look at what the test left.
 //! The test's engine opens connections on demand (`DATABASE_POOL_MIN_IDLE` 0), so many tests
 //! in parallel do not fill the server's connection slots.
 //!
@@ -34,6 +36,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "postgres")]
+mod drops;
 #[cfg(feature = "postgres")]
 mod spare;
 
@@ -96,8 +100,38 @@ impl TestDatabase {
 
 impl<C: PoolConnection> TestDatabase<C> {
     /// [`TestDatabase::new`] with an engine of another connection type (e.g. `PgConnection`).
+    ///
+    /// Tests read the process environment only, never `.env`: a run without any `DATABASE_*`
+    /// variable gets the SQLite default, and when `C` cannot use SQLite, an error saying to
+    /// set `DATABASE_URL`.
     pub fn new_as(migrator: &Migrator) -> Result<TestDatabase<C>, Error> {
-        TestDatabase::with_settings_as(migrator, &Settings::from_env()?)
+        let settings = Settings::from_env()?;
+        let nothing_set =
+            !std::env::vars_os().any(|(name, _)| name.to_string_lossy().starts_with("DATABASE_"));
+        if nothing_set && !C::BACKENDS.contains(&settings.backend()) {
+            return Err(Error::Config(crate::error::ConfigErrors(vec![
+                crate::error::ConfigProblem {
+                    variable: "DATABASE_URL".into(),
+                    message: format!(
+                        "is not set, and these tests need a {} database: set DATABASE_URL in \
+                         the environment to a server where this role may create databases \
+                         (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo \
+                         test); tests do not read .env{}",
+                        C::BACKENDS
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" or "),
+                        if Path::new(".env").exists() {
+                            " (./.env exists, but only the command line reads it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+            ])));
+        }
+        TestDatabase::with_settings_as(migrator, &settings)
     }
 
     /// [`TestDatabase::with_settings`] with an engine of another connection type.
@@ -192,25 +226,23 @@ impl<C: PoolConnection> Drop for TestDatabase<C> {
         }
         match &self.place {
             #[cfg(feature = "postgres")]
-            Place::Postgres { name, admin } => {
-                if let Ok(mut conn) = admin.get() {
-                    let _ = conn.batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        quote(name)
-                    ));
-                }
-            }
+            // Off the test's thread (`drops.rs`); done by the time the process exits.
+            Place::Postgres { name, admin } => drops::later(admin, name),
             Place::Sqlite { path } => remove_sqlite(path),
         }
     }
 }
 
 /// Waits until the next test's database, cloned in the background after each PostgreSQL
-/// [`TestDatabase`], is ready (at most 30 s). Tests do not need it; a benchmark of something
-/// else calls it so that no clone runs meanwhile.
+/// [`TestDatabase`], is ready, and until the databases of passed tests are dropped (at most
+/// 30 s each). Tests do not need it; a benchmark of something else calls it so that no clone
+/// or drop runs meanwhile.
 pub fn wait_for_spares() {
     #[cfg(feature = "postgres")]
-    spare::settle();
+    {
+        spare::settle();
+        drops::settle(std::time::Duration::from_secs(30));
+    }
 }
 
 /// A PostgreSQL identifier, quoted.

@@ -168,7 +168,7 @@ fn boot_on_sqlite_creates_and_migrates_the_default_file_once() {
     let summary = first_line(&first);
     assert!(
         summary.starts_with(
-            "ready: sqlite at sqlite://data/datalayer.sqlite3; 2 migration(s) applied; SQLite 3."
+            "ready: sqlite at data/datalayer.sqlite3; 2 migration(s) applied; SQLite 3."
         ),
         "{summary}"
     );
@@ -201,10 +201,17 @@ fn the_same_binary_boots_on_postgres_and_manages_migrations() {
     let boot = run_cli(dir.path(), &[], &env);
     assert!(boot.status.success(), "{:?}", text(&boot));
     let summary = first_line(&boot);
+    // Backend, host, port, database and TLS mode; no user, no other libpq parameter.
     assert!(
-        summary.starts_with("ready: postgres at postgres://postgres:***@"),
+        summary.starts_with(&format!(
+            "ready: {}; ",
+            datalayer::Settings::from_pairs(env)
+                .expect("settings")
+                .summary()
+        )) && summary.contains(&format!(", database {name}, sslmode prefer; ")),
         "{summary}"
     );
+    assert!(!summary.contains("connect_timeout"), "{summary}");
     assert!(
         summary.contains("; 2 migration(s) applied; PostgreSQL "),
         "{summary}"

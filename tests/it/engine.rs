@@ -68,7 +68,8 @@ fn postgres_limits_left_at_zero_are_not_set() {
             &mut conn,
             "SELECT current_setting('application_name') AS value"
         ),
-        "datalayer"
+        // The program's name, without cargo's hash: this test binary is `it-<hash>`.
+        "it"
     );
 }
 

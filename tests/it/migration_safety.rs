@@ -599,7 +599,8 @@ fn the_cli_accepts_an_edited_checksum() {
             "--accept-checksum",
             "20261125000001",
             "--accept-checksum",
-            "20261125000002",
+            // As `status` prints it.
+            "2026-11-25-000002_create_posts",
         ],
         none,
     );

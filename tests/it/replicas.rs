@@ -508,7 +508,7 @@ fn replica_settings_are_checked_and_shown_redacted() {
     assert_eq!(
         url.redacted(),
         "postgres://reader:***@replica-1:6432,replica-2:6432/app_ro?sslmode=require&\
-         application_name=datalayer&connect_timeout=10&keepalives=1&keepalives_idle=1&\
+         application_name=it&connect_timeout=10&keepalives=1&keepalives_idle=1&\
          keepalives_interval=1&tcp_user_timeout=15000"
     );
     let parsed = crate::libpq::conninfo_parse(secrecy::ExposeSecret::expose_secret(&url))

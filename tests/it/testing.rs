@@ -58,7 +58,59 @@ fn a_postgres_test_database_is_migrated_named_after_the_test_and_dropped() {
     );
     drop(conn);
     drop(db);
-    assert!(!database_exists(&name), "dropped when the test passes");
+    crate::common::wait_for(
+        "the database of a passed test is dropped",
+        std::time::Duration::from_secs(30),
+        || !database_exists(&name),
+    );
+}
+
+#[test]
+fn a_passed_test_s_database_is_dropped_off_the_test_s_thread() {
+    let migrator = blog::models::migrator();
+    let db = TestDatabase::with_settings(&migrator, &postgres()).expect("test database");
+    let name = db.name();
+    // A transaction that holds a lock on the database object (COMMENT takes one that DROP
+    // DATABASE waits for), so that the drop cannot finish while it is open.
+    let blocker = admin();
+    blocker.query("BEGIN").expect("begin");
+    blocker
+        .query(&format!(
+            "COMMENT ON DATABASE {} IS 'held by the test'",
+            quote_ident(&name)
+        ))
+        .expect("comment");
+    let dropping = std::thread::spawn(move || drop(db));
+    let watcher = admin();
+    crate::common::wait_for(
+        "the DROP DATABASE waits for the lock",
+        std::time::Duration::from_secs(30),
+        || {
+            watcher
+                .query(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'DROP DATABASE%'",
+                )
+                .ok()
+                .flatten()
+                .is_some_and(|n| n != "0")
+        },
+    );
+    // Dropping the guard returns while the DROP DATABASE it queued is still blocked.
+    let returned = crate::common::eventually(std::time::Duration::from_secs(10), || {
+        dropping.is_finished()
+    });
+    assert!(database_exists(&name), "not dropped while the lock is held");
+    blocker.query("COMMIT").expect("commit");
+    assert!(
+        returned,
+        "dropping the guard waited for the blocked DROP DATABASE"
+    );
+    crate::common::wait_for(
+        "the database is dropped once the lock is released",
+        std::time::Duration::from_secs(30),
+        || !database_exists(&name),
+    );
 }
 
 #[test]

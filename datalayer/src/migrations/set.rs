@@ -215,7 +215,53 @@ impl MigrationSet {
         format!("{}/{name}/{file}", self.origin)
     }
 
-    pub(crate) fn script(&self, version: &str) -> Option<&Script> {
-        self.scripts.iter().find(|s| s.version == version)
+    /// The migration `given` names: its folder name as `status` prints it
+    /// (`2026-11-25-000001_create_users`, or diesel CLI 2.3's `2026-12-06-180955-0000_name`),
+    /// the folder's version part as written, or Diesel's version (its digits).
+    pub(crate) fn script(&self, given: &str) -> Option<&Script> {
+        let given = given.trim();
+        let version = version_of(given);
+        self.scripts
+            .iter()
+            .find(|s| s.name == given || s.version == version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MigrationSet;
+
+    #[test]
+    fn a_migration_is_found_by_every_name_status_and_the_diesel_cli_give_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for folder in [
+            "2026-11-25-000001_create_users",
+            "2026-12-06-180955-0000_create_bookmarks",
+        ] {
+            std::fs::create_dir(dir.path().join(folder)).expect("folder");
+            std::fs::write(dir.path().join(folder).join("up.sql"), "SELECT 1;").expect("up");
+        }
+        let set = MigrationSet::from_dir(dir.path()).expect("valid set");
+        let found = |given: &str| set.script(given).map(|s| s.name.as_str());
+        for given in [
+            "2026-12-06-180955-0000_create_bookmarks",
+            "2026-12-06-180955-0000",
+            "202612061809550000",
+        ] {
+            assert_eq!(
+                found(given),
+                Some("2026-12-06-180955-0000_create_bookmarks"),
+                "{given}"
+            );
+        }
+        for given in ["2026-11-25-000001_create_users", "20261125000001"] {
+            assert_eq!(
+                found(given),
+                Some("2026-11-25-000001_create_users"),
+                "{given}"
+            );
+        }
+        assert_eq!(found("2026-11-25-000002_create_posts"), None);
+        assert_eq!(found("create_users"), None);
     }
 }

@@ -206,7 +206,7 @@ impl Loader<'_> {
             "application_name",
             "DATABASE_APPLICATION_NAME",
             raw.application_name.as_deref(),
-            "datalayer".to_string(),
+            default_application_name(),
             |text| Ok(text.to_string()),
             Clone::clone,
         );
@@ -338,5 +338,45 @@ impl Loader<'_> {
             |text| optional_duration(text).and_then(postgres_limits::millis),
             show_optional_duration,
         )
+    }
+}
+
+/// `DATABASE_APPLICATION_NAME`'s default: the running program's name (an application's binary
+/// is usually named for its crate, as its migration set is), without the hash cargo gives test
+/// binaries; `datalayer` when the program has no usable name. PostgreSQL keeps 63 bytes of
+/// printable ASCII.
+pub(crate) fn default_application_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| application_name_of(&stem))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "datalayer".to_string())
+}
+
+fn application_name_of(stem: &str) -> String {
+    let name = match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => stem,
+    };
+    name.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(63)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::application_name_of;
+
+    #[test]
+    fn the_default_application_name_is_the_programs() {
+        assert_eq!(application_name_of("todo-app"), "todo-app");
+        assert_eq!(application_name_of("todos-0123456789abcdef"), "todos");
+        assert_eq!(application_name_of("billing-api"), "billing-api");
+        assert_eq!(application_name_of("caf\u{e9}"), "caf");
+        assert_eq!(application_name_of(&"x".repeat(100)).len(), 63);
     }
 }
