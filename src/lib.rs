@@ -13,7 +13,25 @@ pub mod schema;
 
 pub use models::migrator;
 
-/// The README's code samples, compiled and run as doctests so it stays true.
+/// The README's and the guide's code samples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
+mod doctests {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/getting-started.md")]
+    pub struct GettingStarted;
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
+    #[doc = include_str!("../docs/migrations.md")]
+    pub struct Migrations;
+    #[doc = include_str!("../docs/testing.md")]
+    pub struct Testing;
+    #[doc = include_str!("../docs/production.md")]
+    pub struct Production;
+    #[doc = include_str!("../docs/observability.md")]
+    pub struct Observability;
+    #[doc = include_str!("../docs/performance.md")]
+    pub struct Performance;
+    #[doc = include_str!("../docs/design.md")]
+    pub struct Design;
+}

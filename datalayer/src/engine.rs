@@ -22,9 +22,7 @@
 //! A connection returned by a thread is parked for that thread's next checkout instead of
 //! going back to the shared pool, unless another thread is waiting for the pool; threads that
 //! find the pool empty take parked connections before they wait. On few cores this keeps
-//! client threads and their PostgreSQL backends paired: one shared pool served 12 % less than
-//! one pool per thread at 8 threads on 2 cores, and with affinity the engine matches held
-//! connections there. [`Engine::state`] counts parked connections as idle.
+//! client threads and their PostgreSQL backends paired (what it measured: `docs/design.md`). [`Engine::state`] counts parked connections as idle.
 //!
 //! ```
 //! use datalayer::{Engine, Settings};

@@ -2,8 +2,8 @@
 //!
 //! With one shared pool, the connection a thread returns is usually taken next by another
 //! thread, so on few cores the client threads and the PostgreSQL backends they talk to keep
-//! changing partners, and every request pays cross-core wake-ups: on this 2-core machine a
-//! shared r2d2 pool served 12 % less than one pool per thread at 8 client threads.
+//! changing partners, and every request pays cross-core wake-ups (the measurements:
+//! `docs/design.md`).
 //!
 //! So a returned connection is *parked* in a slot of the returning thread instead of going back
 //! to r2d2, and that thread's next checkout takes it back (after the usual cheap validation).
@@ -11,10 +11,10 @@
 //! connections before it joins the line of waiting threads (`line.rs`), and the first in line
 //! looks for them while it waits. While threads wait, a connection is parked for its thread a
 //! bounded number of times in a row ([`Streak`]: fewer when many wait, and fewer when the
-//! server runs on other cores), then goes to the first in line; a broken connection is never
-//! parked.
+//! database runs outside the process), then goes to the first in line; a broken connection is
+//! never parked.
 //! No counter is shared by the threads' fast path (a shared counter written on every park and
-//! take cost the SQLite reads at 2 threads a tenth of their throughput): counting parked
+//! take moves a cache line between cores on every read): counting parked
 //! connections means looking at every slot, which only `state`, `steal` and `drain` do.
 //! A thread's exit hands its parked connections to threads waiting for one, else returns them
 //! to the pool; the engine's drop returns them to the pool.

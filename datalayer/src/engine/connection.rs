@@ -34,8 +34,8 @@ pub enum Conn {
 /// backend.
 ///
 /// Queries through `&mut Conn` itself go through Diesel's generic `MultiBackend`, which
-/// serializes binds and converts every field dynamically: about 1.6 µs more per point read
-/// than a plain connection on this machine. Inside `dispatch!` the expression is
+/// serializes binds and converts every field dynamically, which costs more per query than a
+/// plain connection (measured in `docs/performance.md`). Inside `dispatch!` the expression is
 /// type-checked and compiled separately for `PgConnection` and `SqliteConnection`, so it costs
 /// what plain Diesel costs, and backend-specific features (`as_returning()`, `ON CONFLICT`)
 /// work where the backend has them.

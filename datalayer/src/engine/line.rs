@@ -3,9 +3,8 @@
 //!
 //! r2d2 wakes its waiters through a condition variable with no order, and a thread that just
 //! returned a connection can take it again ahead of them, without limit: under overload some
-//! requests wait many turns while others are served at once (the benchmark's overload case:
-//! 24 % of requests waited over ten times the median, p99.9 95-105 ms at C = 128 on a pool of
-//! 8). Here a thread that finds no connection joins a queue, and a newcomer does not pass it: it
+//! requests wait many turns while others are served at once (the benchmark's overload case
+//! shows it: `docs/performance.md`). Here a thread that finds no connection joins a queue, and a newcomer does not pass it: it
 //! looks at the pool's idle connections only when nobody waits.
 //!
 //! A returned connection goes straight to the first in line (HikariCP's hand-off) once the
@@ -24,12 +23,12 @@
 //! opens or replaces, parked ones): it opens a new one when the pool has room, and looks again
 //! every [`POLL`] otherwise, so a connection parked by a thread that went on to other work
 //! waits at most that long while others wait. The others sleep until a connection is handed to
-//! them, or look every [`BEHIND`] (100 ms) whether they became first: when every waiter looked
-//! every 5 ms, 120 waiters woke 24 000 times a second for nothing, on 2 cores. While the pool
+//! them, or look every [`BEHIND`] (100 ms) whether they became first: a line where every waiter
+//! looked every [`POLL`] would wake thousands of times a second for nothing. While the pool
 //! can still open connections, the thread that takes the first ticket out of the line wakes the
 //! next one at once (a burst of threads at start-up then fills the pool without delay); once it
-//! is full, connections reach the line by hand-off, and that second wake-up per hand-off cost
-//! about a tenth of the throughput at 128 threads.
+//! is full, connections reach the line by hand-off, and a second wake-up per hand-off would
+//! cost throughput under overload.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -72,7 +72,7 @@ static METADATA: ::metrics::Metadata<'static> =
     ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
 
 /// One pool's metric keys, built (and hashed, once) when the engine is made: the `metrics`
-/// macros would hash the name and labels on every call, which was a fifth of an idle checkout.
+/// macros would hash the name and labels on every call, on the checkout's path.
 #[derive(Debug)]
 pub(crate) struct PoolMetrics {
     keys: [::metrics::Key; 14],

@@ -13,7 +13,7 @@ use crate::config::Settings;
 
 /// What the instrumentation learns about one connection. Written by the thread using the
 /// connection on every query and checkout: on cache lines of its own, so that two threads'
-/// connections never share one (false sharing cost the SQLite reads at 2 threads several %).
+/// connections never share one (no false sharing between threads).
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Health {
@@ -38,8 +38,8 @@ pub(crate) struct Health {
 /// The connections the pool has open, written when one is opened or closed: on cache lines of
 /// their own, so that those writes do not evict what every checkout reads (`epoch`,
 /// `last_dead`). How many are in use is not counted here but read from the connections
-/// themselves (see [`Shared::in_use`]): a counter every checkout and return wrote cost the
-/// SQLite reads at 2 threads a cache line moving between the cores twice per read.
+/// themselves (see [`Shared::in_use`]): a counter every checkout and return wrote would move a
+/// cache line between the cores twice per read.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Counts {

@@ -1,7 +1,7 @@
 //! The next test's database, cloned ahead of time.
 //!
 //! `CREATE DATABASE ... TEMPLATE` copies the whole template, system catalogs included, and
-//! that copy is most of a per-test setup (about 40-60 ms here, against a few for the rest). So
+//! that copy is most of a per-test setup (`docs/testing.md` has the figures). So
 //! when a test takes its database, the next one is cloned in the background under a spare
 //! name, while the test runs; the next test renames it (a catalog update) instead of waiting
 //! for a copy. At most one spare per template exists per process. Any failure to use a spare
