@@ -137,7 +137,7 @@ pub enum Command {
 /// subcommand on `migrator`, prints errors one line each to stderr, and returns the exit
 /// status.
 pub fn run(migrator: &Migrator) -> ExitCode {
-    let program = program_name(migrator);
+    let program = program_name_or(migrator.name());
     let matches = Cli::command()
         .name(program)
         .version(env!("CARGO_PKG_VERSION"))
@@ -190,10 +190,6 @@ fn program_name_or(fallback: &str) -> String {
                 .map(|name| name.to_string_lossy().into_owned())
         })
         .map_or_else(|| fallback.to_string(), |name| printable(&name))
-}
-
-fn program_name(migrator: &Migrator) -> String {
-    program_name_or(migrator.name())
 }
 
 /// [`load_settings`], with the record of where each value came from (for `config`).

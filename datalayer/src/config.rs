@@ -51,7 +51,7 @@
 //! | `DATABASE_REPLICA_MAX_LAG` | `5s` | Reads go to the primary while the replica replays more than this behind (measured on the replica: the age of its last replayed transaction while WAL it received waits to be replayed), and while it cannot be reached. More than 0. |
 //! | `DATABASE_REPLICA_CHECK_INTERVAL` | `1s` | How often a background thread measures the replica's lag on a connection of its own (checkouts never query it); a replica that recovers serves reads again after the next check. 50ms or more. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
-//! | `DATABASE_SCHEMA_CHECK` | `warn` | After migrating, compare the live schema with the committed fingerprint: `warn` compares in the background after the boot returns and logs each difference, `strict` compares before it returns and refuses to boot on a difference (about 6 ms more on PostgreSQL), `off` skips. |
+//! | `DATABASE_SCHEMA_CHECK` | `warn` | After migrating, compare the live schema with the committed fingerprint: `warn` compares in the background after the boot returns and logs each difference, `strict` compares before it returns and refuses to boot on a difference (a few ms more on PostgreSQL), `off` skips. |
 //!
 //! Durations are written `500ms`, `30s`, `10m`, `1h`, or as a bare whole number of seconds.
 //! Variables that only apply to one backend are errors when the other backend is in use, so a

@@ -287,19 +287,22 @@ impl Migrator {
         })
     }
 
-    /// Records the current checksum of `version`'s `up.sql` as the accepted one, after a
-    /// deliberate edit of an applied migration. Logs what it did.
+    /// Records the current checksum of `migration`'s `up.sql` as the accepted one, after a
+    /// deliberate edit of an applied migration. Logs what it did. The migration is named as
+    /// [`status`](Migrator::status) names it (its folder name, e.g.
+    /// `2026-11-25-000001_create_users` or diesel CLI 2.3's `2026-12-06-180955-0000_name`),
+    /// by its folder's version part, or by Diesel's version (`20261125000001`).
     pub fn accept_checksum<C: PoolConnection>(
         &self,
         engine: &Engine<C>,
-        version: &str,
+        migration: &str,
     ) -> Result<(), Error> {
         let set = self.set(engine.backend())?;
         let script = set
-            .script(version)
+            .script(migration)
             .ok_or_else(|| MigrationError::NoSuchVersion {
                 set: self.name.to_string(),
-                version: version.to_string(),
+                version: migration.to_string(),
             })?;
         let mut session = Session::open(engine, engine.migration_connection()?, &self.name, set)?;
         let result = session.accept(script);

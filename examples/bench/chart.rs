@@ -1,5 +1,5 @@
 //! The benchmark's charts, drawn with plotters from the run's own figures as SVG files (in
-//! `BENCH_CHART_DIR`, by default `docs/`, where the README shows them).
+//! `BENCH_CHART_DIR`, by default `docs/`, where docs/performance.md shows them).
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! datalayer against raw libpq: the benchmark behind `scripts/bench` (see the README).
+//! datalayer against raw libpq: the benchmark behind `scripts/bench` (see docs/performance.md).
 //!
 //! One run, one server, one table of figures and ratios:
 //! - reference: `pgbench -n -M prepared` selecting one user by random id;

@@ -177,7 +177,7 @@ const NAMES: [&str; 3] = ["engine", "plain r2d2", "pgbench via PgBouncer"];
 
 /// Every C of the shared layout. C = POOL + 1: one thread waiting, the smallest line. What the
 /// line's fairness costs shows here already (every hand-off puts one thread to sleep and wakes
-/// another; see the README), and plain r2d2, whose returning threads take their connection
+/// another; see docs/performance.md), and plain r2d2, whose returning threads take their connection
 /// back, barely loses.
 const SIZES: [usize; 4] = [POOL, POOL + 1, POOL * 4, POOL * 16];
 

@@ -1,8 +1,8 @@
 //! The boot's drift check (`DATABASE_SCHEMA_CHECK`): the live schema against the set's
 //! committed fingerprint.
 //!
-//! Reading the catalog costs a new session 4-5 ms on PostgreSQL (its catalog caches are cold),
-//! three times what the rest of a boot with nothing to do costs. So:
+//! Reading the catalog is slow for a new session on PostgreSQL (its catalog caches are cold):
+//! more than the rest of a boot with nothing to do (`docs/design.md` has the figures). So:
 //!
 //! - `warn` runs it on a thread of its own, on the migration connection, after the boot has
 //!   returned: differences are logged as warnings as soon as it finishes (every boot, so a
