@@ -259,6 +259,7 @@ impl SslMode {
 
 /// Validated settings, ready to build a connection URL and a pool from.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Settings {
     /// Which database, and how to reach it.
     pub target: Target,
@@ -272,6 +273,7 @@ pub struct Settings {
 
 /// A read replica: where it is, its pool's size, and when reads leave it for the primary.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReplicaSettings {
     /// The replica's connection: the primary's settings with `DATABASE_REPLICA_URL`'s parts, or
     /// `DATABASE_REPLICA_HOST` / `_PORT`, in their place.
@@ -316,6 +318,7 @@ impl SchemaCheck {
 
 /// Migration safety settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationSettings {
     /// `DATABASE_MIGRATION_LOCK_TIMEOUT`.
     pub lock_timeout: Duration,
@@ -353,6 +356,7 @@ pub enum Target {
 
 /// Where the SQLite database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SqliteSettings {
     /// The database file (`DATABASE_PATH`).
     pub path: PathBuf,
@@ -360,6 +364,7 @@ pub struct SqliteSettings {
 
 /// How to reach and configure a PostgreSQL session.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PostgresSettings {
     /// `DATABASE_HOST`.
     pub host: Host,
@@ -444,6 +449,7 @@ impl fmt::Debug for UrlParams {
 
 /// Pool sizing and recycling.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolSettings {
     /// `DATABASE_POOL_MAX_SIZE`, at least 1.
     pub max_size: u32,
@@ -673,6 +679,7 @@ impl Settings {
 
 /// The outcome of [`Vars::load`]: the settings, plus what the CLI needs to explain them.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Loaded {
     /// The validated settings.
     pub settings: Settings,
@@ -687,6 +694,7 @@ pub struct Loaded {
 
 /// One effective setting, for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// The variable, e.g. `DATABASE_PORT`.
     pub variable: &'static str,

@@ -175,6 +175,7 @@ impl<C: PoolConnection> Books<C> {
 
 /// The answer to [`Engine::ping`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Ping {
     /// Round trip of `SELECT 1` on a pooled connection.
     pub latency: Duration,

@@ -130,6 +130,7 @@ impl fmt::Display for ConfigErrors {
 /// `Display` reads `DATABASE_PORT: "70000" is not a port (1-65535)`. The message quotes the
 /// offending value only for variables that cannot hold a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigProblem {
     /// The environment variable at fault, e.g. `DATABASE_PORT`.
     pub variable: String,

@@ -81,6 +81,7 @@ pub mod __private {
 /// Applied, pending and unknown migrations of one set, oldest first, by name
 /// (`<version>_<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Status {
     /// Migrations recorded in the database.
     pub applied: Vec<String>,
@@ -106,6 +107,7 @@ pub enum Revert {
 
 /// What a boot did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct BootReport {
     /// Migrations applied, in order.
     pub applied: Vec<String>,

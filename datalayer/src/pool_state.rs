@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// A connection checked out of the pool right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Holder {
     /// Where it was checked out: `src/handlers.rs:42`.
     pub site: String,
@@ -31,6 +32,7 @@ impl fmt::Display for Holder {
 
 /// A snapshot of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolState {
     /// The most connections the pool will hold (the spare kept for the first migration run
     /// included).

@@ -146,17 +146,20 @@ fn an_exhausted_pool_says_how_long_it_waited_and_what_it_held() {
         panic!("expected a pool timeout, got {error}");
     };
     assert!(*waited >= Duration::from_millis(300), "{waited:?}");
+    let PoolState {
+        max_size,
+        connections,
+        idle,
+        parked,
+        in_use,
+        spare,
+        waiting,
+        ..
+    } = *state;
     assert_eq!(
-        *state,
-        PoolState {
-            max_size: 4,
-            connections: 4,
-            idle: 0,
-            parked: 0,
-            in_use: 4,
-            spare: 0,
-            waiting: 0,
-        }
+        (max_size, connections, idle, parked, in_use, spare, waiting),
+        (4, 4, 0, 0, 4, 0, 0),
+        "{state:?}"
     );
     let message = error.to_string();
     assert!(

@@ -1,12 +1,8 @@
 //! The connection URL against libpq itself: every field datalayer puts into a URL comes back
 //! byte-identical from `PQconninfoParse`, and a real server accepts hostile names through it.
 
-use std::time::Duration;
-
 use datalayer::Settings;
-use datalayer::config::{
-    Host, MigrationSettings, PoolSettings, PostgresSettings, SslMode, Target, UrlParams,
-};
+use datalayer::config::{Host, Target};
 use proptest::prelude::*;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -39,34 +35,25 @@ fn hostile() -> Vec<String> {
     all
 }
 
+/// Settings whose fields are set directly (no environment parsing, so any string goes in):
+/// the defaults of a PostgreSQL configuration with these fields replaced.
 fn postgres(host: Host, user: &str, password: &str, dbname: &str, app: &str) -> Settings {
-    Settings {
-        target: Target::Postgres(PostgresSettings {
-            host,
-            port: 5432,
-            more_hosts: Vec::new(),
-            user: Some(user.to_string()),
-            password: Some(SecretString::from(password)),
-            password_file: None,
-            database: Some(dbname.to_string()),
-            ssl_mode: SslMode::Disable,
-            ssl_root_cert: None,
-            ssl_cert: None,
-            ssl_key: None,
-            application_name: app.to_string(),
-            connect_timeout: Duration::from_secs(3),
-            tcp_user_timeout: Some(Duration::from_secs(4)),
-            statement_timeout: None,
-            lock_timeout: None,
-            idle_in_transaction_timeout: None,
-            params: UrlParams::default(),
-            transaction_pooler: false,
-            migration_url: None,
-        }),
-        pool: PoolSettings::default(),
-        migrations: MigrationSettings::default(),
-        replica: None,
-    }
+    let mut settings = Settings::from_pairs([
+        ("DATABASE_BACKEND", "postgres"),
+        ("DATABASE_SSLMODE", "disable"),
+        ("DATABASE_CONNECT_TIMEOUT", "3s"),
+        ("DATABASE_TCP_USER_TIMEOUT", "4s"),
+    ])
+    .expect("settings");
+    let Target::Postgres(pg) = &mut settings.target else {
+        unreachable!("postgres settings")
+    };
+    pg.host = host;
+    pg.user = Some(user.to_string());
+    pg.password = Some(SecretString::from(password));
+    pg.database = Some(dbname.to_string());
+    pg.application_name = app.to_string();
+    settings
 }
 
 /// Asserts libpq reads back exactly the fields the settings hold.

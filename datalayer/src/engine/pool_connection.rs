@@ -17,6 +17,7 @@ use super::Conn;
 use crate::config::Backend;
 
 /// What [`Engine::ping`](super::Engine::ping) reads besides the round trip.
+#[non_exhaustive]
 pub struct Identity {
     /// `PostgreSQL 15.4 ...` or `SQLite 3.40.1`.
     pub version: String,

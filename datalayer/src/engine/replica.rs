@@ -92,6 +92,7 @@ struct Detail {
 
 /// Where reads go and why: [`Engine::replica_state`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReplicaState {
     /// The replica's URL, password redacted.
     pub target: String,
