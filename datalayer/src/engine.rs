@@ -69,7 +69,7 @@ pub use self::connection::{Conn, MultiBackend};
 use self::line::Line;
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
-use self::manager::{Manager, PoolEvents, RememberErrors, Shared, clock_ns};
+use self::manager::{Manager, PoolEvents, RememberErrors, SessionSetup, Shared, clock_ns};
 pub use self::pool_connection::PoolConnection;
 pub use self::pooled_conn::PooledConn;
 pub(crate) use self::pooled_conn::{Held, HeldConn, hand_back};
@@ -201,6 +201,38 @@ impl<C: PoolConnection> Engine<C> {
     /// application that runs on PostgreSQL only: `Engine::<PgConnection>::connect_as(&settings)`.
     /// Settings for a backend the type cannot reach are a configuration error.
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
+        Engine::connect_inner(settings, None)
+    }
+
+    /// [`Engine::connect_as`], with session setup of the application's own: `on_connect` runs
+    /// on every connection the engine's pools open (the read replica's included), right after
+    /// the engine's own setup (the `DATABASE_*_TIMEOUT` limits on PostgreSQL, the pragmas on
+    /// SQLite) and before the connection is first handed out, as r2d2's
+    /// `CustomizeConnection::on_acquire` does. An error there fails that connection like a
+    /// connect error (a checkout waits for another, then reports it as the pool's last
+    /// connection error). The migrations' own connection does not run it.
+    ///
+    /// ```no_run
+    /// use diesel::connection::SimpleConnection;
+    /// use diesel::PgConnection;
+    ///
+    /// let settings = datalayer::Settings::from_env()?;
+    /// let engine = datalayer::Engine::<PgConnection>::connect_with(&settings, |conn| {
+    ///     conn.batch_execute("SET search_path = app, public; SET work_mem = '64MB'")
+    /// })?;
+    /// # Ok::<(), datalayer::Error>(())
+    /// ```
+    pub fn connect_with(
+        settings: &Settings,
+        on_connect: impl Fn(&mut C) -> diesel::QueryResult<()> + Send + Sync + 'static,
+    ) -> Result<Engine<C>, Error> {
+        Engine::connect_inner(settings, Some(Arc::new(on_connect)))
+    }
+
+    fn connect_inner(
+        settings: &Settings,
+        on_connect: Option<SessionSetup<C>>,
+    ) -> Result<Engine<C>, Error> {
         settings.validate()?;
         check_backend::<C>(settings)?;
         let replica_settings = settings.replica_settings();
@@ -208,7 +240,7 @@ impl<C: PoolConnection> Engine<C> {
             check_backend::<C>(replica_settings)?;
         }
         let shared = Shared::new(&pool_name(settings), settings);
-        let manager = Manager::new(settings, Arc::clone(&shared), false);
+        let manager = Manager::new(settings, Arc::clone(&shared), false, on_connect.clone());
         let target = manager.target().to_string();
         if let Target::Sqlite(sqlite) = &settings.target {
             create_sqlite_file(&sqlite.path).map_err(|reason| Error::Connect {
@@ -227,7 +259,11 @@ impl<C: PoolConnection> Engine<C> {
         }
         let mut engine = Engine::assemble(settings, shared, manager, settings.pool.timeout);
         if let (Some(replica), Some(replica_settings)) = (&settings.replica, replica_settings) {
-            engine.replica = Some(Box::new(Replica::start(replica, &replica_settings)));
+            engine.replica = Some(Box::new(Replica::start(
+                replica,
+                &replica_settings,
+                on_connect,
+            )));
         }
         Ok(engine)
     }

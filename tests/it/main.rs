@@ -23,6 +23,7 @@ mod proxy;
 mod replicas;
 mod resilience;
 mod server;
+mod session_setup;
 mod testing;
 mod tls;
 mod transactions;

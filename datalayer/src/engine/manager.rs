@@ -90,8 +90,14 @@ pub(crate) struct Manager<C> {
     echo: bool,
     slow: Option<Duration>,
     about: Arc<About>,
+    /// The application's own session setup, run after `session_sql`.
+    on_connect: Option<SessionSetup<C>>,
     connection: std::marker::PhantomData<fn() -> C>,
 }
+
+/// An application's own setup of each new pooled connection (see
+/// [`Engine::connect_with`](super::Engine::connect_with)).
+pub(crate) type SessionSetup<C> = Arc<dyn Fn(&mut C) -> diesel::QueryResult<()> + Send + Sync>;
 
 impl<C> Clone for Manager<C> {
     fn clone(&self) -> Self {
@@ -106,6 +112,7 @@ impl<C> Clone for Manager<C> {
             echo: self.echo,
             slow: self.slow,
             about: Arc::clone(&self.about),
+            on_connect: self.on_connect.clone(),
             connection: std::marker::PhantomData,
         }
     }
@@ -147,7 +154,12 @@ impl<C: PoolConnection> Manager<C> {
     /// The manager of the pool `settings` describe; `read_only` for a read replica's pool,
     /// whose sessions then refuse writes (`default_transaction_read_only`; not behind a
     /// transaction pooler, which keeps no session setting, where the standby refuses them).
-    pub(crate) fn new(settings: &Settings, shared: Arc<Shared>, read_only: bool) -> Manager<C> {
+    pub(crate) fn new(
+        settings: &Settings,
+        shared: Arc<Shared>,
+        read_only: bool,
+        on_connect: Option<SessionSetup<C>>,
+    ) -> Manager<C> {
         let password_file = match &settings.target {
             Target::Postgres(pg) if pg.password_file.is_some() => Some(Arc::new(settings.clone())),
             _ => None,
@@ -174,6 +186,7 @@ impl<C: PoolConnection> Manager<C> {
             echo: settings.pool.echo,
             slow: settings.pool.slow_query_threshold,
             about: Arc::new(About::of(settings)),
+            on_connect,
             connection: std::marker::PhantomData,
         }
     }
@@ -423,6 +436,13 @@ impl<C: PoolConnection> Manager<C> {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
         }
+        if let Some(on_connect) = &self.on_connect {
+            on_connect(&mut conn).map_err(|e| {
+                ConnectError(format!(
+                    "the application's session setup (connect_with): {e}"
+                ))
+            })?;
+        }
         let backend_pid = if self.transaction_pooler {
             // A transaction pooler hands each transaction whichever server connection is
             // free: no named prepared statement may outlive it, and no pid belongs to it.
@@ -506,8 +526,12 @@ mod tests {
             .expect("hold an exclusive lock");
         let settings =
             Settings::from_pairs([("DATABASE_PATH", path.as_os_str())]).expect("settings");
-        let manager =
-            Manager::<SqliteConnection>::new(&settings, Shared::new("locked", &settings), false);
+        let manager = Manager::<SqliteConnection>::new(
+            &settings,
+            Shared::new("locked", &settings),
+            false,
+            None,
+        );
         let (done, finished) = mpsc::channel();
         let opening = std::thread::spawn(move || {
             let opened = manager.establish_to::<SqliteConnection>(None).map(|_| ());

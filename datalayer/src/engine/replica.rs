@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 
-use super::manager::{Manager, Shared};
+use super::manager::{Manager, SessionSetup, Shared};
 use super::metrics::{POOL_LABEL, REPLICA_LAG, REPLICA_UP};
 use super::pool_connection::PoolConnection;
 use super::setup::pool_name;
@@ -135,10 +135,14 @@ impl fmt::Display for ReplicaState {
 impl<C: PoolConnection> Replica<C> {
     /// Builds the replica's pool, checks the replica once (so that reads right after
     /// `Engine::connect` already go where they should), and starts the checker thread.
-    pub(super) fn start(replica: &ReplicaSettings, settings: &Settings) -> Replica<C> {
+    pub(super) fn start(
+        replica: &ReplicaSettings,
+        settings: &Settings,
+        on_connect: Option<SessionSetup<C>>,
+    ) -> Replica<C> {
         let name = pool_name(settings);
         let shared = Shared::new(&name, settings);
-        let manager = Manager::<C>::new(settings, Arc::clone(&shared), true);
+        let manager = Manager::<C>::new(settings, Arc::clone(&shared), true, on_connect);
         // A replica that comes back must find its pool retrying soon, not after r2d2's
         // backoff has grown to the pool timeout: retries at most half a check interval apart.
         let retry_cap = (replica.check_interval / 2).max(ReplicaSettings::MIN_CHECK_INTERVAL);
