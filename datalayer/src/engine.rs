@@ -58,6 +58,7 @@ pub mod transaction;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
@@ -91,8 +92,24 @@ const SPARE_FOR: Duration = Duration::from_secs(10);
 /// settings say; [`Engine::connect`]), or `PgConnection` / `SqliteConnection` for an
 /// application on one backend ([`Engine::connect_as`]).
 ///
-/// Cheap to share: wrap it in an `Arc` or hand out `&Engine`; every method takes `&self`.
+/// A cheap handle, like r2d2's `Pool`: clone it into every thread that needs the database;
+/// every clone serves the same pools. Dropping the last one never blocks: the pools close
+/// their idle connections at once and each checked-out one when it is returned.
+/// [`Engine::close`] closes with a bounded wait for checked-out connections instead.
 pub struct Engine<C: PoolConnection = Conn> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: PoolConnection> Clone for Engine<C> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// What every handle of an engine shares.
+struct Inner<C: PoolConnection> {
     pool: Pool<Manager<C>>,
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager<C>,
@@ -103,25 +120,79 @@ pub struct Engine<C: PoolConnection = Conn> {
     /// size: the pool's last connection replaces it.
     spare_made: Instant,
     settings: Settings,
-    /// How long dropping the engine waits for connection attempts under way.
+    /// How long [`Engine::close`] waits for connection attempts under way.
     close_limit: Duration,
-    /// Set by [`Engine::close`], so that the drop after it does not wait again.
-    closed: bool,
+    /// Set once the engine is closed ([`Engine::close`], or the last handle dropped).
+    closed: AtomicBool,
     /// The read replica's pool and its lag watch, when the settings name a replica.
     replica: Option<Box<Replica<C>>>,
     /// The last boot's drift check, which may still run (`DATABASE_SCHEMA_CHECK=warn`).
     drift_check: std::sync::Mutex<Option<DriftCheck>>,
 }
 
-/// How long dropping an engine waits for checked-out connections to come back.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-impl<C: PoolConnection> Drop for Engine<C> {
-    /// [`Engine::close`] with a wait of 5 s.
+impl<C: PoolConnection> Drop for Inner<C> {
+    /// Closes without waiting: no checked-out connection, connection attempt or drift check
+    /// is waited for.
     fn drop(&mut self) {
-        if !self.closed {
-            self.shut_down(CLOSE_WAIT);
+        self.shut_down(Duration::ZERO);
+    }
+}
+
+impl<C: PoolConnection> Inner<C> {
+    /// [`Engine::close`]; once: a later call (the drop after `close`) does nothing.
+    fn shut_down(&self, wait: Duration) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let deadline = Instant::now() + wait;
+        if let Some(check) = Engine::stored_drift_check(self) {
+            check.wait_for(wait);
+        }
+        if let Some(replica) = &self.replica {
+            replica.stop_checking();
+        }
+        // The drift check's wait counts against the same limit.
+        self.shut_down_pool(deadline.saturating_duration_since(Instant::now()));
+        if let Some(replica) = &self.replica {
+            replica
+                .engine
+                .inner
+                .shut_down(deadline.saturating_duration_since(Instant::now()));
+            replica.join_checker(if wait.is_zero() {
+                Duration::ZERO
+            } else {
+                self.close_limit
+            });
+        }
+    }
+
+    /// [`Inner::shut_down`] for this engine's own pool.
+    fn shut_down_pool(&self, wait: Duration) {
+        let shared = &self.books.shared;
+        drop(self.books.parking.drain());
+        shared.drop_spare();
+        let deadline = Instant::now() + wait;
+        // Shutdown only: a short poll, not a wake-up on every return.
+        while shared.in_use() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let held = checkouts::holders(shared);
+        if !held.is_empty() && !wait.is_zero() {
+            tracing::warn!(
+                "closing the engine with {} connection(s) still checked out after {wait:?}: {}; \
+                 each is closed when returned",
+                held.len(),
+                held.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        shared.close(if wait.is_zero() {
+            Duration::ZERO
+        } else {
+            self.close_limit
+        });
     }
 }
 
@@ -257,18 +328,24 @@ impl<C: PoolConnection> Engine<C> {
                 .spare_held
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        let mut engine = Engine::assemble(settings, shared, manager, settings.pool.timeout);
-        if let (Some(replica), Some(replica_settings)) = (&settings.replica, replica_settings) {
-            engine.replica = Some(Box::new(Replica::start(
-                replica,
-                &replica_settings,
-                on_connect,
-            )));
-        }
-        Ok(engine)
+        let replica =
+            settings
+                .replica
+                .as_ref()
+                .zip(replica_settings)
+                .map(|(replica, replica_settings)| {
+                    Box::new(Replica::start(replica, &replica_settings, on_connect))
+                });
+        Ok(Engine::assemble(
+            settings,
+            shared,
+            manager,
+            settings.pool.timeout,
+            replica,
+        ))
     }
 
-    /// The pool around `manager`, with the books checkouts keep; no replica. r2d2 retries a
+    /// The pool around `manager`, with the books checkouts keep, and `replica`. r2d2 retries a
     /// connection that failed to open after a delay that doubles up to `retry_cap` (its
     /// "connection timeout", which bounds nothing else here: checkouts keep their own
     /// deadline).
@@ -277,6 +354,7 @@ impl<C: PoolConnection> Engine<C> {
         shared: Arc<Shared>,
         manager: Manager<C>,
         retry_cap: Duration,
+        replica: Option<Box<Replica<C>>>,
     ) -> Engine<C> {
         let pool_settings = &settings.pool;
         let pool = Pool::builder()
@@ -303,31 +381,33 @@ impl<C: PoolConnection> Engine<C> {
         books.shared.report_limits();
         books.report_waiting();
         Engine {
-            pool,
-            manager,
-            books,
-            spare_made: Instant::now(),
-            settings: settings.clone(),
-            close_limit: connect_timeout + Duration::from_secs(1),
-            closed: false,
-            replica: None,
-            drift_check: std::sync::Mutex::new(None),
+            inner: Arc::new(Inner {
+                pool,
+                manager,
+                books,
+                spare_made: Instant::now(),
+                settings: settings.clone(),
+                close_limit: connect_timeout + Duration::from_secs(1),
+                closed: AtomicBool::new(false),
+                replica,
+                drift_check: std::sync::Mutex::new(None),
+            }),
         }
     }
 
     /// The settings the engine was built from.
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.inner.settings
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.settings.backend()
+        self.inner.settings.backend()
     }
 
     /// The connection URL, redacted.
     pub fn target(&self) -> &str {
-        self.manager.target()
+        self.inner.manager.target()
     }
 
     /// Checks a connection out of the pool, waiting at most `DATABASE_POOL_TIMEOUT`.
@@ -353,7 +433,7 @@ impl<C: PoolConnection> Engine<C> {
     pub fn read(&self) -> Result<PooledConn<C>, Error> {
         let site = std::panic::Location::caller();
         let clock = clock_ns();
-        if let Some(replica) = &self.replica {
+        if let Some(replica) = &self.inner.replica {
             let start = Instant::now();
             if replica.serving(start) {
                 let give_up = |now: Instant| replica.failing(start, now);
@@ -369,80 +449,45 @@ impl<C: PoolConnection> Engine<C> {
 
     /// Where reads go and why, with the replica pool's state; `None` without a replica.
     pub fn replica_state(&self) -> Option<ReplicaState> {
-        self.replica.as_ref().map(|replica| replica.state())
+        self.inner.replica.as_ref().map(|replica| replica.state())
     }
 
     /// Closes the connection kept from `connect` (called once it is too old to serve a
     /// migration run), so an application that never migrates does not hold it for good.
     #[cold]
     fn close_stale_spare(&self) {
-        self.books.shared.drop_spare();
+        self.inner.books.shared.drop_spare();
     }
 
-    /// Closes the engine: no new connections; parked and idle ones closed at once; waits at
-    /// most `wait` for the connections checked out to come back (closing each as it does), and
-    /// logs, with where they were checked out, those still held when the wait ends (they are
-    /// closed when returned). Also waits (at most the connect timeout and a second) for
-    /// connection attempts under way, so that the process can exit right after. Dropping the
-    /// engine does the same with a 5 s wait.
-    pub fn close(mut self, wait: Duration) {
-        self.shut_down(wait);
-        self.closed = true;
+    /// Closes the engine, for every handle: no new connections; parked connections closed at
+    /// once; waits at most `wait` for the connections checked out to come back (closing each
+    /// as it does), and logs, with where they were checked out, those still held when the wait
+    /// ends (they are closed when returned). Also waits (at most the connect timeout and a
+    /// second) for connection attempts under way and for a background drift check, so that the
+    /// process can exit right after. The idle connections close with the last handle: this
+    /// one, when no clone is left. Dropping the last handle closes without any wait.
+    pub fn close(self, wait: Duration) {
+        self.inner.shut_down(wait);
     }
 
-    fn shut_down(&mut self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        if let Some(check) = self.drift_check() {
-            check.wait_for(wait);
-        }
-        if let Some(replica) = &mut self.replica {
-            replica.stop_checking();
-        }
-        // The drift check's wait counts against the same limit.
-        self.shut_down_pool(deadline.saturating_duration_since(Instant::now()));
-        if let Some(replica) = &mut self.replica {
-            replica
-                .engine
-                .shut_down_pool(deadline.saturating_duration_since(Instant::now()));
-            replica.engine.closed = true;
-            replica.join_checker(self.close_limit);
-        }
-    }
-
-    /// [`Engine::shut_down`] for this engine's own pool.
-    fn shut_down_pool(&mut self, wait: Duration) {
-        let shared = &self.books.shared;
-        drop(self.books.parking.drain());
-        shared.drop_spare();
-        let deadline = Instant::now() + wait;
-        // Shutdown only: a short poll, not a wake-up on every return.
-        while shared.in_use() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let held = checkouts::holders(&self.books.shared);
-        if !held.is_empty() {
-            tracing::warn!(
-                "closing the engine with {} connection(s) still checked out after {wait:?}: {}; \
-                 each is closed when returned",
-                held.len(),
-                held.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        shared.close(self.close_limit);
+    /// The drift check of the last boot, for [`Inner::shut_down`] too.
+    fn stored_drift_check(inner: &Inner<C>) -> Option<DriftCheck> {
+        inner
+            .drift_check
+            .lock()
+            .ok()
+            .and_then(|check| check.clone())
     }
 
     /// The drift check of the last [`Migrator::boot`](crate::migrations::Migrator::boot) on
     /// this engine, if one ran: under `DATABASE_SCHEMA_CHECK=warn` it runs in the background,
     /// and this is how a health endpoint reports what it found.
     pub fn drift_check(&self) -> Option<DriftCheck> {
-        self.drift_check.lock().ok().and_then(|check| check.clone())
+        Engine::stored_drift_check(&self.inner)
     }
 
     pub(crate) fn track_drift_check(&self, check: DriftCheck) {
-        if let Ok(mut slot) = self.drift_check.lock() {
+        if let Ok(mut slot) = self.inner.drift_check.lock() {
             *slot = Some(check);
         }
     }
@@ -453,27 +498,28 @@ impl<C: PoolConnection> Engine<C> {
     /// figures matter, e.g. in a `/metrics` handler before rendering. (Counters and histograms
     /// are recorded as things happen.)
     pub fn record_metrics(&self) {
-        self.books.record_gauges();
-        if let Some(replica) = &self.replica {
+        self.inner.books.record_gauges();
+        if let Some(replica) = &self.inner.replica {
             replica.engine.record_metrics();
         }
     }
 
     /// The connections checked out right now, longest held first.
     pub fn holders(&self) -> Vec<Holder> {
-        checkouts::holders(&self.books.shared)
+        checkouts::holders(&self.inner.books.shared)
     }
 
     /// [`Engine::holders`] with each holder's `pg_stat_activity` state, read on a separate
     /// short-lived connection. Skipped when connections have been failing lately, so that a
     /// pool timeout during an outage is not delayed by one more doomed connection attempt.
     fn holders_with_state(&self) -> Vec<Holder> {
-        let mut holders = checkouts::holders(&self.books.shared);
+        let mut holders = checkouts::holders(&self.inner.books.shared);
         let failing = self
+            .inner
             .books
             .shared
             .last_error()
-            .is_some_and(|(_, at)| at.elapsed() < self.settings.pool.timeout * 2);
+            .is_some_and(|(_, at)| at.elapsed() < self.inner.settings.pool.timeout * 2);
         let pids: Vec<String> = holders
             .iter()
             .filter_map(|h| h.backend_pid.map(|p| p.to_string()))
@@ -495,7 +541,7 @@ impl<C: PoolConnection> Engine<C> {
              FROM pg_stat_activity WHERE pid IN ({})",
             pids.join(", ")
         );
-        let Ok(mut conn) = self.manager.establish() else {
+        let Ok(mut conn) = self.inner.manager.establish() else {
             return holders;
         };
         let Ok(rows) = diesel::sql_query(sql).load::<Activity>(&mut conn) else {
@@ -513,18 +559,18 @@ impl<C: PoolConnection> Engine<C> {
     /// How many connections are open, idle, parked and in use, each counted where it is
     /// (read one after another, so a checkout in between can make them disagree by one).
     pub fn state(&self) -> PoolState {
-        let state = self.pool.state();
-        let shared = &self.books.shared;
+        let state = self.inner.pool.state();
+        let shared = &self.inner.books.shared;
         let spare = u32::from(shared.spare_held.load(std::sync::atomic::Ordering::Acquire));
         let in_use = shared.in_use();
         PoolState {
-            max_size: self.pool.max_size(),
+            max_size: self.inner.pool.max_size(),
             connections: state.connections + spare,
             idle: state.idle_connections,
-            parked: self.books.parking.parked(),
+            parked: self.inner.books.parking.parked(),
             in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
             spare,
-            waiting: u32::try_from(self.books.line.waiting()).unwrap_or(u32::MAX),
+            waiting: u32::try_from(self.inner.books.line.waiting()).unwrap_or(u32::MAX),
         }
     }
 
@@ -540,7 +586,7 @@ impl<C: PoolConnection> Engine<C> {
     #[track_caller]
     pub fn ping_within(&self, limit: Duration) -> Result<Ping, Error> {
         let clock = clock_ns();
-        let shared = &self.books.shared;
+        let shared = &self.inner.books.shared;
         let start = shared.instant_of(clock);
         let give_up = |now: Instant| {
             now.saturating_duration_since(start) >= limit || shared.failed_to_connect_since(start)
@@ -565,7 +611,7 @@ impl<C: PoolConnection> Engine<C> {
     /// young and goes where migrations go, else a new one. Not readied yet (see
     /// [`MigrationConn::ready`]).
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
-        if self.manager.migrations_need_a_direct_url() {
+        if self.inner.manager.migrations_need_a_direct_url() {
             return Err(Error::Config(crate::error::ConfigErrors(vec![
                 crate::error::ConfigProblem {
                     variable: "DATABASE_MIGRATION_URL".into(),
@@ -577,19 +623,20 @@ impl<C: PoolConnection> Engine<C> {
                 },
             ])));
         }
-        let shared = &self.books.shared;
+        let shared = &self.inner.books.shared;
         let spare = shared.spare.lock().ok().and_then(|mut spare| spare.take());
         shared
             .spare_held
             .store(false, std::sync::atomic::Ordering::Relaxed);
         match spare {
             Some(spare)
-                if self.spare_made.elapsed() < SPARE_FOR
-                    && self.manager.spare_serves_migrations() =>
+                if self.inner.spare_made.elapsed() < SPARE_FOR
+                    && self.inner.manager.spare_serves_migrations() =>
             {
                 Ok(spare)
             }
             _ => self
+                .inner
                 .manager
                 .establish_for_migrations()
                 .map_err(|e| self.connect_error(e)),
@@ -612,8 +659,8 @@ impl<C: PoolConnection> Engine<C> {
     /// so that the boot after a `status` still finds the spare; closed if the spare's window
     /// has passed or another is there.
     pub(crate) fn give_back_migration_connection(&self, conn: MigrationConn) {
-        let shared = &self.books.shared;
-        if self.spare_made.elapsed() >= SPARE_FOR || !shared.room_for_spare() {
+        let shared = &self.inner.books.shared;
+        if self.inner.spare_made.elapsed() >= SPARE_FOR || !shared.room_for_spare() {
             return;
         }
         if let Ok(mut spare) = shared.spare.lock()

@@ -230,6 +230,45 @@ fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_back
     );
 }
 
+#[test]
+fn clones_share_one_pool_and_dropping_the_last_never_waits_for_a_held_connection() {
+    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_clone"), None);
+    let app = crate::common::unique_name("clone_app");
+    let settings = crate::common::postgres_settings(
+        &db.name,
+        &[
+            ("DATABASE_POOL_MAX_SIZE", "2"),
+            ("DATABASE_APPLICATION_NAME", &app),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    let clone = engine.clone();
+    let held = clone.get().expect("checkout through the clone");
+    assert_eq!(engine.state().in_use, 1, "one pool behind both handles");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _ = released.recv();
+        drop(held);
+    });
+    // Both handles dropped while the connection is held: the drop does not wait for it (it
+    // used to wait up to 5 s).
+    let dropping = std::thread::spawn(move || drop((engine, clone)));
+    let returned = crate::common::eventually(Duration::from_secs(2), || dropping.is_finished());
+    release.send(()).expect("release");
+    holder.join().expect("holder");
+    assert!(
+        returned,
+        "dropping the last handle waited for the held connection"
+    );
+    // The held connection is closed when it comes back; the idle one went with the pool.
+    let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
+    crate::common::wait_for(
+        "no backend of the engine remains",
+        Duration::from_secs(5),
+        || backends(&watcher, &app) == 0,
+    );
+}
+
 /// Checks out `n` connections at once and returns their backend pids.
 fn pids(engine: &Engine, n: usize) -> Vec<i32> {
     let held: Vec<_> = (0..n).map(|_| engine.get().expect("checkout")).collect();

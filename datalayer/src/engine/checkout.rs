@@ -20,18 +20,19 @@ impl<C: PoolConnection> Engine<C> {
         start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> Result<PooledConn<C>, Error> {
-        let shared = &self.books.shared;
+        let shared = &self.inner.books.shared;
         if shared.spare_held.load(std::sync::atomic::Ordering::Relaxed)
             && shared
                 .instant_of(start)
-                .saturating_duration_since(self.spare_made)
+                .saturating_duration_since(self.inner.spare_made)
                 >= SPARE_FOR
         {
             self.close_stale_spare();
         }
-        let leak_threshold = self.settings.pool.leak_threshold;
+        let leak_threshold = self.inner.settings.pool.leak_threshold;
         if let Some(threshold) = leak_threshold {
-            self.books
+            self.inner
+                .books
                 .checkouts
                 .warn_overdue(shared, shared.since_epoch(start), threshold);
         }
@@ -57,11 +58,21 @@ impl<C: PoolConnection> Engine<C> {
     /// The error of a checkout that waited `waited` in vain.
     #[cold]
     fn timed_out(&self, waited: Duration) -> Error {
-        self.books.shared.metrics.checkout_timeouts().increment(1);
+        self.inner
+            .books
+            .shared
+            .metrics
+            .checkout_timeouts()
+            .increment(1);
         Error::PoolTimeout {
             waited,
             state: self.state(),
-            last_error: self.books.shared.last_error().map(|(message, _)| message),
+            last_error: self
+                .inner
+                .books
+                .shared
+                .last_error()
+                .map(|(message, _)| message),
             holders: self.holders_with_state(),
         }
     }
@@ -78,8 +89,9 @@ impl<C: PoolConnection> Engine<C> {
         start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> (Option<Held<C>>, Duration) {
-        let own = self.books.parking.take_own().and_then(|mut held| {
-            self.manager
+        let own = self.inner.books.parking.take_own().and_then(|mut held| {
+            self.inner
+                .manager
                 .is_valid_at(&mut held.conn, start)
                 .is_ok()
                 .then_some(held)
@@ -87,7 +99,7 @@ impl<C: PoolConnection> Engine<C> {
         if own.is_some() {
             return (own, Duration::ZERO);
         }
-        self.checkout_elsewhere(self.books.shared.instant_of(start), give_up)
+        self.checkout_elsewhere(self.inner.books.shared.instant_of(start), give_up)
     }
 
     /// [`Engine::checkout`] when this thread has no connection parked (or its parked one
@@ -102,7 +114,8 @@ impl<C: PoolConnection> Engine<C> {
     ) -> (Option<Held<C>>, Duration) {
         use diesel::r2d2::ManageConnection;
         let valid = |mut held: Held<C>| {
-            self.manager
+            self.inner
+                .manager
                 .is_valid(&mut held.conn)
                 .is_ok()
                 .then_some(held)
@@ -110,24 +123,24 @@ impl<C: PoolConnection> Engine<C> {
         let hold = |conn| {
             Box::new(HeldConn {
                 conn,
-                books: Arc::clone(&self.books),
+                books: Arc::clone(&self.inner.books),
                 streak: 0,
             })
         };
         // A newcomer does not pass those waiting in line (see `line.rs`).
-        let line = &self.books.line;
+        let line = &self.inner.books.line;
         if line.waiting() == 0 {
-            if let Some(conn) = self.pool.try_get() {
+            if let Some(conn) = self.inner.pool.try_get() {
                 return (Some(hold(conn)), start.elapsed());
             }
-            if let Some(conn) = self.books.parking.steal().and_then(valid) {
+            if let Some(conn) = self.inner.books.parking.steal().and_then(valid) {
                 return (Some(conn), start.elapsed());
             }
         }
-        let deadline = start + self.settings.pool.timeout;
-        let shared = &self.books.shared;
+        let deadline = start + self.inner.settings.pool.timeout;
+        let shared = &self.inner.books.shared;
         let ticket = line.join();
-        self.books.report_waiting();
+        self.inner.books.report_waiting();
         let conn = loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
@@ -142,16 +155,22 @@ impl<C: PoolConnection> Engine<C> {
                 // pool has room and none is being opened: each `get_timeout` that finds no idle
                 // connection starts opening one, and an open slower than a poll would
                 // otherwise start another on every poll), replacements.
-                let found = self.books.parking.steal().and_then(valid).or_else(|| {
-                    let state = self.pool.state();
-                    let may_open =
-                        state.connections < self.pool.max_size() && !self.books.shared.connecting();
-                    if state.idle_connections > 0 || may_open {
-                        self.pool.get_timeout(left.min(POLL)).ok().map(hold)
-                    } else {
-                        None
-                    }
-                });
+                let found = self
+                    .inner
+                    .books
+                    .parking
+                    .steal()
+                    .and_then(valid)
+                    .or_else(|| {
+                        let state = self.inner.pool.state();
+                        let may_open = state.connections < self.inner.pool.max_size()
+                            && !self.inner.books.shared.connecting();
+                        if state.idle_connections > 0 || may_open {
+                            self.inner.pool.get_timeout(left.min(POLL)).ok().map(hold)
+                        } else {
+                            None
+                        }
+                    });
                 if let Some(conn) = found {
                     if let Some(extra) = line.leave(&ticket, shared.can_grow()) {
                         drop(line.hand_off(extra, shared.can_grow()));
@@ -174,7 +193,7 @@ impl<C: PoolConnection> Engine<C> {
                 }
             }
         };
-        self.books.report_waiting();
+        self.inner.books.report_waiting();
         (conn, start.elapsed())
     }
 }

@@ -57,7 +57,7 @@ struct Reading {
 pub(crate) struct Replica<C: PoolConnection> {
     pub(super) engine: Engine<C>,
     watch: Arc<Watch>,
-    checker: Option<JoinHandle<()>>,
+    checker: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the checks found, shared by the checker thread and the read path.
@@ -146,7 +146,7 @@ impl<C: PoolConnection> Replica<C> {
         // A replica that comes back must find its pool retrying soon, not after r2d2's
         // backoff has grown to the pool timeout: retries at most half a check interval apart.
         let retry_cap = (replica.check_interval / 2).max(ReplicaSettings::MIN_CHECK_INTERVAL);
-        let engine = Engine::assemble(settings, shared, manager.clone(), retry_cap);
+        let engine = Engine::assemble(settings, shared, manager.clone(), retry_cap, None);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let watch = Arc::new(Watch {
             epoch: Instant::now(),
@@ -199,7 +199,7 @@ impl<C: PoolConnection> Replica<C> {
         Replica {
             engine,
             watch,
-            checker,
+            checker: Mutex::new(checker),
         }
     }
 
@@ -215,7 +215,11 @@ impl<C: PoolConnection> Replica<C> {
     }
 
     fn failed_to_connect_since(&self, start: Instant) -> bool {
-        self.engine.books.shared.failed_to_connect_since(start)
+        self.engine
+            .inner
+            .books
+            .shared
+            .failed_to_connect_since(start)
     }
 
     /// A replica checkout that began at `start` failed: when connecting failed, reads leave
@@ -225,7 +229,7 @@ impl<C: PoolConnection> Replica<C> {
             if let Ok(mut detail) = self.watch.detail.lock() {
                 detail.reachable = false;
             }
-            let why = match self.engine.books.shared.last_error() {
+            let why = match self.engine.inner.books.shared.last_error() {
                 Some((message, _)) => format!("cannot connect: {message}"),
                 None => error.to_string(),
             };
@@ -237,6 +241,7 @@ impl<C: PoolConnection> Replica<C> {
     pub(super) fn fell_back(&self) {
         self.watch.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.engine
+            .inner
             .books
             .shared
             .metrics
@@ -283,9 +288,14 @@ impl<C: PoolConnection> Replica<C> {
     }
 
     /// Waits up to `limit` for the checker thread to end.
-    pub(super) fn join_checker(&mut self, limit: Duration) {
+    pub(super) fn join_checker(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        let Some(checker) = self.checker.take() else {
+        let Some(checker) = self
+            .checker
+            .lock()
+            .ok()
+            .and_then(|mut checker| checker.take())
+        else {
             return;
         };
         // Shutdown only: a short poll.
