@@ -139,13 +139,18 @@ impl<C: PoolConnection> Drop for Inner<C> {
 }
 
 impl<C: PoolConnection> Inner<C> {
+    /// The last boot's drift check, if one ran.
+    fn drift_check(&self) -> Option<DriftCheck> {
+        self.drift_check.lock().ok().and_then(|check| check.clone())
+    }
+
     /// [`Engine::close`]; once: a later call (the drop after `close`) does nothing.
     fn shut_down(&self, wait: Duration) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let deadline = Instant::now() + wait;
-        if let Some(check) = Engine::stored_drift_check(self) {
+        if let Some(check) = self.drift_check() {
             check.wait_for(wait);
         }
         if let Some(replica) = &self.replica {
@@ -470,20 +475,11 @@ impl<C: PoolConnection> Engine<C> {
         self.inner.shut_down(wait);
     }
 
-    /// The drift check of the last boot, for [`Inner::shut_down`] too.
-    fn stored_drift_check(inner: &Inner<C>) -> Option<DriftCheck> {
-        inner
-            .drift_check
-            .lock()
-            .ok()
-            .and_then(|check| check.clone())
-    }
-
     /// The drift check of the last [`Migrator::boot`](crate::migrations::Migrator::boot) on
     /// this engine, if one ran: under `DATABASE_SCHEMA_CHECK=warn` it runs in the background,
     /// and this is how a health endpoint reports what it found.
     pub fn drift_check(&self) -> Option<DriftCheck> {
-        Engine::stored_drift_check(&self.inner)
+        self.inner.drift_check()
     }
 
     pub(crate) fn track_drift_check(&self, check: DriftCheck) {
