@@ -137,19 +137,28 @@ fn a_parked_connection_is_closed_after_the_idle_timeout_and_the_lifetime() {
     }
 }
 
-#[test]
-fn the_spare_connection_counts_against_the_pool_size() {
-    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_spare"), None);
-    let app = crate::common::unique_name("spare_app");
-    // The pool fills to its size in the background (min idle = max size by default).
+/// A fresh database and an engine on it with a pool of `size`, whose connections carry an
+/// application name of their own (to count its backends in `pg_stat_activity`).
+fn named_engine(prefix: &str, size: u32) -> (crate::common::TestDb, String, Engine) {
+    let db =
+        crate::common::TestDb::create(&crate::common::unique_name(&format!("dl_{prefix}")), None);
+    let app = crate::common::unique_name(&format!("{prefix}_app"));
+    let size = size.to_string();
     let settings = crate::common::postgres_settings(
         &db.name,
         &[
-            ("DATABASE_POOL_MAX_SIZE", "2"),
+            ("DATABASE_POOL_MAX_SIZE", size.as_str()),
             ("DATABASE_APPLICATION_NAME", &app),
         ],
     );
     let engine = Engine::connect(&settings).expect("connect");
+    (db, app, engine)
+}
+
+#[test]
+fn the_spare_connection_counts_against_the_pool_size() {
+    // The pool fills to its size in the background (min idle = max size by default).
+    let (db, app, engine) = named_engine("spare", 2);
     let watcher = PqConn::connect(&database_url(&db.name)).expect("connect");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -189,16 +198,7 @@ fn backends(watcher: &PqConn, app: &str) -> u32 {
 
 #[test]
 fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_backend() {
-    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_close"), None);
-    let app = crate::common::unique_name("close_app");
-    let settings = crate::common::postgres_settings(
-        &db.name,
-        &[
-            ("DATABASE_POOL_MAX_SIZE", "3"),
-            ("DATABASE_APPLICATION_NAME", &app),
-        ],
-    );
-    let engine = Engine::connect(&settings).expect("connect");
+    let (db, app, engine) = named_engine("close", 3);
     let idle = engine.get().expect("checkout");
     drop(idle);
     let held_line = line!() + 1;
@@ -232,16 +232,7 @@ fn closing_the_engine_waits_a_bounded_time_names_what_is_held_and_leaves_no_back
 
 #[test]
 fn clones_share_one_pool_and_dropping_the_last_never_waits_for_a_held_connection() {
-    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_clone"), None);
-    let app = crate::common::unique_name("clone_app");
-    let settings = crate::common::postgres_settings(
-        &db.name,
-        &[
-            ("DATABASE_POOL_MAX_SIZE", "2"),
-            ("DATABASE_APPLICATION_NAME", &app),
-        ],
-    );
-    let engine = Engine::connect(&settings).expect("connect");
+    let (db, app, engine) = named_engine("clone", 2);
     let clone = engine.clone();
     let held = clone.get().expect("checkout through the clone");
     assert_eq!(engine.state().in_use, 1, "one pool behind both handles");
