@@ -76,7 +76,7 @@ pub use self::pooled_conn::PooledConn;
 pub(crate) use self::pooled_conn::{Held, HeldConn, hand_back};
 use self::replica::Replica;
 pub use self::replica::ReplicaState;
-pub(crate) use self::setup::check_backend;
+pub(crate) use self::setup::{backends_of, check_backend};
 use self::setup::{create_sqlite_file, housekeeping, pool_name};
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
@@ -608,16 +608,12 @@ impl<C: PoolConnection> Engine<C> {
     /// [`MigrationConn::ready`]).
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
         if self.inner.manager.migrations_need_a_direct_url() {
-            return Err(Error::Config(crate::error::ConfigErrors(vec![
-                crate::error::ConfigProblem {
-                    variable: "DATABASE_MIGRATION_URL".into(),
-                    message: "is needed: migrations hold a session-level lock, which a \
-                              transaction pooler (DATABASE_POOLER=transaction) would strand on \
-                              a server connection that other clients then get; give the direct \
-                              URL of the same database"
-                        .into(),
-                },
-            ])));
+            return Err(Error::config(
+                "DATABASE_MIGRATION_URL",
+                "is needed: migrations hold a session-level lock, which a transaction pooler \
+                 (DATABASE_POOLER=transaction) would strand on a server connection that other \
+                 clients then get; give the direct URL of the same database",
+            ));
         }
         let shared = &self.inner.books.shared;
         let spare = shared.spare.lock().ok().and_then(|mut spare| spare.take());

@@ -73,6 +73,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A configuration error of one problem, with `variable` at fault.
+    pub(crate) fn config(variable: &str, message: impl Into<String>) -> Error {
+        Error::Config(ConfigErrors(vec![ConfigProblem {
+            variable: variable.into(),
+            message: message.into(),
+        }]))
+    }
+
     /// The exit status a command line or a server's boot gives this error, the codes the
     /// `datalayer` command line documents:
     ///

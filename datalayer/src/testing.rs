@@ -109,27 +109,21 @@ impl<C: PoolConnection> TestDatabase<C> {
         let nothing_set =
             !std::env::vars_os().any(|(name, _)| name.to_string_lossy().starts_with("DATABASE_"));
         if nothing_set && !C::BACKENDS.contains(&settings.backend()) {
-            return Err(Error::Config(crate::error::ConfigErrors(vec![
-                crate::error::ConfigProblem {
-                    variable: "DATABASE_URL".into(),
-                    message: format!(
-                        "is not set, and these tests need a {} database: set DATABASE_URL in \
-                         the environment to a server where this role may create databases \
-                         (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo \
-                         test); tests do not read .env{}",
-                        C::BACKENDS
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or "),
-                        if Path::new(".env").exists() {
-                            " (./.env exists, but only the command line reads it)"
-                        } else {
-                            ""
-                        }
-                    ),
-                },
-            ])));
+            return Err(Error::config(
+                "DATABASE_URL",
+                format!(
+                    "is not set, and these tests need a {} database: set DATABASE_URL in the \
+                     environment to a server where this role may create databases (e.g. \
+                     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test); \
+                     tests do not read .env{}",
+                    crate::engine::backends_of::<C>(),
+                    if Path::new(".env").exists() {
+                        " (./.env exists, but only the command line reads it)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
         }
         TestDatabase::with_settings_as(migrator, &settings)
     }

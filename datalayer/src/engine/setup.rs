@@ -69,50 +69,46 @@ pub(super) fn pool_name(settings: &Settings) -> String {
     }
 }
 
+/// The backends `C` can reach, for messages: `postgres or sqlite`.
+pub(crate) fn backends_of<C: PoolConnection>() -> String {
+    C::BACKENDS
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 /// A configuration error when `C` cannot reach the backend `settings` choose.
 pub(crate) fn check_backend<C: PoolConnection>(settings: &Settings) -> Result<(), Error> {
-    if C::BACKENDS.contains(&settings.backend()) {
+    let backend = settings.backend();
+    if C::BACKENDS.contains(&backend) {
         return Ok(());
     }
-    let backend = settings.backend();
     if !backend.is_enabled() {
-        return Err(Error::Config(crate::error::ConfigErrors(vec![
-            crate::error::ConfigProblem {
-                variable: match backend {
-                    crate::config::Backend::Sqlite => "DATABASE_PATH",
-                    crate::config::Backend::Postgres => "DATABASE_URL",
-                }
-                .into(),
-                message: format!(
-                    "the settings choose a {backend} database, but this build of datalayer has \
-                     no {backend} support: add \"{backend}\" to the features of the datalayer \
-                     dependency in Cargo.toml, or configure a {} database",
-                    C::BACKENDS
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                ),
-            },
-        ])));
+        let variable = match backend {
+            crate::config::Backend::Sqlite => "DATABASE_PATH",
+            crate::config::Backend::Postgres => "DATABASE_URL",
+        };
+        return Err(Error::config(
+            variable,
+            format!(
+                "the settings choose a {backend} database, but this build of datalayer has no \
+                 {backend} support: add \"{backend}\" to the features of the datalayer \
+                 dependency in Cargo.toml, or configure a {} database",
+                backends_of::<C>()
+            ),
+        ));
     }
     let name = std::any::type_name::<C>();
-    Err(Error::Config(crate::error::ConfigErrors(vec![
-        crate::error::ConfigProblem {
-            variable: "DATABASE_URL".into(),
-            message: format!(
-                "the application's engine hands out {} connections, which cannot reach a {} \
-                 database; configure a {} database",
-                name.rsplit("::").next().unwrap_or(name),
-                settings.backend(),
-                C::BACKENDS
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        },
-    ])))
+    Err(Error::config(
+        "DATABASE_URL",
+        format!(
+            "the application's engine hands out {} connections, which cannot reach a {backend} \
+             database; configure a {} database",
+            name.rsplit("::").next().unwrap_or(name),
+            backends_of::<C>()
+        ),
+    ))
 }
 
 /// How often the housekeeping thread records the pool's gauges.

@@ -12,9 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::Duration;
 
 use diesel::PgConnection;
-use diesel::connection::SimpleConnection;
 
-use super::quote;
+use super::spare::{atexit, drop_database};
 use crate::engine::Engine;
 
 type Drop = (Arc<Engine<PgConnection>>, String);
@@ -42,7 +41,7 @@ pub(super) fn later(admin: &Arc<Engine<PgConnection>>, name: &str) {
         }
     });
     let Ok(mut state) = QUEUE.state.lock() else {
-        now(admin, name);
+        drop_database(admin, name);
         return;
     };
     state.0.push((Arc::clone(admin), name.to_string()));
@@ -75,16 +74,7 @@ fn work() {
                 }
             }
         };
-        now(&next.0, &next.1);
-    }
-}
-
-fn now(admin: &Engine<PgConnection>, name: &str) {
-    if let Ok(mut conn) = admin.get() {
-        let _ = conn.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote(name)
-        ));
+        drop_database(&next.0, &next.1);
     }
 }
 
@@ -99,10 +89,6 @@ pub(super) fn settle(limit: Duration) -> bool {
         .is_ok_and(|(state, _)| !state.1 && state.0.is_empty())
 }
 
-unsafe extern "C" {
-    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
-}
-
 /// Lets the background thread finish (at most 30 s), then drops what is left here.
 extern "C" fn finish_at_exit() {
     let _ = std::panic::catch_unwind(|| {
@@ -115,7 +101,7 @@ extern "C" fn finish_at_exit() {
             .map(|mut state| std::mem::take(&mut state.0))
             .unwrap_or_default();
         for (admin, name) in left {
-            now(&admin, &name);
+            drop_database(&admin, &name);
         }
     });
 }

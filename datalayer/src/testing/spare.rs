@@ -185,7 +185,7 @@ fn idle(mut list: List, limit: Duration) -> Option<List> {
     Some(list)
 }
 
-fn drop_database(admin: &Engine<PgConnection>, name: &str) {
+pub(super) fn drop_database(admin: &Engine<PgConnection>, name: &str) {
     if let Ok(mut conn) = admin.get() {
         let _ = conn.batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -195,7 +195,8 @@ fn drop_database(admin: &Engine<PgConnection>, name: &str) {
 }
 
 unsafe extern "C" {
-    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    /// The C library's: `callback` runs when the process exits (the test harness's `exit`).
+    pub(super) fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
 }
 
 /// Waits (at most 10 s) for clones under way, then drops every ready spare.
