@@ -71,6 +71,7 @@ use self::line::Line;
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, SessionSetup, Shared, clock_ns};
+use self::shared::Mechanisms;
 pub use self::pool_connection::PoolConnection;
 pub use self::pooled_conn::PooledConn;
 pub(crate) use self::pooled_conn::{Held, HeldConn, hand_back};
@@ -277,7 +278,19 @@ impl<C: PoolConnection> Engine<C> {
     /// application that runs on PostgreSQL only: `Engine::<PgConnection>::connect_as(&settings)`.
     /// Settings for a backend the type cannot reach are a configuration error.
     pub fn connect_as(settings: &Settings) -> Result<Engine<C>, Error> {
-        Engine::connect_inner(settings, None)
+        Engine::connect_inner(settings, None, Mechanisms::default())
+    }
+
+    /// [`Engine::connect_as`] with one of the engine's mechanisms over r2d2 off (`parking`,
+    /// `line`, `validation-window`, `registry`), for the benchmark's with/without comparisons
+    /// only: not part of the API.
+    #[cfg(feature = "__bench")]
+    #[doc(hidden)]
+    pub fn connect_without(settings: &Settings, mechanism: &str) -> Result<Engine<C>, Error> {
+        let mechanisms = Mechanisms::without(mechanism).ok_or_else(|| {
+            Error::config("mechanism", "is not one of parking, line, validation-window, registry")
+        })?;
+        Engine::connect_inner(settings, None, mechanisms)
     }
 
     /// [`Engine::connect_as`], with session setup of the application's own: `on_connect` runs
@@ -302,12 +315,13 @@ impl<C: PoolConnection> Engine<C> {
         settings: &Settings,
         on_connect: impl Fn(&mut C) -> diesel::QueryResult<()> + Send + Sync + 'static,
     ) -> Result<Engine<C>, Error> {
-        Engine::connect_inner(settings, Some(Arc::new(on_connect)))
+        Engine::connect_inner(settings, Some(Arc::new(on_connect)), Mechanisms::default())
     }
 
     fn connect_inner(
         settings: &Settings,
         on_connect: Option<SessionSetup<C>>,
+        mechanisms: Mechanisms,
     ) -> Result<Engine<C>, Error> {
         settings.validate()?;
         check_backend::<C>(settings)?;
@@ -315,7 +329,7 @@ impl<C: PoolConnection> Engine<C> {
         if let Some(replica_settings) = &replica_settings {
             check_backend::<C>(replica_settings)?;
         }
-        let shared = Shared::new(&pool_name(settings), settings);
+        let shared = Shared::new(&pool_name(settings), settings, mechanisms);
         let manager = Manager::new(settings, Arc::clone(&shared), false, on_connect.clone());
         let target = manager.target().to_string();
         if let Target::Sqlite(sqlite) = &settings.target {

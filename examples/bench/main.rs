@@ -28,6 +28,7 @@
 
 mod chart;
 mod machine;
+mod mechanisms;
 mod overload;
 mod progress;
 mod split;
@@ -462,7 +463,7 @@ fn main() -> Result<()> {
             .filter(|p| !p.is_empty()),
         cases: env_or(
             "BENCH_CASES",
-            "reads,writes,sqlite,checkout,boot,testdb,pgbouncer,overload",
+            "reads,writes,sqlite,checkout,boot,testdb,pgbouncer,overload,mechanisms",
         )
         .split(',')
         .map(|c| c.trim().to_string())
@@ -470,7 +471,7 @@ fn main() -> Result<()> {
     };
     setup(&config)?;
     let settings = Settings::from_pairs([("DATABASE_URL", config.url.as_str())])?;
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 9] = [
         ("reads", reads),
         ("writes", writes),
         ("sqlite", sqlite),
@@ -479,6 +480,7 @@ fn main() -> Result<()> {
         ("testdb", testdb),
         ("pgbouncer", pgbouncer),
         ("overload", overload::overload),
+        ("mechanisms", mechanisms::mechanisms),
     ];
     for (name, _) in &cases {
         if config.runs(name) {
@@ -534,6 +536,7 @@ fn planned_runs(config: &Config, case: &str) -> usize {
         "checkout" => 2 * rounds * 2,
         "pgbouncer" => clients * rounds * 2,
         "overload" => overload::planned_runs(config),
+        "mechanisms" => mechanisms::planned_runs(config),
         _ => 0,
     }
 }
@@ -796,38 +799,19 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("bench.sqlite3");
     let lite_settings = Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
-    {
-        let engine = Engine::connect(&lite_settings)?;
-        blog::models::migrator().run_pending(&engine)?;
-        engine.get()?.batch_execute(&format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
-             INSERT INTO users (email, display_name) SELECT 'user' || i || '@example.com', 'User ' || i FROM n;"
-        ))?;
-    }
+    fill_sqlite(&lite_settings, rows)?;
     let lite_clients: Vec<usize> = config.clients.iter().copied().filter(|c| *c <= 4).collect();
     let (mut plain_lite, mut engine_lite, mut lite_ratio) = (vec![], vec![], vec![]);
     let lite_url = path.to_string_lossy().into_owned();
-    let open_plain = || {
-        let mut conn = SqliteConnection::establish(&lite_url).expect("open");
-        // The same busy timeout as the engine's connections: fair, and needed when several
-        // connections open a WAL database at once.
-        conn.batch_execute("PRAGMA busy_timeout = 5000")
-            .expect("pragma");
-        conn
-    };
     for &c in &lite_clients {
         progress::run(&format!("sqlite C={c}"));
         let engine = Engine::connect(&lite_settings)?;
         warmed_up(&engine);
         let blocks = alternating(config.seconds * config.rounds as f64 * 2.0, c, |i| {
-            let (mut plain, mut ids, engine) = (open_plain(), Ids::new(i, rows), &engine);
+            let (mut plain, mut ids, engine) = (open_sqlite(&lite_url), Ids::new(i, rows), &engine);
             move |case: usize| {
                 if case == 0 {
-                    let _: User = users_table::table
-                        .find(ids.next())
-                        .select(User::as_select())
-                        .first(&mut plain)
-                        .expect("select");
+                    held_read(&mut plain, &mut ids);
                 } else {
                     engine_read(engine, &mut ids);
                 }
@@ -849,6 +833,36 @@ fn sqlite(config: &Config, _: &Settings) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
 
     Ok(())
+}
+
+/// Makes the SQLite database of `settings` with the reference schema and `rows` users.
+fn fill_sqlite(settings: &Settings, rows: i64) -> Result<()> {
+    let engine = Engine::connect(settings)?;
+    blog::models::migrator().run_pending(&engine)?;
+    engine.get()?.batch_execute(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO users (email, display_name) SELECT 'user' || i || '@example.com', 'User ' || i FROM n;"
+    ))?;
+    Ok(())
+}
+
+/// A plain connection to the SQLite file at `url`.
+fn open_sqlite(url: &str) -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(url).expect("open");
+    // The same busy timeout as the engine's connections: fair, and needed when several
+    // connections open a WAL database at once.
+    conn.batch_execute("PRAGMA busy_timeout = 5000")
+        .expect("pragma");
+    conn
+}
+
+/// One point read on a held SQLite connection.
+fn held_read(conn: &mut SqliteConnection, ids: &mut Ids) {
+    let _: User = users_table::table
+        .find(ids.next())
+        .select(User::as_select())
+        .first(conn)
+        .expect("select");
 }
 
 fn checkout(config: &Config, settings: &Settings) -> Result<()> {

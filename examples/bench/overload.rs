@@ -34,16 +34,16 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// What one case measured, over all its rounds.
-struct Measured {
+pub(crate) struct Measured {
     requests: u64,
     seconds: f64,
-    latencies: Histogram<u64>,
+    pub(crate) latencies: Histogram<u64>,
     /// What the whole machine spent meanwhile.
     spent: Spent,
 }
 
 impl Measured {
-    fn new() -> Measured {
+    pub(crate) fn new() -> Measured {
         Measured {
             requests: 0,
             seconds: 0.0,
@@ -52,7 +52,7 @@ impl Measured {
         }
     }
 
-    fn add(&mut self, other: Measured) {
+    pub(crate) fn add(&mut self, other: Measured) {
         self.requests += other.requests;
         self.seconds += other.seconds;
         self.spent.merge(other.spent);
@@ -61,13 +61,13 @@ impl Measured {
             .expect("histograms of the same bounds");
     }
 
-    fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
 }
 
 /// Runs `threads` workers for `seconds`, timing each call of the operation `make(i)` returns.
-fn timed<F, W>(seconds: f64, threads: usize, make: F) -> Measured
+pub(crate) fn timed<F, W>(seconds: f64, threads: usize, make: F) -> Measured
 where
     F: Fn(usize) -> W + Sync,
     W: FnMut(),

@@ -29,7 +29,8 @@ impl<C: PoolConnection> Engine<C> {
         {
             self.close_stale_spare();
         }
-        let leak_threshold = self.inner.settings.pool.leak_threshold;
+        let registry = shared.mechanisms.registry;
+        let leak_threshold = self.inner.settings.pool.leak_threshold.filter(|_| registry);
         if let Some(threshold) = leak_threshold {
             self.inner
                 .books
@@ -41,7 +42,9 @@ impl<C: PoolConnection> Engine<C> {
             Some(held) => {
                 shared.metrics.checked_out(waited);
                 let since = start.saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(0));
-                checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
+                if registry {
+                    checkouts::begin(&held.conn.health, site, shared.since_epoch(since));
+                }
                 Ok(PooledConn {
                     held: Some(held),
                     leak_threshold,
@@ -89,6 +92,9 @@ impl<C: PoolConnection> Engine<C> {
         start: u64,
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> (Option<Held<C>>, Duration) {
+        if !self.inner.books.shared.mechanisms.parking {
+            return self.checkout_elsewhere(self.inner.books.shared.instant_of(start), give_up);
+        }
         let own = self.inner.books.parking.take_own().and_then(|mut held| {
             self.inner
                 .manager
@@ -139,6 +145,20 @@ impl<C: PoolConnection> Engine<C> {
         }
         let deadline = start + self.inner.settings.pool.timeout;
         let shared = &self.inner.books.shared;
+        if !shared.mechanisms.line {
+            // r2d2's own wait, in slices when a health check may give up.
+            loop {
+                let now = Instant::now();
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
+                    return (None, start.elapsed());
+                }
+                let slice = if give_up.is_some() { left.min(POLL) } else { left };
+                if let Ok(conn) = self.inner.pool.get_timeout(slice) {
+                    return (Some(hold(conn)), start.elapsed());
+                }
+            }
+        }
         let ticket = line.join();
         self.inner.books.report_waiting();
         let conn = loop {

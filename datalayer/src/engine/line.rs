@@ -11,10 +11,9 @@
 //! thread returning it has kept it a streak of checkouts in a row while others waited
 //! ([`super::affinity::Streak`]); until then it stays parked for that thread's next checkout.
 //! How long a streak depends on where the database runs. Outside the process (PostgreSQL, on
-//! another machine in production), a hand-off costs one wake-up: 4 in a row, fewer when more
-//! than 60 wait, down to 1. Inside it (SQLite), the server's work shares the client threads'
-//! cores and a hand-off moves it to another core: 12 in a row, fewer when more than 80 wait,
-//! down to 4. Strict hand-off on every return gives the best tails but a wake-up of another
+//! another machine in production), a hand-off costs one wake-up: 1 in a row. Inside it
+//! (SQLite), the server's work shares the client threads' cores and a hand-off moves it to
+//! another core: 12 in a row, fewer when more than 80 wait, down to 4. Strict hand-off on every return gives the best tails but a wake-up of another
 //! thread per request; the streak trades one for the other (a thread that joins the line waits
 //! about `streak x threads / throughput`), and no request waits more than a bounded number of
 //! turns. The measurements behind these numbers are in `docs/design.md`.

@@ -365,6 +365,7 @@ impl<C: PoolConnection> Manager<C> {
         if !slot.health.dead.load(Ordering::Acquire)
             && !self.shared.expired(&slot.health, now)
             && now.saturating_sub(last_ok) < window
+            && self.shared.mechanisms.validation_window
             && !self.shared.dead_since(last_ok)
         {
             return Ok(());
@@ -528,7 +529,7 @@ mod tests {
             Settings::from_pairs([("DATABASE_PATH", path.as_os_str())]).expect("settings");
         let manager = Manager::<SqliteConnection>::new(
             &settings,
-            Shared::new("locked", &settings),
+            Shared::new("locked", &settings, Default::default()),
             false,
             None,
         );

@@ -85,11 +85,15 @@ impl<C: PoolConnection> Drop for PooledConn<C> {
             return;
         };
         let used = Duration::from_nanos(clock_ns().saturating_sub(self.since));
-        checkouts::end(&held.conn.health, used, self.leak_threshold);
         let shared = &held.books.shared;
+        if shared.mechanisms.registry {
+            checkouts::end(&held.conn.health, used, self.leak_threshold);
+        }
         shared.metrics.use_time().record(used.as_secs_f64());
         if std::thread::panicking() || !held.conn.reusable() {
             close(held);
+        } else if !shared.mechanisms.parking {
+            hand_back(held);
         } else if let Some(held) = Parking::park(held) {
             // Not parked: someone is waiting, and the first in line gets it.
             hand_back(held);
@@ -110,6 +114,11 @@ fn close<C: PoolConnection>(held: Held<C>) {
 #[inline(never)]
 pub(crate) fn hand_back<C: PoolConnection>(mut held: Held<C>) {
     held.streak = 0;
+    if held.books.line.waiting() == 0 {
+        // Back to r2d2; a thread that joins the line meanwhile finds it there when it looks.
+        drop(held);
+        return;
+    }
     let books = Arc::clone(&held.books);
     drop(books.line.hand_off(held, books.shared.can_grow()));
     books.report_waiting();

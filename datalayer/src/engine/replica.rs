@@ -141,7 +141,7 @@ impl<C: PoolConnection> Replica<C> {
         on_connect: Option<SessionSetup<C>>,
     ) -> Replica<C> {
         let name = pool_name(settings);
-        let shared = Shared::new(&name, settings);
+        let shared = Shared::new(&name, settings, super::Mechanisms::default());
         let manager = Manager::<C>::new(settings, Arc::clone(&shared), true, on_connect);
         // A replica that comes back must find its pool retrying soon, not after r2d2's
         // backoff has grown to the pool timeout: retries at most half a check interval apart.

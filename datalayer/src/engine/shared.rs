@@ -80,9 +80,56 @@ pub(crate) struct Shared {
     /// The database runs outside this process (PostgreSQL, on another machine in production),
     /// not in it (SQLite): it sets how long the line's streak may be (`affinity.rs`).
     pub(crate) server_elsewhere: bool,
+    /// Which of the engine's mechanisms over r2d2 are on (all, except in the benchmark's
+    /// with/without comparisons).
+    pub(crate) mechanisms: Mechanisms,
     /// `DATABASE_POOL_MAX_LIFETIME` and `DATABASE_POOL_IDLE_TIMEOUT` in [`Shared::now`] units.
     lifetime: Option<u64>,
     idle_timeout: Option<u64>,
+}
+
+/// The engine's mechanisms over a plain r2d2 pool that the benchmark compares with and
+/// without (`examples/bench/mechanisms.rs`); every one is on outside the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mechanisms {
+    /// A returned connection is parked for its thread's next checkout (`affinity.rs`), with
+    /// the streak and the reaper of parked connections. Needs the line.
+    pub(crate) parking: bool,
+    /// The line of waiting threads and the hand-off to its first (`line.rs`); without it a
+    /// checkout that finds no idle connection waits in r2d2's own way.
+    pub(crate) line: bool,
+    /// A connection used within the last 500 ms is not pinged at checkout (`manager.rs`).
+    pub(crate) validation_window: bool,
+    /// Every checkout records its site and time (`checkouts.rs`), for pool-timeout errors and
+    /// leak warnings.
+    pub(crate) registry: bool,
+}
+
+impl Default for Mechanisms {
+    fn default() -> Self {
+        Mechanisms {
+            parking: true,
+            line: true,
+            validation_window: true,
+            registry: true,
+        }
+    }
+}
+
+impl Mechanisms {
+    /// Every mechanism but the one named; `None` for an unknown name.
+    pub(crate) fn without(name: &str) -> Option<Mechanisms> {
+        let mut all = Mechanisms::default();
+        match name {
+            "parking" => all.parking = false,
+            // Parking needs the line (a waiter in r2d2's own wait never sees parked ones).
+            "line" => (all.line, all.parking) = (false, false),
+            "validation-window" => all.validation_window = false,
+            "registry" => all.registry = false,
+            _ => return None,
+        }
+        Some(all)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,7 +139,7 @@ struct Attempts {
 }
 
 impl Shared {
-    pub(crate) fn new(pool: &str, settings: &Settings) -> Arc<Shared> {
+    pub(crate) fn new(pool: &str, settings: &Settings, mechanisms: Mechanisms) -> Arc<Shared> {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         // Read back to back: `at` (from `epoch`) and `since_epoch` (from `epoch_raw`) then agree
         // within a clock read.
@@ -107,6 +154,7 @@ impl Shared {
             spare: Mutex::new(None),
             spare_held: AtomicBool::new(false),
             server_elsewhere: settings.backend() == crate::config::Backend::Postgres,
+            mechanisms,
             lifetime: settings.pool.max_lifetime.map(nanos),
             idle_timeout: settings.pool.idle_timeout.map(nanos),
             epoch,
