@@ -71,7 +71,6 @@ use self::line::Line;
 pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, SessionSetup, Shared, clock_ns};
-use self::shared::Mechanisms;
 pub use self::pool_connection::PoolConnection;
 pub use self::pooled_conn::PooledConn;
 pub(crate) use self::pooled_conn::{Held, HeldConn, hand_back};
@@ -79,13 +78,11 @@ use self::replica::Replica;
 pub use self::replica::ReplicaState;
 pub(crate) use self::setup::{backends_of, check_backend};
 use self::setup::{create_sqlite_file, housekeeping, pool_name};
+use self::shared::Mechanisms;
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 use crate::migrations::DriftCheck;
 pub use crate::pool_state::{Holder, PoolState};
-
-/// How long the connection made by [`Engine::connect`] is kept for the first migration run.
-const SPARE_FOR: Duration = Duration::from_secs(10);
 
 /// The pool of connections and the entry point for SQL.
 ///
@@ -115,11 +112,6 @@ struct Inner<C: PoolConnection> {
     /// The pool's manager too, for connections outside the pool (migrations).
     manager: Manager<C>,
     books: Arc<Books<C>>,
-    /// When the connection `connect` made was made. It is kept (in `Shared::spare`) for the
-    /// first migration run (boot) if that comes within [`SPARE_FOR`]: it saves opening one
-    /// more. Read-only migration calls (`status`) give it back. It counts against the pool's
-    /// size: the pool's last connection replaces it.
-    spare_made: Instant,
     settings: Settings,
     /// How long [`Engine::close`] waits for connection attempts under way.
     close_limit: Duration,
@@ -176,7 +168,6 @@ impl<C: PoolConnection> Inner<C> {
     fn shut_down_pool(&self, wait: Duration) {
         let shared = &self.books.shared;
         drop(self.books.parking.drain());
-        shared.drop_spare();
         let deadline = Instant::now() + wait;
         // Shutdown only: a short poll, not a wake-up on every return.
         while shared.in_use() > 0 && Instant::now() < deadline {
@@ -288,7 +279,10 @@ impl<C: PoolConnection> Engine<C> {
     #[doc(hidden)]
     pub fn connect_without(settings: &Settings, mechanism: &str) -> Result<Engine<C>, Error> {
         let mechanisms = Mechanisms::without(mechanism).ok_or_else(|| {
-            Error::config("mechanism", "is not one of parking, line, validation-window, registry")
+            Error::config(
+                "mechanism",
+                "is not one of parking, line, validation-window, registry",
+            )
         })?;
         Engine::connect_inner(settings, None, mechanisms)
     }
@@ -339,14 +333,8 @@ impl<C: PoolConnection> Engine<C> {
             })?;
         }
         let first = boot::first_connection(&manager, settings.pool.connect_deadline)?;
-        // Kept as the spare before the pool exists: the pool starts filling at once, and its
-        // last connection must find the spare there to close it.
-        if let Ok(mut spare) = shared.spare.lock() {
-            *spare = Some(MigrationConn::new(first));
-            shared
-                .spare_held
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
+        // It proved the database reachable; the pool opens its own.
+        drop(first);
         let replica =
             settings
                 .replica
@@ -404,7 +392,6 @@ impl<C: PoolConnection> Engine<C> {
                 pool,
                 manager,
                 books,
-                spare_made: Instant::now(),
                 settings: settings.clone(),
                 close_limit: connect_timeout + Duration::from_secs(1),
                 closed: AtomicBool::new(false),
@@ -469,13 +456,6 @@ impl<C: PoolConnection> Engine<C> {
     /// Where reads go and why, with the replica pool's state; `None` without a replica.
     pub fn replica_state(&self) -> Option<ReplicaState> {
         self.inner.replica.as_ref().map(|replica| replica.state())
-    }
-
-    /// Closes the connection kept from `connect` (called once it is too old to serve a
-    /// migration run), so an application that never migrates does not hold it for good.
-    #[cold]
-    fn close_stale_spare(&self) {
-        self.inner.books.shared.drop_spare();
     }
 
     /// Closes the engine, for every handle: no new connections; parked connections closed at
@@ -571,15 +551,13 @@ impl<C: PoolConnection> Engine<C> {
     pub fn state(&self) -> PoolState {
         let state = self.inner.pool.state();
         let shared = &self.inner.books.shared;
-        let spare = u32::from(shared.spare_held.load(std::sync::atomic::Ordering::Acquire));
         let in_use = shared.in_use();
         PoolState {
             max_size: self.inner.pool.max_size(),
-            connections: state.connections + spare,
+            connections: state.connections,
             idle: state.idle_connections,
             parked: self.inner.books.parking.parked(),
             in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
-            spare,
             waiting: u32::try_from(self.inner.books.line.waiting()).unwrap_or(u32::MAX),
         }
     }
@@ -617,9 +595,8 @@ impl<C: PoolConnection> Engine<C> {
         })
     }
 
-    /// A connection outside the pool for migrations: the one `connect` kept when it is still
-    /// young and goes where migrations go, else a new one. Not readied yet (see
-    /// [`MigrationConn::ready`]).
+    /// A new connection outside the pool for migrations, to `DATABASE_MIGRATION_URL` when
+    /// set. Not readied yet (see [`MigrationConn::ready`]).
     pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
         if self.inner.manager.migrations_need_a_direct_url() {
             return Err(Error::config(
@@ -629,24 +606,10 @@ impl<C: PoolConnection> Engine<C> {
                  clients then get; give the direct URL of the same database",
             ));
         }
-        let shared = &self.inner.books.shared;
-        let spare = shared.spare.lock().ok().and_then(|mut spare| spare.take());
-        shared
-            .spare_held
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        match spare {
-            Some(spare)
-                if self.inner.spare_made.elapsed() < SPARE_FOR
-                    && self.inner.manager.spare_serves_migrations() =>
-            {
-                Ok(spare)
-            }
-            _ => self
-                .inner
-                .manager
-                .establish_for_migrations()
-                .map_err(|e| self.connect_error(e)),
-        }
+        self.inner
+            .manager
+            .establish_for_migrations()
+            .map_err(|e| self.connect_error(e))
     }
 
     /// Readies `migration` for taking the lock and migrating (a no-op when it is).
@@ -658,24 +621,6 @@ impl<C: PoolConnection> Engine<C> {
         Error::Connect {
             target: self.target().to_string(),
             reason: e.0,
-        }
-    }
-
-    /// Gives back a migration connection that only read (no lock, no transaction left open),
-    /// so that the boot after a `status` still finds the spare; closed if the spare's window
-    /// has passed or another is there.
-    pub(crate) fn give_back_migration_connection(&self, conn: MigrationConn) {
-        let shared = &self.inner.books.shared;
-        if self.inner.spare_made.elapsed() >= SPARE_FOR || !shared.room_for_spare() {
-            return;
-        }
-        if let Ok(mut spare) = shared.spare.lock()
-            && spare.is_none()
-        {
-            *spare = Some(conn);
-            shared
-                .spare_held
-                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

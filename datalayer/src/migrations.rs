@@ -327,17 +327,12 @@ pub fn lock_holder<C: PoolConnection>(engine: &Engine<C>) -> Result<Option<LockH
     })
 }
 
-/// Runs `read` on a migration connection, then gives the connection back to the engine (a
-/// boot right after still finds the one `Engine::connect` kept).
+/// Runs `read` on a migration connection of its own.
 fn read_only<T, C: PoolConnection>(
     engine: &Engine<C>,
     read: impl FnOnce(&mut MigrationConn) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut migration = engine.migration_connection()?;
     engine.ready_for_migrations(&mut migration)?;
-    let result = read(&mut migration);
-    if result.is_ok() {
-        engine.give_back_migration_connection(migration);
-    }
-    result
+    read(&mut migration)
 }

@@ -34,10 +34,9 @@ impl fmt::Display for Holder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolState {
-    /// The most connections the pool will hold (the spare kept for the first migration run
-    /// included).
+    /// The most connections the pool will hold.
     pub max_size: u32,
-    /// Connections open now: idle, parked, in use, and the spare.
+    /// Connections open now: idle, parked and in use.
     pub connections: u32,
     /// Open connections waiting in the pool.
     pub idle: u32,
@@ -46,9 +45,6 @@ pub struct PoolState {
     pub parked: u32,
     /// Connections checked out by the application now.
     pub in_use: u32,
-    /// 1 while the connection `Engine::connect` made is kept for the first migration run
-    /// (at most 10 s, and only while the pool has room for it), else 0.
-    pub spare: u32,
     /// Threads waiting in line for a connection (served first come, first served).
     pub waiting: u32,
 }
@@ -57,14 +53,8 @@ impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pool size {}, {} open: {} in use, {} idle, {} parked, {} spare; {} waiting",
-            self.max_size,
-            self.connections,
-            self.in_use,
-            self.idle,
-            self.parked,
-            self.spare,
-            self.waiting
+            "pool size {}, {} open: {} in use, {} idle, {} parked; {} waiting",
+            self.max_size, self.connections, self.in_use, self.idle, self.parked, self.waiting
         )
     }
 }

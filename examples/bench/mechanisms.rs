@@ -209,7 +209,11 @@ fn sqlite(config: &Config) -> Result<()> {
     println!("| ---: | --- | ---: | ---: | ---: |");
     for (size, &clients) in LITE_SIZES.iter().enumerate() {
         for (variant, (name, _)) in VARIANTS.iter().enumerate() {
-            let name = if variant == PLAIN { "held connection" } else { name };
+            let name = if variant == PLAIN {
+                "held connection"
+            } else {
+                name
+            };
             println!(
                 "| {clients} | {name} | {:.0} | {} | {} |",
                 merged[size][variant].per_second(),

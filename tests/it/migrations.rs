@@ -3,10 +3,10 @@
 //! the same tables and columns.
 
 use datalayer::migrations::MigrationError;
-use datalayer::migrations::{self, Revert, Status};
+use datalayer::migrations::{Revert, Status};
 use datalayer::{Engine, Error};
 
-use crate::common::{Place, fresh_engines, fresh_postgres, migrated_engines, query_lines};
+use crate::common::{fresh_engines, fresh_postgres, migrated_engines, query_lines};
 
 const ALL: [&str; 2] = [
     "2026-11-25-000001_create_users",
@@ -214,58 +214,6 @@ fn both_backends_have_the_same_tables_and_columns() {
     assert!(postgres.contains(&"posts.published_at timestamp nullable=YES".to_string()));
     assert!(postgres.contains(&"users.id bigint nullable=NO".to_string()));
     assert_eq!(postgres, sqlite);
-}
-
-/// Connections established so far whose URL names `ESTABLISH_FILTER`'s database.
-static ESTABLISHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static ESTABLISH_FILTER: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
-fn count_establishes() -> Option<Box<dyn diesel::connection::Instrumentation>> {
-    Some(Box::new(
-        |event: diesel::connection::InstrumentationEvent<'_>| {
-            if let diesel::connection::InstrumentationEvent::StartEstablishConnection {
-                url, ..
-            } = event
-            {
-                let filter = ESTABLISH_FILTER.lock().expect("filter").clone();
-                if !filter.is_empty() && url.contains(&filter) {
-                    ESTABLISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-        },
-    ))
-}
-
-/// `status` and `lock_holder` borrow the connection `Engine::connect` keeps for the first
-/// migration run and give it back: a server that checks status before booting opens no extra
-/// connection for either.
-#[test]
-fn read_only_calls_give_the_boot_connection_back() {
-    let (engine, place) = fresh_postgres("dl_spare", &[("DATABASE_POOL_MIN_IDLE", "0")]);
-    let Place::Postgres(db) = &place else {
-        unreachable!()
-    };
-    *ESTABLISH_FILTER.lock().expect("filter") = format!("/{}", db.name);
-    diesel::connection::set_default_instrumentation(count_establishes).expect("instrument");
-
-    let status = blog::models::migrator().status(&engine).expect("status");
-    assert_eq!(status.pending, ALL);
-    assert_eq!(migrations::lock_holder(&engine).expect("lock"), None);
-    assert_eq!(
-        blog::models::migrator()
-            .boot(&engine)
-            .expect("boot")
-            .applied,
-        ALL
-    );
-    assert_eq!(
-        ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "status, lock_holder and boot all ran on the connection made by Engine::connect"
-    );
-    // Once the migrations ran, the next migration call opens its own connection.
-    blog::models::migrator().status(&engine).expect("status");
-    assert_eq!(ESTABLISHED.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// `status` lists exactly `applied` and `pending`, nothing unknown or edited, and no lock.

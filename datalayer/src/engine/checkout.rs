@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::checkouts;
 use super::line::{BEHIND, POLL};
 use super::pool_connection::PoolConnection;
-use super::{Engine, Held, HeldConn, PooledConn, SPARE_FOR};
+use super::{Engine, Held, HeldConn, PooledConn};
 use crate::error::Error;
 
 impl<C: PoolConnection> Engine<C> {
@@ -21,14 +21,6 @@ impl<C: PoolConnection> Engine<C> {
         give_up: Option<&dyn Fn(Instant) -> bool>,
     ) -> Result<PooledConn<C>, Error> {
         let shared = &self.inner.books.shared;
-        if shared.spare_held.load(std::sync::atomic::Ordering::Relaxed)
-            && shared
-                .instant_of(start)
-                .saturating_duration_since(self.inner.spare_made)
-                >= SPARE_FOR
-        {
-            self.close_stale_spare();
-        }
         let registry = shared.mechanisms.registry;
         let leak_threshold = self.inner.settings.pool.leak_threshold.filter(|_| registry);
         if let Some(threshold) = leak_threshold {
@@ -153,7 +145,11 @@ impl<C: PoolConnection> Engine<C> {
                 if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
                     return (None, start.elapsed());
                 }
-                let slice = if give_up.is_some() { left.min(POLL) } else { left };
+                let slice = if give_up.is_some() {
+                    left.min(POLL)
+                } else {
+                    left
+                };
                 if let Ok(conn) = self.inner.pool.get_timeout(slice) {
                     return (Some(hold(conn)), start.elapsed());
                 }

@@ -268,12 +268,6 @@ impl<C: PoolConnection> Manager<C> {
         Ok(MigrationConn::new(conn))
     }
 
-    /// Whether the spare connection `Engine::connect` made can serve migrations: only when
-    /// they go where the pool goes.
-    pub(crate) fn spare_serves_migrations(&self) -> bool {
-        self.migration.is_none()
-    }
-
     /// Whether migrations have nowhere safe to go: a transaction pooler, and no direct URL.
     pub(crate) fn migrations_need_a_direct_url(&self) -> bool {
         self.transaction_pooler && self.migration.is_none()
@@ -400,11 +394,7 @@ impl<C: PoolConnection> ManageConnection for Manager<C> {
     type Error = ConnectError;
 
     fn connect(&self) -> Result<Slot<C>, ConnectError> {
-        // The spare connection counts against the pool's size: the pool's last one replaces it.
-        let taken = self.shared.pool_slots.fetch_add(1, Ordering::AcqRel) + 1;
-        if taken >= self.shared.max_size {
-            self.shared.drop_spare();
-        }
+        self.shared.pool_slots.fetch_add(1, Ordering::AcqRel);
         let slot = self.open_slot();
         if slot.is_err() {
             self.shared.pool_slots.fetch_sub(1, Ordering::AcqRel);

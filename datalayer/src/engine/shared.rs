@@ -1,13 +1,13 @@
 //! What the manager, the error handler, the instrumentation of each connection and the engine
-//! share: the pool's clock and death epoch, lifetimes, connection attempts, the spare
-//! connection, the gauges' counts and the metric keys.
+//! share: the pool's clock and death epoch, lifetimes, connection attempts, the
+//! gauges' counts and the metric keys.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::manager::{MigrationConn, Slot};
+use super::manager::Slot;
 use super::pool_connection::PoolConnection;
 use crate::config::Settings;
 
@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     /// Connection attempts under way, and whether the engine is closing (no new attempts).
     attempts: Mutex<Attempts>,
     attempts_done: Condvar,
-    /// The pool's connections, open or being opened; with the spare, at most `max_size`.
+    /// The pool's connections, open or being opened: at most `max_size`.
     pub(super) pool_slots: AtomicU64,
     pub(super) max_size: u64,
     /// The idle connections the pool keeps (`DATABASE_POOL_MIN_IDLE`, else the max size).
@@ -73,10 +73,6 @@ pub(crate) struct Shared {
     /// Every connection the pool opened that is still open (pruned as they close): where
     /// [`checkouts::holders`](super::checkouts::holders) looks.
     connections: Mutex<Vec<Weak<Health>>>,
-    /// The connection `Engine::connect` made, kept for the first migration run.
-    pub(crate) spare: Mutex<Option<MigrationConn>>,
-    /// Whether `spare` may hold a connection (read on every checkout, so no lock until then).
-    pub(crate) spare_held: AtomicBool,
     /// The database runs outside this process (PostgreSQL, on another machine in production),
     /// not in it (SQLite): it sets how long the line's streak may be (`affinity.rs`).
     pub(crate) server_elsewhere: bool,
@@ -118,6 +114,7 @@ impl Default for Mechanisms {
 
 impl Mechanisms {
     /// Every mechanism but the one named; `None` for an unknown name.
+    #[cfg(feature = "__bench")]
     pub(crate) fn without(name: &str) -> Option<Mechanisms> {
         let mut all = Mechanisms::default();
         match name {
@@ -151,8 +148,6 @@ impl Shared {
             max_size: u64::from(settings.pool.max_size),
             min_idle: u64::from(settings.pool.min_idle.unwrap_or(settings.pool.max_size)),
             connections: Mutex::new(Vec::new()),
-            spare: Mutex::new(None),
-            spare_held: AtomicBool::new(false),
             server_elsewhere: settings.backend() == crate::config::Backend::Postgres,
             mechanisms,
             lifetime: settings.pool.max_lifetime.map(nanos),
@@ -328,20 +323,6 @@ impl Shared {
     /// its size).
     pub(crate) fn can_grow(&self) -> bool {
         self.pool_slots.load(Ordering::Acquire) < self.max_size
-    }
-
-    /// Whether the spare may be kept: the pool has room for it beside its own connections.
-    pub(crate) fn room_for_spare(&self) -> bool {
-        self.can_grow()
-    }
-
-    /// Closes the spare connection.
-    pub(crate) fn drop_spare(&self) {
-        if self.spare_held.swap(false, Ordering::AcqRel)
-            && let Ok(mut spare) = self.spare.lock()
-        {
-            *spare = None;
-        }
     }
 
     /// Retires every connection made before now: after a failover, connections to the old
