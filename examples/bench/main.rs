@@ -1,6 +1,9 @@
 //! datalayer against raw libpq: the benchmark behind `scripts/bench` (see docs/performance.md).
 //!
-//! One run, one server, one table of figures and ratios:
+//! One run, one table of figures and ratios per case. Reads, writes and overload run first in
+//! production's layout, PostgreSQL (a cluster of the benchmark's own) on cores of its own and
+//! the client on the others (`split.rs`), then with both sharing every core as a secondary
+//! view; SQLite runs in the process. The cases:
 //! - reference: `pgbench -n -M prepared` selecting one user by random id;
 //! - held: each thread holds one plain Diesel `PgConnection` for the whole run;
 //! - engine: checkout, select by id into `User`, return, through datalayer's engine with its
@@ -13,14 +16,16 @@
 //! - checkout + return of an idle connection (ns/op) and a boot with nothing pending;
 //! - per-test setup: `datalayer::testing`'s database cloned from a migrated template against
 //!   creating a database and migrating it, on PostgreSQL and SQLite;
-//! - overload: more threads than connections, with latency percentiles (`overload.rs`).
+//! - overload: more threads than connections, with latency percentiles (`overload.rs`);
+//! - mechanisms: the engine with and without each of its mechanisms over r2d2
+//!   (`mechanisms.rs`).
 //!
 //! Environment: `BENCH_SECONDS` per case and round (default 3), `BENCH_CLIENTS` (default
 //! 1,2,4,8,16,32), `BENCH_ROWS` (default 100000), `DATALAYER_BENCH_ADMIN_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_DB` (default `datalayer_bench`, kept
 //! between runs), `BENCH_DROP` (set: drop that database at the end, for smoke runs) and
 //! `BENCH_CASES` (a comma list of `reads`, `writes`, `sqlite`, `checkout`, `boot`, `testdb`,
-//! `pgbouncer`, `overload`; default all)
+//! `pgbouncer`, `overload`, `mechanisms`; default all)
 //! and `BENCH_ROUNDS` (default 3: the cases of one row run one after another that many times
 //! over, and each figure is the median of its rounds).
 //! Everything runs with `sslmode=disable`,
@@ -60,12 +65,54 @@ struct Config {
     rounds: usize,
     /// The venv's python for the seed case (`BENCH_SEED_PYTHON`, set by scripts/bench).
     seed_python: Option<String>,
+    /// Production's layout: the cluster on cores of its own, whose client core every timed
+    /// run of a case pinned to it runs on ([`Config::pinned`]); `None` on the shared cores.
+    split: Option<std::sync::Arc<split::Split>>,
 }
 
 impl Config {
     fn runs(&self, case: &str) -> bool {
         self.cases.iter().any(|c| c == case)
     }
+
+    /// Runs `f` on the client's core in production's layout (threads and processes it starts
+    /// inherit the core), as it is on the shared cores.
+    fn pinned<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.split {
+            Some(split) => split.on_client_core(f)?,
+            None => f(),
+        }
+    }
+}
+
+/// Runs `case` in production's layout, PostgreSQL on cores of its own and the client threads
+/// on the others (`split.rs`; a line says why when this machine cannot), then on the cores
+/// they share, as a secondary view.
+fn in_both_layouts(
+    config: &Config,
+    settings: &Settings,
+    case: impl Fn(&Config, &Settings) -> Result<()>,
+) -> Result<()> {
+    match split::Split::start() {
+        Ok(split) => {
+            println!(
+                "### Production's layout: PostgreSQL on cores {:?} (a cluster of the \
+                 benchmark's own), the client on core {}\n",
+                split.server_cores, split.client_core
+            );
+            let there = split.config(config);
+            let there = Config {
+                split: Some(std::sync::Arc::new(split)),
+                ..there
+            };
+            setup(&there)?;
+            let settings = Settings::from_pairs([("DATABASE_URL", there.url.as_str())])?;
+            case(&there, &settings)?;
+        }
+        Err(why) => println!("### Production's layout: skipped ({why})\n"),
+    }
+    println!("\n### Secondary view: the client and PostgreSQL sharing every core\n");
+    case(config, settings)
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -461,6 +508,7 @@ fn main() -> Result<()> {
         seed_python: std::env::var("BENCH_SEED_PYTHON")
             .ok()
             .filter(|p| !p.is_empty()),
+        split: None,
         cases: env_or(
             "BENCH_CASES",
             "reads,writes,sqlite,checkout,boot,testdb,pgbouncer,overload,mechanisms",
@@ -662,19 +710,23 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn reads(config: &Config, settings: &Settings) -> Result<()> {
+    println!("## Point reads: operations per second (C = client threads)\n");
+    in_both_layouts(config, settings, reads_in)
+}
+
+fn reads_in(config: &Config, settings: &Settings) -> Result<()> {
     let rows = config.rows;
     let select_script = format!(
         "\\set id random(1, {rows})\nSELECT id, email, display_name, created_at, updated_at FROM users WHERE id = :id;\n"
     );
-
-    println!("## Point reads: operations per second (C = client threads)\n");
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     let (mut seed_row, mut eh, mut er, mut en, mut es) = (vec![], vec![], vec![], vec![], vec![]);
     for &c in &config.clients {
         let runs = interleaved(&format!("reads C={c}"), config.rounds, |case| {
             settle(config)?;
-            Ok(match case {
+            config.pinned(|| {
+                Ok(match case {
                 0 => pgbench(config, &select_script, c)?,
                 1 => held_reads(config.seconds, c, rows, || {
                     PgConnection::establish(&config.url).expect("connect")
@@ -693,6 +745,7 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
                     Some(python) => seed(python, config, c)?,
                     None => f64::NAN,
                 },
+                })
             })
         })?;
         let [r, h, e, n, p] = runs.medians();
@@ -706,7 +759,10 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
         en.push(runs.paired(2, 3));
         es.push(runs.paired(2, 4));
     }
-    if let Ok(mut figures) = FIGURES.lock() {
+    // The chart shows production's layout when it ran.
+    if let Ok(mut figures) = FIGURES.lock()
+        && (config.split.is_some() || figures.reads.is_none())
+    {
         let mut series = vec![
             ("reference (pgbench)".to_string(), reference.clone()),
             ("held connection".to_string(), held.clone()),
@@ -735,9 +791,13 @@ fn reads(config: &Config, settings: &Settings) -> Result<()> {
 }
 
 fn writes(config: &Config, settings: &Settings) -> Result<()> {
+    println!("\n## Writes: one user inserted per transaction, operations per second\n");
+    in_both_layouts(config, settings, writes_in)
+}
+
+fn writes_in(config: &Config, settings: &Settings) -> Result<()> {
     let rows = config.rows;
     let run = std::process::id();
-    println!("\n## Writes: one user inserted per transaction, operations per second\n");
     let write_clients: Vec<usize> = [1, 8]
         .into_iter()
         .filter(|c| config.clients.contains(c) || config.clients.len() < 3)
@@ -750,11 +810,11 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
         let runs = interleaved(&format!("writes C={c}"), config.rounds, |case| {
             settle(config)?;
             if case == 0 {
-                return pgbench(config, insert_script, c);
+                return config.pinned(|| pgbench(config, insert_script, c));
             }
             let engine = Engine::connect(settings)?;
             warmed_up(&engine);
-            Ok(throughput(config.seconds, c, |i| {
+            config.pinned(|| Ok(throughput(config.seconds, c, |i| {
                 let (engine, counter) = (&engine, &counter);
                 move || {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
@@ -769,7 +829,7 @@ fn writes(config: &Config, settings: &Settings) -> Result<()> {
                     )
                     .expect("insert");
                 }
-            }))
+            })))
         })?;
         let [p, e] = runs.medians();
         pg_writes.push(p);

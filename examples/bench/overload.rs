@@ -1,15 +1,14 @@
 //! Overload: more client threads than connections. A pool of 8 and C = 8 (saturated, the
-//! unsaturated peak), 9 (one thread waiting), 32 and 128 (4x and 16x) threads doing point
-//! reads; each request is timed
-//! around checkout + query + return into an HDR histogram. The engine against a plain r2d2
-//! pool of 8 (no test on checkout: its fastest) and pgbench through PgBouncer with 8 server
-//! connections (transaction mode, `-M extended`; its latencies from pgbench's per-transaction
-//! log). Every round runs every C and case (in the reverse order of the round before); the
-//! latencies of the rounds are merged, and the ratios are medians of same-round pairs. A
-//! second table gives what the whole machine spent per request meanwhile (`machine.rs`).
-//! Then the engine and plain r2d2 again at C = 8, 32 and 128 with PostgreSQL and the client
-//! threads on separate cores (`split.rs`), where the shared cores' cost of re-pairing client
-//! threads with backends after a hand-off is out of the figures.
+//! unsaturated peak), 32 and 128 (4x and 16x) threads doing point reads; each request is
+//! timed around checkout + query + return into an HDR histogram. The engine against a plain
+//! r2d2 pool of 8 (no test on checkout: its fastest), first in production's layout (PostgreSQL
+//! and the client threads on separate cores, `split.rs`), then, as a secondary view, with
+//! client and server sharing the cores, at C = 8, 9 (one thread waiting), 32 and 128 and with
+//! pgbench through PgBouncer with 8 server connections beside them (transaction mode,
+//! `-M extended`; its latencies from pgbench's per-transaction log). Every round runs every C
+//! and case (in the reverse order of the round before); the latencies of the rounds are
+//! merged, and the ratios are medians of same-round pairs. A second table gives what the whole
+//! machine spent per request meanwhile (`machine.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -337,6 +336,11 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
         "\n## Overload: point reads, pool of {POOL}, more threads than connections \
          (latency of checkout + query + return; rounds merged)\n"
     );
+    // Production's layout first; the chart shows it when it ran.
+    let separate = separate_cores(config)?;
+    println!(
+        "\n### Secondary view: the client, PostgreSQL and PgBouncer sharing every core\n"
+    );
     let settings = pool_settings(&config.url)?;
     let bouncer = match Bouncer::start(POOL) {
         Ok(bouncer) => Some(bouncer),
@@ -361,23 +365,24 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
         })
     })?;
     drop(bouncer);
-    shared.print_latencies(true);
+    shared.print_latencies(!separate);
     println!(
         "\nWhat the whole machine spent per request while each case ran (every process: the \
          benchmark, PostgreSQL, PgBouncer, pgbench; from /proc/stat, rounds merged):\n"
     );
     shared.print_machine();
-    separate_cores(config)
+    Ok(())
 }
 
-/// The engine and plain r2d2 again with PostgreSQL and the client threads on separate cores
-/// (`split.rs`), or a line saying why this machine cannot.
-fn separate_cores(config: &Config) -> Result<()> {
+/// The engine and plain r2d2 with PostgreSQL and the client threads on separate cores
+/// (`split.rs`, production's layout), or a line saying why this machine cannot; whether it
+/// ran.
+fn separate_cores(config: &Config) -> Result<bool> {
     let split = match split::Split::start() {
         Ok(split) => split,
         Err(why) => {
-            println!("\nThe same on separate cores: skipped ({why}).");
-            return Ok(());
+            println!("### Production's layout: skipped ({why}).");
+            return Ok(false);
         }
     };
     let there = split.config(config);
@@ -398,15 +403,15 @@ fn separate_cores(config: &Config) -> Result<()> {
         },
     )?;
     println!(
-        "\nThe engine and plain r2d2 with PostgreSQL on cores {:?} (a cluster of the \
-         benchmark's own) and the client threads on core {}, as when the database runs on a \
-         machine of its own (`split.rs`):\n",
+        "### Production's layout: PostgreSQL on cores {:?} (a cluster of the benchmark's own), \
+         the client threads on core {}, as when the database runs on a machine of its own \
+         (`split.rs`)\n",
         split.server_cores, split.client_core
     );
-    layout.print_latencies(false);
+    layout.print_latencies(true);
     println!("\nWhat the whole machine spent per request meanwhile:\n");
     layout.print_machine();
-    Ok(())
+    Ok(true)
 }
 
 /// The engine's settings for the benchmark database at `url`, with a pool of [`POOL`].
