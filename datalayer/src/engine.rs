@@ -68,7 +68,6 @@ use diesel::sql_types::Text;
 use self::affinity::Parking;
 pub use self::connection::{Conn, MultiBackend};
 use self::line::Line;
-pub(crate) use self::manager::MigrationConn;
 use self::manager::SQLITE_BUSY_TIMEOUT;
 use self::manager::{Manager, PoolEvents, RememberErrors, SessionSetup, Shared, clock_ns};
 pub use self::pool_connection::PoolConnection;
@@ -81,7 +80,6 @@ use self::setup::{create_sqlite_file, housekeeping, pool_name};
 use self::shared::Mechanisms;
 use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
-use crate::migrations::DriftCheck;
 pub use crate::pool_state::{Holder, PoolState};
 
 /// The pool of connections and the entry point for SQL.
@@ -119,38 +117,26 @@ struct Inner<C: PoolConnection> {
     closed: AtomicBool,
     /// The read replica's pool and its lag watch, when the settings name a replica.
     replica: Option<Box<Replica<C>>>,
-    /// The last boot's drift check, which may still run (`DATABASE_SCHEMA_CHECK=warn`).
-    drift_check: std::sync::Mutex<Option<DriftCheck>>,
 }
 
 impl<C: PoolConnection> Drop for Inner<C> {
-    /// Closes without waiting: no checked-out connection, connection attempt or drift check
-    /// is waited for.
+    /// Closes without waiting: no checked-out connection or connection attempt is waited for.
     fn drop(&mut self) {
         self.shut_down(Duration::ZERO);
     }
 }
 
 impl<C: PoolConnection> Inner<C> {
-    /// The last boot's drift check, if one ran.
-    fn drift_check(&self) -> Option<DriftCheck> {
-        self.drift_check.lock().ok().and_then(|check| check.clone())
-    }
-
     /// [`Engine::close`]; once: a later call (the drop after `close`) does nothing.
     fn shut_down(&self, wait: Duration) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let deadline = Instant::now() + wait;
-        if let Some(check) = self.drift_check() {
-            check.wait_for(wait);
-        }
         if let Some(replica) = &self.replica {
             replica.stop_checking();
         }
-        // The drift check's wait counts against the same limit.
-        self.shut_down_pool(deadline.saturating_duration_since(Instant::now()));
+        self.shut_down_pool(wait);
         if let Some(replica) = &self.replica {
             replica
                 .engine
@@ -396,7 +382,6 @@ impl<C: PoolConnection> Engine<C> {
                 close_limit: connect_timeout + Duration::from_secs(1),
                 closed: AtomicBool::new(false),
                 replica,
-                drift_check: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -462,24 +447,10 @@ impl<C: PoolConnection> Engine<C> {
     /// once; waits at most `wait` for the connections checked out to come back (closing each
     /// as it does), and logs, with where they were checked out, those still held when the wait
     /// ends (they are closed when returned). Also waits (at most the connect timeout and a
-    /// second) for connection attempts under way and for a background drift check, so that the
-    /// process can exit right after. The idle connections close with the last handle: this
+    /// second) for connection attempts under way, so that the process can exit right after. The idle connections close with the last handle: this
     /// one, when no clone is left. Dropping the last handle closes without any wait.
     pub fn close(self, wait: Duration) {
         self.inner.shut_down(wait);
-    }
-
-    /// The drift check of the last [`Migrator::boot`](crate::migrations::Migrator::boot) on
-    /// this engine, if one ran: under `DATABASE_SCHEMA_CHECK=warn` it runs in the background,
-    /// and this is how a health endpoint reports what it found.
-    pub fn drift_check(&self) -> Option<DriftCheck> {
-        self.inner.drift_check()
-    }
-
-    pub(crate) fn track_drift_check(&self, check: DriftCheck) {
-        if let Ok(mut slot) = self.inner.drift_check.lock() {
-            *slot = Some(check);
-        }
     }
 
     /// Records the pool's gauges (`db.client.connection.count` by state, `.pending_requests`,
@@ -595,26 +566,14 @@ impl<C: PoolConnection> Engine<C> {
         })
     }
 
-    /// A new connection outside the pool for migrations, to `DATABASE_MIGRATION_URL` when
-    /// set. Not readied yet (see [`MigrationConn::ready`]).
-    pub(crate) fn migration_connection(&self) -> Result<MigrationConn, Error> {
-        if self.inner.manager.migrations_need_a_direct_url() {
-            return Err(Error::config(
-                "DATABASE_MIGRATION_URL",
-                "is needed: migrations hold a session-level lock, which a transaction pooler \
-                 (DATABASE_POOLER=transaction) would strand on a server connection that other \
-                 clients then get; give the direct URL of the same database",
-            ));
-        }
+    /// A new connection outside the pool: to `DATABASE_MIGRATION_URL` when it is set (the
+    /// direct URL behind a pooler), else where the pool's go. No session setup of the pool's
+    /// runs on it.
+    pub(crate) fn connect_direct(&self) -> Result<Conn, Error> {
         self.inner
             .manager
-            .establish_for_migrations()
+            .establish_direct()
             .map_err(|e| self.connect_error(e))
-    }
-
-    /// Readies `migration` for taking the lock and migrating (a no-op when it is).
-    pub(crate) fn ready_for_migrations(&self, migration: &mut MigrationConn) -> Result<(), Error> {
-        migration.ready().map_err(|e| self.connect_error(e))
     }
 
     fn connect_error(&self, e: manager::ConnectError) -> Error {

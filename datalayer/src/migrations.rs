@@ -36,22 +36,25 @@
 //! A failure names the migration and its file and leaves the database at the last migration
 //! that succeeded.
 
+mod connection;
 pub mod drift;
 pub(crate) mod ledger;
 pub mod lock;
 pub mod schema_check;
 mod session;
 mod set;
+mod source;
 mod statements;
 
 use std::borrow::Cow;
 
+use self::connection::MigrationConn;
 pub use self::lock::LockHolder;
 pub use self::schema_check::{DriftCheck, DriftOutcome};
 use self::session::{Ledger, Session};
 pub use self::set::{MigrationSet, Script};
 use crate::config::Backend;
-use crate::engine::{Engine, MigrationConn, PoolConnection};
+use crate::engine::{Engine, PoolConnection};
 use crate::error::Error;
 pub use crate::error::MigrationError;
 
@@ -215,7 +218,7 @@ impl Migrator {
         engine: &'a Engine<C>,
     ) -> Result<Session<'a>, Error> {
         let set = self.set(engine.backend())?;
-        Session::open(engine, engine.migration_connection()?, &self.name, set)
+        Session::open(engine, MigrationConn::open(engine)?, &self.name, set)
     }
 
     /// Applies what is pending under the lock, unless a read without it finds nothing to do
@@ -226,7 +229,7 @@ impl Migrator {
         engine: &Engine<C>,
         set: &MigrationSet,
     ) -> Result<(Vec<String>, Vec<String>, MigrationConn), Error> {
-        let mut migration = engine.migration_connection()?;
+        let mut migration = MigrationConn::open(engine)?;
         if session::up_to_date(&mut migration.conn, &self.name, set) {
             return Ok((Vec::new(), Vec::new(), migration));
         }
@@ -306,7 +309,7 @@ impl Migrator {
                 set: self.name.to_string(),
                 version: migration.to_string(),
             })?;
-        let mut session = Session::open(engine, engine.migration_connection()?, &self.name, set)?;
+        let mut session = Session::open(engine, MigrationConn::open(engine)?, &self.name, set)?;
         let result = session.accept(script);
         session.close();
         if result? {
@@ -332,7 +335,7 @@ fn read_only<T, C: PoolConnection>(
     engine: &Engine<C>,
     read: impl FnOnce(&mut MigrationConn) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let mut migration = engine.migration_connection()?;
-    engine.ready_for_migrations(&mut migration)?;
+    let mut migration = MigrationConn::open(engine)?;
+    migration.ready()?;
     read(&mut migration)
 }

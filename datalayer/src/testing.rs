@@ -229,8 +229,10 @@ impl<C: PoolConnection> Drop for TestDatabase<C> {
 
 /// Waits until the next test's database, cloned in the background after each PostgreSQL
 /// [`TestDatabase`], is ready, and until the databases of passed tests are dropped (at most
-/// 30 s each). Tests do not need it; a benchmark of something else calls it so that no clone
-/// or drop runs meanwhile.
+/// 30 s each), so that no clone or drop runs while the benchmark measures. For datalayer's
+/// benchmark only (the `__bench` feature): not part of the API.
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
 pub fn wait_for_spares() {
     #[cfg(feature = "postgres")]
     {

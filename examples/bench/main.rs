@@ -9,6 +9,7 @@
 //! - engine: checkout, select by id into `User`, return, through datalayer's engine with its
 //!   default settings (the web-handler pattern);
 //! - naive: the same through a plain r2d2 pool with r2d2's defaults (`test_on_check_out`);
+//! - plain r2d2: the same without the test on checkout, r2d2 at its fastest;
 //! - seed: the same through SQLAlchemy 2's ORM + psycopg 3 (default QueuePool), the Python
 //!   module datalayer ports, when scripts/bench could set up its venv (`BENCH_SEED_PYTHON`);
 //! - writes: one user inserted per transaction, engine vs a pgbench insert script;
@@ -577,7 +578,7 @@ fn planned_runs(config: &Config, case: &str) -> usize {
     let rounds = config.rounds.max(1);
     let clients = config.clients.len();
     match case {
-        "reads" => clients * rounds * 5,
+        "reads" => clients * rounds * 6 * 2,
         "writes" => 2 * rounds * 2,
         // One run per C: its two cases alternate within it.
         "sqlite" => config.clients.iter().filter(|c| **c <= 4).count(),
@@ -722,38 +723,53 @@ fn reads_in(config: &Config, settings: &Settings) -> Result<()> {
     let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
     let (mut reference, mut held, mut engine_row, mut naive) = (vec![], vec![], vec![], vec![]);
     let (mut seed_row, mut eh, mut er, mut en, mut es) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut plain, mut ep) = (vec![], vec![]);
     for &c in &config.clients {
         let runs = interleaved(&format!("reads C={c}"), config.rounds, |case| {
             settle(config)?;
             config.pinned(|| {
                 Ok(match case {
-                0 => pgbench(config, &select_script, c)?,
-                1 => held_reads(config.seconds, c, rows, || {
-                    PgConnection::establish(&config.url).expect("connect")
-                }),
-                2 => engine_reads(config.seconds, c, &Engine::connect(settings)?, rows),
-                3 => {
-                    let pool = Pool::builder()
-                        .build(ConnectionManager::<PgConnection>::new(&config.url))?;
-                    throughput(config.seconds, c, |i| {
-                        let mut ids = Ids::new(i, rows);
-                        let pool = &pool;
-                        move || pool_read(pool, &mut ids)
-                    })
-                }
-                _ => match &config.seed_python {
-                    Some(python) => seed(python, config, c)?,
-                    None => f64::NAN,
-                },
+                    0 => pgbench(config, &select_script, c)?,
+                    1 => held_reads(config.seconds, c, rows, || {
+                        PgConnection::establish(&config.url).expect("connect")
+                    }),
+                    2 => engine_reads(config.seconds, c, &Engine::connect(settings)?, rows),
+                    3 => {
+                        let pool = Pool::builder()
+                            .build(ConnectionManager::<PgConnection>::new(&config.url))?;
+                        throughput(config.seconds, c, |i| {
+                            let mut ids = Ids::new(i, rows);
+                            let pool = &pool;
+                            move || pool_read(pool, &mut ids)
+                        })
+                    }
+                    4 => match &config.seed_python {
+                        Some(python) => seed(python, config, c)?,
+                        None => f64::NAN,
+                    },
+                    // r2d2 at its fastest: no test on checkout, the engine's pool size.
+                    _ => {
+                        let pool = Pool::builder()
+                            .max_size(settings.pool.max_size)
+                            .test_on_check_out(false)
+                            .build(ConnectionManager::<PgConnection>::new(&config.url))?;
+                        throughput(config.seconds, c, |i| {
+                            let mut ids = Ids::new(i, rows);
+                            let pool = &pool;
+                            move || pool_read(pool, &mut ids)
+                        })
+                    }
                 })
             })
         })?;
-        let [r, h, e, n, p] = runs.medians();
+        let [r, h, e, n, p, f] = runs.medians();
         reference.push(r);
         held.push(h);
         engine_row.push(e);
         naive.push(n);
         seed_row.push(p);
+        plain.push(f);
+        ep.push(runs.paired(2, 5));
         eh.push(runs.paired(2, 1));
         er.push(runs.paired(2, 0));
         en.push(runs.paired(2, 3));
@@ -778,9 +794,11 @@ fn reads_in(config: &Config, settings: &Settings) -> Result<()> {
     table.push(("held", held));
     table.push(("engine", engine_row));
     table.push(("naive", naive));
+    table.push(("plain r2d2 (no test on checkout)", plain));
     table.push(("engine/held", eh));
     table.push(("engine/reference", er));
     table.push(("engine/naive", en));
+    table.push(("engine/plain r2d2", ep));
     if config.seed_python.is_some() {
         table.insert(4, ("seed (SQLAlchemy + psycopg)", seed_row));
         table.push(("engine/seed", es));
@@ -814,22 +832,24 @@ fn writes_in(config: &Config, settings: &Settings) -> Result<()> {
             }
             let engine = Engine::connect(settings)?;
             warmed_up(&engine);
-            config.pinned(|| Ok(throughput(config.seconds, c, |i| {
-                let (engine, counter) = (&engine, &counter);
-                move || {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let email = format!("w{run}-{i}-{n}@bench");
-                    let mut conn = engine.get().expect("checkout");
-                    users::create(
-                        &mut conn,
-                        &NewUser {
-                            email: &email,
-                            display_name: "Bench",
-                        },
-                    )
-                    .expect("insert");
-                }
-            })))
+            config.pinned(|| {
+                Ok(throughput(config.seconds, c, |i| {
+                    let (engine, counter) = (&engine, &counter);
+                    move || {
+                        let n = counter.fetch_add(1, Ordering::Relaxed);
+                        let email = format!("w{run}-{i}-{n}@bench");
+                        let mut conn = engine.get().expect("checkout");
+                        users::create(
+                            &mut conn,
+                            &NewUser {
+                                email: &email,
+                                display_name: "Bench",
+                            },
+                        )
+                        .expect("insert");
+                    }
+                }))
+            })
         })?;
         let [p, e] = runs.medians();
         pg_writes.push(p);

@@ -68,13 +68,16 @@ pub(crate) fn mechanisms(config: &Config, _: &Settings) -> Result<()> {
     sqlite(config)
 }
 
+/// By C and variant: every round merged, and each round's rates.
+type Measurements = (Vec<Vec<Measured>>, Vec<Vec<[f64; VARIANTS.len()]>>);
+
 /// Every variant at every C, `rounds` times; `run(c, variant)` measures one.
 fn measure(
     config: &Config,
     label: &str,
     sizes: &[usize],
     mut run: impl FnMut(usize, usize) -> Result<Measured>,
-) -> Result<(Vec<Vec<Measured>>, Vec<Vec<[f64; VARIANTS.len()]>>)> {
+) -> Result<Measurements> {
     let mut merged: Vec<Vec<Measured>> = sizes
         .iter()
         .map(|_| VARIANTS.iter().map(|_| Measured::new()).collect())
@@ -142,7 +145,7 @@ fn postgres(config: &Config, split: &split::Split) -> Result<()> {
             warmed_up(&engine);
             Ok(timed(config.seconds, clients, |i| {
                 let (mut ids, engine) = (Ids::new(i, rows), &engine);
-                move || engine_read(&engine, &mut ids)
+                move || engine_read(engine, &mut ids)
             }))
         })?
     })?;
@@ -198,7 +201,7 @@ fn sqlite(config: &Config) -> Result<()> {
         warmed_up(&engine);
         Ok(timed(config.seconds, clients, |i| {
             let (mut ids, engine) = (Ids::new(i, rows), &engine);
-            move || engine_read(&engine, &mut ids)
+            move || engine_read(engine, &mut ids)
         }))
     })?;
     println!(

@@ -338,9 +338,7 @@ pub(crate) fn overload(config: &Config, _: &Settings) -> Result<()> {
     );
     // Production's layout first; the chart shows it when it ran.
     let separate = separate_cores(config)?;
-    println!(
-        "\n### Secondary view: the client, PostgreSQL and PgBouncer sharing every core\n"
-    );
+    println!("\n### Secondary view: the client, PostgreSQL and PgBouncer sharing every core\n");
     let settings = pool_settings(&config.url)?;
     let bouncer = match Bouncer::start(POOL) {
         Ok(bouncer) => Some(bouncer),

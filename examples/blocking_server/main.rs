@@ -39,6 +39,7 @@ use blog::models::posts::{self, Cursor, NewPost, Post};
 use blog::models::users::{self, NewUser, User};
 use chrono::NaiveDateTime;
 use datalayer::engine::transaction::{Isolation, TransactionError};
+use datalayer::migrations::{DriftCheck, DriftOutcome};
 use datalayer::{Engine, Error};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -165,17 +166,29 @@ fn json_body(request: &Request) -> Result<Value, Reply> {
 
 /// The boot's drift check (`DATABASE_SCHEMA_CHECK=warn` runs it after boot returns): the
 /// differences it found, `"running"`, `"skipped"`, or why it failed.
-fn schema_drift(engine: &Engine) -> Value {
-    use datalayer::migrations::DriftOutcome;
-    match engine.drift_check().map(|check| check.outcome()) {
-        Some(Some(DriftOutcome::Checked(differences))) => json!(differences),
-        Some(Some(DriftOutcome::Failed(why))) => json!({ "failed": why }),
-        Some(None) => json!("running"),
-        Some(Some(DriftOutcome::Skipped)) | None => json!("skipped"),
+fn schema_drift(drift: &DriftCheck) -> Value {
+    match drift.outcome() {
+        Some(DriftOutcome::Checked(differences)) => json!(differences),
+        Some(DriftOutcome::Failed(why)) => json!({ "failed": why }),
+        None => json!("running"),
+        Some(DriftOutcome::Skipped) => json!("skipped"),
     }
 }
 
-fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Reply {
+/// What every request handler shares: the engine (a cheap handle), the boot's drift check
+/// and the metrics.
+struct App {
+    engine: Engine,
+    drift: DriftCheck,
+    metrics: PrometheusHandle,
+}
+
+fn route(app: &App, request: &Request) -> Reply {
+    let App {
+        engine,
+        drift,
+        metrics,
+    } = app;
     let url = request.target.clone();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -194,7 +207,7 @@ fn route(engine: &Engine, metrics: &PrometheusHandle, request: &Request) -> Repl
                             "latency_ms": ping.latency.as_secs_f64() * 1e3,
                             "server": ping.server_version,
                             "pool": format!("{}", engine.state()),
-                            "schema_drift": schema_drift(engine),
+                            "schema_drift": schema_drift(drift),
                             "replica": replica.map(|r| json!({
                                 "target": r.target,
                                 "serving": r.serving,
@@ -363,8 +376,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let engine = match boot() {
-        Ok(engine) => Arc::new(engine),
+    let (engine, drift) = match boot() {
+        Ok(booted) => booted,
         // The error on stderr, and the command line's exit status for it (2 configuration,
         // 3 database unreachable, 4 migration failed).
         Err(e) => return datalayer::cli::report(&e),
@@ -397,8 +410,12 @@ fn main() -> std::process::ExitCode {
         engine.target()
     );
     let handler = {
-        let (engine, metrics) = (Arc::clone(&engine), metrics.clone());
-        Arc::new(move |request: Request| response(route(&engine, &metrics, &request)))
+        let app = App {
+            engine: engine.clone(),
+            drift,
+            metrics,
+        };
+        Arc::new(move |request: Request| response(route(&app, &request)))
     };
     if let Err(e) = http::serve(listener, limits, &stop, handler) {
         tracing::error!("serving stopped: {e}");
@@ -406,10 +423,7 @@ fn main() -> std::process::ExitCode {
     // No request is served any more: close the engine (waiting at most 5 s for connections
     // still checked out, and naming them), so that no backend of ours outlives the process.
     let state = engine.state();
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => engine.close(Duration::from_secs(5)),
-        Err(engine) => drop(engine),
-    }
+    engine.close(Duration::from_secs(5));
     tracing::info!(
         "stopped; {} connection(s) were still checked out",
         state.in_use
@@ -417,11 +431,11 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-fn boot() -> Result<Engine, Error> {
+fn boot() -> Result<(Engine, DriftCheck), Error> {
     // As the command line reads them: the environment, then ./.env; warnings on stderr.
     let settings = datalayer::cli::load_settings()?;
     let engine = Engine::connect(&settings)?;
     let report = blog::models::migrator().boot(&engine)?;
     tracing::info!("{} migration(s) applied", report.applied.len());
-    Ok(engine)
+    Ok((engine, report.drift))
 }

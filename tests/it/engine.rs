@@ -300,10 +300,10 @@ fn checkouts_until_the_waiter_is_served(engine: &Arc<Engine>) -> usize {
 fn a_thread_that_keeps_checking_out_hands_over_to_the_waiting_within_its_streak() {
     for (engine, place) in one_connection_engines("dl_streak") {
         // This thread keeps the connection (parked) for a streak of checkouts while one thread
-        // waits, then hands it over: up to 4 in a row when the server runs outside the process
+        // waits, then hands it over: 1 in a row when the server runs outside the process
         // (PostgreSQL), up to 12 when it runs inside it (SQLite).
         let longest = match place {
-            crate::common::Place::Postgres(_) => 5,
+            crate::common::Place::Postgres(_) => 2,
             crate::common::Place::Sqlite(_) => 13,
         };
         let checkouts = checkouts_until_the_waiter_is_served(&engine);

@@ -4,7 +4,7 @@
 
 use datalayer::migrations::MigrationError;
 use datalayer::migrations::{Revert, Status};
-use datalayer::{Engine, Error};
+use datalayer::{Conn, Engine, Error};
 
 use crate::common::{fresh_engines, fresh_postgres, migrated_engines, query_lines};
 
@@ -224,4 +224,50 @@ fn assert_status(status: &Status, applied: &[&str], pending: &[&str]) {
         status.unknown.is_empty() && status.edited.is_empty() && status.lock.is_none(),
         "{status:?}"
     );
+}
+
+/// A `Migrator` is a diesel `MigrationSource` for each backend: plain Diesel code applies it
+/// with diesel_migrations' harness, ledger rows included, and the migrator then finds every
+/// migration applied under its set with its checksum, nothing pending or edited; reverting
+/// through Diesel removes the ledger row with the migration.
+#[test]
+fn plain_diesel_runs_a_migrator_and_the_migrator_agrees() {
+    use diesel_migrations::MigrationHarness;
+    let migrator = blog::models::migrator();
+    for (engine, _place) in fresh_engines("dl_source", &[]) {
+        let mut conn = engine.get().expect("checkout");
+        let names = |versions: Vec<diesel::migration::MigrationVersion>| {
+            versions.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        let applied = match &mut *conn {
+            Conn::Postgres(pg) => pg.run_pending_migrations(migrator.clone()).map(names),
+            Conn::Sqlite(lite) => lite.run_pending_migrations(migrator.clone()).map(names),
+        }
+        .expect("diesel applies the set");
+        assert_eq!(applied, ["20261125000001", "20261125000002"]);
+
+        assert_status(&migrator.status(&engine).expect("status"), &ALL, &[]);
+        let expected: Vec<String> = migrator
+            .set(engine.backend())
+            .expect("a set")
+            .scripts()
+            .iter()
+            .map(|s| format!("{} {} {}", s.version, s.checksum, migrator.name()))
+            .collect();
+        let ledger = "SELECT version || ' ' || checksum || ' ' || migration_set AS line \
+                      FROM datalayer_migrations ORDER BY version";
+        assert_eq!(query_lines(&mut conn, ledger), expected);
+
+        match &mut *conn {
+            Conn::Postgres(pg) => pg.revert_last_migration(migrator.clone()).map(drop),
+            Conn::Sqlite(lite) => lite.revert_last_migration(migrator.clone()).map(drop),
+        }
+        .expect("diesel reverts the last one");
+        assert_eq!(query_lines(&mut conn, ledger), expected[..1]);
+        assert_status(
+            &migrator.status(&engine).expect("status"),
+            &ALL[..1],
+            &ALL[1..],
+        );
+    }
 }

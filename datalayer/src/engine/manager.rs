@@ -259,93 +259,13 @@ impl<C: PoolConnection> Manager<C> {
         })
     }
 
-    /// A connection for migrations, not readied yet (see [`MigrationConn::ready`]).
-    pub(crate) fn establish_for_migrations(&self) -> Result<MigrationConn, ConnectError> {
-        let conn = match &self.migration {
-            Some(direct) => self.establish_to::<Conn>(Some(direct))?,
-            None => self.establish()?,
-        };
-        Ok(MigrationConn::new(conn))
-    }
-
-    /// Whether migrations have nowhere safe to go: a transaction pooler, and no direct URL.
-    pub(crate) fn migrations_need_a_direct_url(&self) -> bool {
-        self.transaction_pooler && self.migration.is_none()
-    }
-}
-
-/// A connection for migrations, never handed to the application. It reads the ledger as it
-/// comes (a boot with nothing to do needs no more); [`MigrationConn::ready`] sets it up for
-/// taking the lock and running migrations.
-pub(crate) struct MigrationConn {
-    pub(crate) conn: Conn,
-    /// PostgreSQL, once ready: the database and the schema (`current_schema()`) the
-    /// migrations go to.
-    pub(crate) schema: Option<(String, String)>,
-    ready: bool,
-}
-
-impl std::fmt::Debug for MigrationConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MigrationConn")
-            .field("ready", &self.ready)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MigrationConn {
-    pub(crate) fn new(conn: Conn) -> MigrationConn {
-        MigrationConn {
-            conn,
-            schema: None,
-            ready: false,
+    /// A connection outside the pool, to `DATABASE_MIGRATION_URL` when it is set.
+    pub(crate) fn establish_direct(&self) -> Result<Conn, ConnectError> {
+        match &self.migration {
+            Some(direct) => self.establish_to::<Conn>(Some(direct)),
+            None => self.establish(),
         }
     }
-
-    /// Readies the connection for migrations, once: on PostgreSQL no statement or
-    /// idle-in-transaction timeout, and the name `<application_name> (migrations)` in
-    /// `pg_stat_activity`, in the same round trip as reading the database and schema the
-    /// migrations go to; on SQLite nothing (its busy timeout was set when it was opened).
-    pub(crate) fn ready(&mut self) -> Result<(), ConnectError> {
-        if self.ready {
-            return Ok(());
-        }
-        match &mut self.conn {
-            #[cfg(feature = "postgres")]
-            Conn::Postgres(conn) => {
-                let failed = |e: diesel::result::Error| {
-                    ConnectError(format!("setting up the migration session: {e}"))
-                };
-                use diesel::RunQueryDsl;
-                let row: SchemaRow = diesel::sql_query(
-                    "SELECT set_config('statement_timeout', '0', false) AS statement_timeout, \
-                        set_config('idle_in_transaction_session_timeout', '0', false) AS idle, \
-                        set_config('application_name', \
-                            left(current_setting('application_name'), 50) || ' (migrations)', \
-                            false) AS application_name, \
-                        current_database()::text AS database, \
-                        coalesce(current_schema(), 'public')::text AS schema",
-                )
-                .get_result(conn)
-                .map_err(failed)?;
-                self.schema = Some((row.database, row.schema));
-            }
-            // Its busy timeout was set when it was opened (`Manager::establish_to`).
-            #[cfg(feature = "sqlite")]
-            Conn::Sqlite(_) => {}
-        }
-        self.ready = true;
-        Ok(())
-    }
-}
-
-#[cfg(feature = "postgres")]
-#[derive(diesel::QueryableByName)]
-struct SchemaRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    database: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    schema: String,
 }
 
 impl<C: PoolConnection> Manager<C> {

@@ -41,6 +41,17 @@ mod table {
 }
 use table::{__diesel_schema_migrations as diesel_versions, datalayer_migrations};
 
+/// Creates the ledger table when it is missing (the same SQL serves both backends).
+pub(crate) const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS datalayer_migrations (
+    version VARCHAR(50) PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TIMESTAMP NOT NULL,
+    duration_ms BIGINT,
+    applied_by TEXT NOT NULL,
+    migration_set TEXT NOT NULL
+)";
+
 /// What `applied_by` says for rows recorded for migrations applied before the ledger existed.
 pub(crate) const BACKFILL: &str = "backfill";
 
@@ -71,21 +82,13 @@ fn failed(action: &'static str) -> impl FnOnce(diesel::result::Error) -> Migrati
 /// backends; Diesel's is what diesel_migrations creates), and gives a ledger made by an
 /// earlier release its `migration_set` column (its rows belong to [`LEGACY_SET`]).
 pub(crate) fn ensure(conn: &mut Conn) -> Result<(), MigrationError> {
-    conn.batch_execute(
+    conn.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
             version VARCHAR(50) PRIMARY KEY NOT NULL,
             run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
         );
-        CREATE TABLE IF NOT EXISTS datalayer_migrations (
-            version VARCHAR(50) PRIMARY KEY NOT NULL,
-            name TEXT NOT NULL,
-            checksum TEXT NOT NULL,
-            applied_at TIMESTAMP NOT NULL,
-            duration_ms BIGINT,
-            applied_by TEXT NOT NULL,
-            migration_set TEXT NOT NULL
-        )",
-    )
+        {CREATE_LEDGER}"
+    ))
     .map_err(failed("creating the ledger tables"))?;
     let add_column = format!(
         "ALTER TABLE datalayer_migrations ADD COLUMN migration_set TEXT NOT NULL DEFAULT '{LEGACY_SET}'"
@@ -207,27 +210,6 @@ pub(crate) fn record(
         ))
         .execute(conn)
         .map_err(failed("recording the migration in the ledger"))?;
-    Ok(())
-}
-
-/// Records `script` in Diesel's table too (what `diesel migration run` would write), so
-/// the diesel CLI agrees on what is applied.
-pub(crate) fn record_version(conn: &mut Conn, version: &str) -> Result<(), MigrationError> {
-    diesel::insert_into(diesel_versions::table)
-        .values(diesel_versions::version.eq(version))
-        .execute(conn)
-        .map_err(failed(
-            "recording the version in __diesel_schema_migrations",
-        ))?;
-    Ok(())
-}
-
-/// Forgets a reverted migration, in both tables.
-pub(crate) fn forget(conn: &mut Conn, version: &str) -> Result<(), MigrationError> {
-    diesel::delete(datalayer_migrations::table.find(version))
-        .execute(conn)
-        .and_then(|_| diesel::delete(diesel_versions::table.find(version)).execute(conn))
-        .map_err(failed("removing the reverted migration from the ledger"))?;
     Ok(())
 }
 

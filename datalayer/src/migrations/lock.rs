@@ -19,8 +19,9 @@ use diesel::RunQueryDsl;
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::{Bool, Double, Integer, Text};
 
+use super::connection::MigrationConn;
 use crate::config::{Settings, Target};
-use crate::engine::{Conn, MigrationConn};
+use crate::engine::Conn;
 use crate::error::MigrationError;
 
 /// The first half of the PostgreSQL advisory lock key: "dlmg" in ASCII.

@@ -7,8 +7,8 @@
 //! - `warn` runs it on a thread of its own, on the migration connection, after the boot has
 //!   returned: differences are logged as warnings as soon as it finishes (every boot, so a
 //!   hand-made `ALTER TABLE` is reported on the next one), and [`DriftCheck`] (in the boot's
-//!   report and from [`Engine::drift_check`](crate::Engine::drift_check)) waits for the
-//!   outcome. [`Engine::close`](crate::Engine::close) waits for it within its limit.
+//!   report: a cheap clone the application keeps, e.g. for a health endpoint) gives the
+//!   outcome or waits for it.
 //! - `strict` runs it before the boot returns, and refuses to boot on a difference.
 //!
 //! The catalog is read without the migration lock. When it differs from the fingerprint, the
@@ -20,11 +20,12 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::connection::MigrationConn;
 use super::session::Ledger;
 use super::set::MigrationSet;
 use super::{drift, ledger, lock};
 use crate::config::{SchemaCheck, Settings};
-use crate::engine::{Engine, MigrationConn, PoolConnection};
+use crate::engine::{Engine, PoolConnection};
 use crate::error::{Error, MigrationError};
 
 /// What a drift check found.
@@ -106,8 +107,6 @@ impl DriftCheck {
 /// What one check needs, owned, so that it can run on a thread of its own.
 struct Check {
     migration: MigrationConn,
-    /// The redacted URL, for a connection error.
-    target: String,
     settings: Settings,
     name: String,
     set: MigrationSet,
@@ -132,7 +131,6 @@ pub(super) fn start<C: PoolConnection>(
     };
     let check = Check {
         migration,
-        target: engine.target().to_string(),
         settings: settings.clone(),
         name: name.to_string(),
         set: set.clone(),
@@ -170,7 +168,6 @@ pub(super) fn start<C: PoolConnection>(
         tracing::warn!("the schema drift check could not run: {why}");
         running.finish(DriftOutcome::Failed(why));
     }
-    engine.track_drift_check(running.clone());
     Ok(running)
 }
 
@@ -178,10 +175,7 @@ impl Check {
     /// The differences, confirmed under the migration lock when there are any.
     fn run(mut self) -> Result<Vec<String>, Error> {
         let backend = self.settings.backend();
-        self.migration.ready().map_err(|e| Error::Connect {
-            target: self.target.clone(),
-            reason: e.0,
-        })?;
+        self.migration.ready()?;
         let tables = drift::tables(&self.expected);
         let live = drift::fingerprint_of(&mut self.migration.conn, backend, Some(&tables))?;
         let differences = drift::differences(&self.expected, &live, self.allow_additions);

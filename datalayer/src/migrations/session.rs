@@ -1,24 +1,20 @@
 //! One migration run: its connection and lock, the set's view of the ledger, and applying,
 //! reverting and checking drift under that lock (see the module doc of `migrations`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use diesel::Connection;
-use diesel::connection::SimpleConnection;
-
+use super::connection::MigrationConn;
 use super::set::{MigrationSet, Script};
-use super::{Revert, ledger, lock, statements};
+use super::source::{self, Step};
+use super::{Revert, ledger, lock};
 use crate::config::{Backend, Settings};
-use crate::engine::{Conn, Engine, MigrationConn, PoolConnection};
+use crate::engine::{Conn, Engine, PoolConnection};
 use crate::error::{Error, MigrationError};
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
 const DDL_ATTEMPTS: u32 = 6;
 /// The wait before the second try; it doubles for each further try.
 const DDL_FIRST_BACKOFF: Duration = Duration::from_millis(250);
-
-/// What `applied_by` records for migrations this build applies.
-const APPLIED_BY: &str = concat!("datalayer ", env!("CARGO_PKG_VERSION"));
 
 /// One set's view of the ledger: its rows, told apart from other sets' rows.
 pub(super) struct Ledger<'s> {
@@ -127,7 +123,7 @@ impl<'a> Session<'a> {
         name: &'a str,
         set: &'a MigrationSet,
     ) -> Result<Session<'a>, Error> {
-        engine.ready_for_migrations(&mut migration)?;
+        migration.ready()?;
         let settings = engine.settings();
         let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
         Ok(Session {
@@ -227,11 +223,7 @@ impl<'a> Session<'a> {
         } = self.check()?;
         let mut applied = Vec::with_capacity(pending.len());
         for script in pending {
-            if script.run_in_transaction {
-                self.apply_in_transaction(script)?;
-            } else {
-                self.apply_outside_transaction(script)?;
-            }
+            self.apply_one(script)?;
             applied.push(script.name.clone());
         }
         Ok((applied, unknown))
@@ -241,56 +233,29 @@ impl<'a> Session<'a> {
         self.settings.backend() == Backend::Postgres
     }
 
-    fn ddl_lock_timeout_ms(&self) -> u128 {
-        self.settings.migrations.ddl_lock_timeout.as_millis()
+    /// `script` as a diesel migration, with this run's DDL lock timeout.
+    fn step(&self, script: &Script) -> Step {
+        Step::new(
+            self.name,
+            self.set,
+            script,
+            self.postgres(),
+            Some(self.settings.migrations.ddl_lock_timeout),
+        )
     }
 
-    fn apply_error(
-        &self,
-        script: &Script,
-        file: &str,
-        progress: Option<String>,
-        source: diesel::result::Error,
-    ) -> MigrationError {
-        MigrationError::Apply {
-            migration: script.name.clone(),
-            file: self.set.file_of(&script.name, file),
-            progress,
-            source,
-        }
-    }
-
-    /// The migration and its ledger rows in one transaction, retried with backoff when
-    /// PostgreSQL's `lock_timeout` cut it short (nothing of it stayed).
-    fn apply_in_transaction(&mut self, script: &Script) -> Result<(), Error> {
-        let postgres = self.postgres();
-        let ddl_timeout = self.ddl_lock_timeout_ms();
+    /// Applies one migration through diesel_migrations' harness (its ledger row in the same
+    /// transaction); a migration in a transaction that PostgreSQL's `lock_timeout` cut short
+    /// (nothing of it stayed) is retried with backoff.
+    fn apply_one(&mut self, script: &Script) -> Result<(), Error> {
+        let step = self.step(script);
+        let ddl_timeout = self.settings.migrations.ddl_lock_timeout.as_millis();
+        let retry = self.postgres() && script.run_in_transaction;
         let mut backoff = DDL_FIRST_BACKOFF;
         for attempt in 1..=DDL_ATTEMPTS {
-            let started = Instant::now();
-            let (name, set) = (self.name, self.set);
-            let result = self
-                .migration
-                .conn
-                .transaction(|conn| -> Result<(), MigrationError> {
-                    let run = |conn: &mut Conn| -> diesel::QueryResult<()> {
-                        if postgres {
-                            conn.batch_execute(&format!("SET LOCAL lock_timeout = {ddl_timeout}"))?;
-                        }
-                        conn.batch_execute(&script.up)
-                    };
-                    run(conn).map_err(|source| MigrationError::Apply {
-                        migration: script.name.clone(),
-                        file: set.file_of(&script.name, "up.sql"),
-                        progress: None,
-                        source,
-                    })?;
-                    ledger::record_version(conn, &script.version)?;
-                    ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
-                });
-            match result {
+            match harness(&mut self.migration.conn, &step, Direction::Up) {
                 Err(MigrationError::Apply { source, .. })
-                    if postgres && attempt < DDL_ATTEMPTS && is_lock_timeout(&source) =>
+                    if retry && attempt < DDL_ATTEMPTS && is_lock_timeout(&source) =>
                 {
                     tracing::warn!(
                         "migration {} gave up waiting for a lock after {ddl_timeout} ms \
@@ -306,74 +271,6 @@ impl<'a> Session<'a> {
         unreachable!("the last attempt returns")
     }
 
-    /// A `run_in_transaction = false` migration: its statements (see
-    /// [`Session::run_outside_transaction`]), then its ledger rows, written only after the last
-    /// statement succeeded. Never retried.
-    fn apply_outside_transaction(&mut self, script: &Script) -> Result<(), Error> {
-        let started = Instant::now();
-        self.run_outside_transaction(script, &script.up, "up.sql")?;
-        let name = self.name;
-        self.migration
-            .conn
-            .transaction(|conn| -> Result<(), MigrationError> {
-                ledger::record_version(conn, &script.version)?;
-                ledger::record(conn, name, script, Some(started.elapsed()), APPLIED_BY)
-            })?;
-        Ok(())
-    }
-
-    /// Runs `sql` of a `run_in_transaction = false` migration. On PostgreSQL one statement at
-    /// a time (a multi-statement string is one implicit transaction, where `CREATE INDEX
-    /// CONCURRENTLY` is refused) under the session's `lock_timeout`; a failure says which
-    /// statements ran, since they stay applied.
-    fn run_outside_transaction(
-        &mut self,
-        script: &Script,
-        sql: &str,
-        file: &str,
-    ) -> Result<(), MigrationError> {
-        let statements = if self.postgres() {
-            let ddl_timeout = self.ddl_lock_timeout_ms();
-            self.migration
-                .conn
-                .batch_execute(&format!("SET lock_timeout = {ddl_timeout}"))
-                .map_err(|e| self.apply_error(script, file, None, e))?;
-            statements::split(sql)
-        } else {
-            // SQLite runs a batch statement by statement, outside any transaction.
-            vec![sql]
-        };
-        let total = statements.len();
-        let mut outcome = Ok(());
-        for (i, statement) in statements.iter().enumerate() {
-            if let Err(source) = self.migration.conn.batch_execute(statement) {
-                let progress = if total == 1 {
-                    "it runs outside a transaction (run_in_transaction = false), so whatever it \
-                     did before failing stays"
-                        .to_string()
-                } else {
-                    format!(
-                        "it runs outside a transaction (run_in_transaction = false): statement {} \
-                         of {total} failed and the {i} before it stayed applied",
-                        i + 1
-                    )
-                };
-                let progress = format!(
-                    "{progress}; nothing was recorded, so the next run starts it from its first \
-                     statement: undo what ran (an interrupted CREATE INDEX CONCURRENTLY leaves an \
-                     invalid index: DROP INDEX CONCURRENTLY IF EXISTS it) or make the statements \
-                     idempotent (IF NOT EXISTS)"
-                );
-                outcome = Err(self.apply_error(script, file, Some(progress), source));
-                break;
-            }
-        }
-        if self.postgres() {
-            let _ = self.migration.conn.batch_execute("RESET lock_timeout");
-        }
-        outcome
-    }
-
     pub(super) fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
         let mut applied = self.check()?.applied;
         let mut reverted = Vec::new();
@@ -383,35 +280,43 @@ impl<'a> Session<'a> {
             {
                 break;
             }
-            let Some(down) = &script.down else {
-                return Err(MigrationError::Irreversible {
-                    migration: script.name.clone(),
-                    file: self.set.file_of(&script.name, "down.sql"),
-                }
-                .into());
-            };
-            if script.run_in_transaction {
-                let set = self.set;
-                self.migration
-                    .conn
-                    .transaction(|conn| -> Result<(), MigrationError> {
-                        conn.batch_execute(down)
-                            .map_err(|source| MigrationError::Apply {
-                                migration: script.name.clone(),
-                                file: set.file_of(&script.name, "down.sql"),
-                                progress: None,
-                                source,
-                            })?;
-                        ledger::forget(conn, &script.version)
-                    })?;
-            } else {
-                self.run_outside_transaction(script, down, "down.sql")?;
-                self.migration
-                    .conn
-                    .transaction(|conn| ledger::forget(conn, &script.version))?;
-            }
+            let step = self.step(script);
+            harness(&mut self.migration.conn, &step, Direction::Down)?;
             reverted.push(script.name.clone());
         }
         Ok(reverted)
     }
+}
+
+/// Which way [`harness`] runs a migration.
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// Runs (or reverts) `step` through diesel_migrations' `MigrationHarness` on `conn`: in a
+/// transaction unless the migration says otherwise, with Diesel's `__diesel_schema_migrations`
+/// row written (or removed) after it, as `diesel migration run` would.
+fn harness(conn: &mut Conn, step: &Step, direction: Direction) -> Result<(), MigrationError> {
+    use diesel_migrations::MigrationHarness;
+    let result = match conn {
+        #[cfg(feature = "postgres")]
+        Conn::Postgres(pg) => {
+            let step: &dyn diesel::migration::Migration<diesel::pg::Pg> = step;
+            match direction {
+                Direction::Up => pg.run_migration(step),
+                Direction::Down => pg.revert_migration(step),
+            }
+        }
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(sqlite) => {
+            let step: &dyn diesel::migration::Migration<diesel::sqlite::Sqlite> = step;
+            match direction {
+                Direction::Up => sqlite.run_migration(step),
+                Direction::Down => sqlite.revert_migration(step),
+            }
+        }
+    };
+    result.map(drop).map_err(source::from_harness)
 }

@@ -164,6 +164,7 @@ fn prepare(admin: &Arc<Engine<PgConnection>>, template: &str) {
 }
 
 /// Waits (at most 30 s) until no spare is being cloned.
+#[cfg(feature = "__bench")]
 pub(super) fn settle() {
     if let Ok(list) = SPARES.list.lock() {
         drop(idle(list, Duration::from_secs(30)));
