@@ -53,8 +53,8 @@ pub use self::lock::LockHolder;
 pub use self::schema_check::{DriftCheck, DriftOutcome};
 use self::session::{Ledger, Session};
 pub use self::set::{MigrationSet, Script};
-use crate::config::Backend;
-use crate::engine::{Engine, PoolConnection};
+use crate::config::{Backend, Settings};
+use crate::engine::{Conn, Engine, PoolConnection};
 use crate::error::Error;
 pub use crate::error::MigrationError;
 
@@ -216,34 +216,93 @@ impl Migrator {
     fn session<'a, C: PoolConnection>(
         &'a self,
         engine: &'a Engine<C>,
-    ) -> Result<Session<'a>, Error> {
+    ) -> Result<Session<'a, 'static>, Error> {
         let set = self.set(engine.backend())?;
-        Session::open(engine, MigrationConn::open(engine)?, &self.name, set)
+        Session::open(
+            engine.settings(),
+            MigrationConn::open(engine)?,
+            &self.name,
+            set,
+        )
     }
 
-    /// Applies what is pending under the lock, unless a read without it finds nothing to do
-    /// (the usual boot); returns the applied and the allowed unknown migrations, and the
-    /// connection.
-    fn migrate<C: PoolConnection>(
+    /// Applies what is pending on `migration` under the lock, unless a read without it finds
+    /// nothing to do (the usual boot); returns the applied and the allowed unknown migrations,
+    /// and the connection.
+    fn migrate<'c>(
         &self,
-        engine: &Engine<C>,
+        mut migration: MigrationConn<'c>,
+        settings: &Settings,
         set: &MigrationSet,
-    ) -> Result<(Vec<String>, Vec<String>, MigrationConn), Error> {
-        let mut migration = MigrationConn::open(engine)?;
+    ) -> Result<(Vec<String>, Vec<String>, MigrationConn<'c>), Error> {
         if session::up_to_date(&mut migration.conn, &self.name, set) {
             return Ok((Vec::new(), Vec::new(), migration));
         }
-        let mut session = Session::open(engine, migration, &self.name, set)?;
+        let mut session = Session::open(settings, migration, &self.name, set)?;
         let result = session.apply();
         let migration = session.close();
         let (applied, unknown) = result?;
         Ok((applied, unknown, migration))
     }
 
-    /// Applies the pending migrations (see the module doc) and returns their names.
+    /// Applies the pending migrations (see the module doc) on a connection of their own, and
+    /// returns their names: [`Migrator::run_pending_on`] with the engine's settings.
     pub fn run_pending<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<Vec<String>, Error> {
         let set = self.set(engine.backend())?;
-        Ok(self.migrate(engine, set)?.0)
+        Ok(self
+            .migrate(MigrationConn::open(engine)?, engine.settings(), set)?
+            .0)
+    }
+
+    /// Applies the pending migrations on `conn`, a connection of the caller's own (outside any
+    /// pool), with everything [`Migrator::run_pending`] does: the session readied for
+    /// migrations (no statement timeout, `(migrations)` after its application name), the
+    /// lock, the ledger's checks, each migration with its ledger row in its transaction.
+    /// `settings` are those `conn` was made from: the lock's timeouts and, on SQLite, the lock
+    /// file beside the database come from them. Returns the names of the applied migrations.
+    ///
+    /// ```
+    /// use diesel::{Connection, SqliteConnection};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.sqlite3");
+    /// let settings = datalayer::Settings::from_pairs([("DATABASE_PATH", path.as_os_str())])?;
+    /// let mut conn = datalayer::Conn::Sqlite(SqliteConnection::establish(&path.to_string_lossy())?);
+    /// let migrator = datalayer::embed_migrations!("doc/migrations");
+    /// assert_eq!(migrator.run_pending_on(&mut conn, &settings)?.len(), 1);
+    /// assert!(migrator.run_pending_on(&mut conn, &settings)?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn run_pending_on(
+        &self,
+        conn: &mut Conn,
+        settings: &Settings,
+    ) -> Result<Vec<String>, Error> {
+        let backend = match &*conn {
+            #[cfg(feature = "postgres")]
+            Conn::Postgres(_) => Backend::Postgres,
+            #[cfg(feature = "sqlite")]
+            Conn::Sqlite(_) => Backend::Sqlite,
+        };
+        if backend != settings.backend() {
+            let variable = match settings.backend() {
+                Backend::Postgres => "DATABASE_URL",
+                Backend::Sqlite => "DATABASE_PATH",
+            };
+            return Err(Error::config(
+                variable,
+                format!(
+                    "describes a {} database but the connection is to {backend}: give \
+                     run_pending_on the settings the connection was made from",
+                    settings.backend()
+                ),
+            ));
+        }
+        let set = self.set(backend)?;
+        let target = settings.connection_url().redacted().to_string();
+        Ok(self
+            .migrate(MigrationConn::lent(conn, target), settings, set)?
+            .0)
     }
 
     /// The boot sequence's migration step: [`Migrator::run_pending`], then the drift check
@@ -252,7 +311,8 @@ impl Migrator {
     /// the background, logs what it finds, and reports it through [`BootReport::drift`].
     pub fn boot<C: PoolConnection>(&self, engine: &Engine<C>) -> Result<BootReport, Error> {
         let set = self.set(engine.backend())?;
-        let (applied, unknown, migration) = self.migrate(engine, set)?;
+        let (applied, unknown, migration) =
+            self.migrate(MigrationConn::open(engine)?, engine.settings(), set)?;
         let drift = schema_check::start(engine, &self.name, set, migration, !unknown.is_empty())?;
         Ok(BootReport {
             applied,
@@ -309,7 +369,12 @@ impl Migrator {
                 set: self.name.to_string(),
                 version: migration.to_string(),
             })?;
-        let mut session = Session::open(engine, MigrationConn::open(engine)?, &self.name, set)?;
+        let mut session = Session::open(
+            engine.settings(),
+            MigrationConn::open(engine)?,
+            &self.name,
+            set,
+        )?;
         let result = session.accept(script);
         session.close();
         if result? {

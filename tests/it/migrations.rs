@@ -271,3 +271,61 @@ fn plain_diesel_runs_a_migrator_and_the_migrator_agrees() {
         );
     }
 }
+
+/// `Migrator::run_pending_on` runs the whole sequence on a connection of the caller's own: the
+/// migrations with their ledger rows (the engine's `status` then agrees), nothing left to do on
+/// a second call; settings of the other backend are refused, naming the variable.
+#[test]
+fn run_pending_on_applies_on_a_connection_of_ones_own() {
+    use diesel::Connection;
+    let migrator = blog::models::migrator();
+    for (engine, place) in fresh_engines("dl_on_conn", &[]) {
+        let mut conn = match (&place, &engine.settings().target) {
+            (crate::common::Place::Postgres(db), _) => Conn::Postgres(
+                diesel::PgConnection::establish(&crate::common::database_url(&db.name))
+                    .expect("connect"),
+            ),
+            (_, datalayer::config::Target::Sqlite(sqlite)) => Conn::Sqlite(
+                diesel::SqliteConnection::establish(&sqlite.path.to_string_lossy()).expect("open"),
+            ),
+            _ => unreachable!("a PostgreSQL place has PostgreSQL settings"),
+        };
+        let settings = engine.settings();
+        assert_eq!(
+            migrator
+                .run_pending_on(&mut conn, settings)
+                .expect("applies"),
+            ALL
+        );
+        assert!(
+            migrator
+                .run_pending_on(&mut conn, settings)
+                .expect("nothing to do")
+                .is_empty()
+        );
+        assert_status(&migrator.status(&engine).expect("status"), &ALL, &[]);
+        let checksums = query_lines(
+            &mut conn,
+            "SELECT checksum AS line FROM datalayer_migrations ORDER BY version",
+        );
+        assert_eq!(checksums.len(), 2);
+
+        let (other, _other_place) = match &conn {
+            Conn::Postgres(_) => crate::common::fresh_sqlite(&[]),
+            Conn::Sqlite(_) => fresh_postgres("dl_on_conn_other", &[]),
+        };
+        let error = migrator
+            .run_pending_on(&mut conn, other.settings())
+            .expect_err("settings of the other backend");
+        let message = error.to_string();
+        assert!(
+            matches!(&error, Error::Config(_))
+                && (message.contains(
+                    "DATABASE_PATH: describes a sqlite database but the connection is to postgres"
+                ) || message.contains(
+                    "DATABASE_URL: describes a postgres database but the connection is to sqlite"
+                )),
+            "{message}"
+        );
+    }
+}

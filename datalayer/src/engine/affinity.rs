@@ -1,9 +1,11 @@
 //! Connection affinity: a thread keeps the connection it just returned.
 //!
 //! With one shared pool, the connection a thread returns is usually taken next by another
-//! thread, so on few cores the client threads and the PostgreSQL backends they talk to keep
-//! changing partners, and every request pays cross-core wake-ups (the measurements:
-//! `docs/design.md`).
+//! thread: r2d2's lock and list on every checkout and return, and the connection's state
+//! moving between the threads' cores. Where the database's work runs in the process (SQLite),
+//! that is a large share of a point read: without parking, the engine served 0.84-0.86x at 2
+//! and 4 threads (the with/without table: `docs/design.md`). With PostgreSQL on cores of its
+//! own it changes throughput by a few per cent either way.
 //!
 //! So a returned connection is *parked* in a slot of the returning thread instead of going back
 //! to r2d2, and that thread's next checkout takes it back (after the usual cheap validation).

@@ -1,14 +1,42 @@
-//! The connection migrations run on: one of their own, outside the pool.
+//! The connection migrations run on: one of their own, outside the pool, or one the caller
+//! lends ([`Migrator::run_pending_on`](super::Migrator::run_pending_on)).
+
+use std::ops::{Deref, DerefMut};
 
 use crate::config::Target;
 use crate::engine::{Conn, Engine, PoolConnection};
 use crate::error::Error;
 
+/// The connection itself: opened for the run, or lent by the caller.
+pub(crate) enum Link<'c> {
+    Own(Conn),
+    Lent(&'c mut Conn),
+}
+
+impl Deref for Link<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            Link::Own(conn) => conn,
+            Link::Lent(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for Link<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Link::Own(conn) => conn,
+            Link::Lent(conn) => conn,
+        }
+    }
+}
+
 /// A connection for migrations, never handed to the application. It reads the ledger as it
 /// comes (a boot with nothing to do needs no more); [`MigrationConn::ready`] sets it up for
 /// taking the lock and running migrations.
-pub(crate) struct MigrationConn {
-    pub(crate) conn: Conn,
+pub(crate) struct MigrationConn<'c> {
+    pub(crate) conn: Link<'c>,
     /// The redacted URL, for a connection error.
     #[cfg_attr(
         not(feature = "postgres"),
@@ -21,7 +49,7 @@ pub(crate) struct MigrationConn {
     ready: bool,
 }
 
-impl std::fmt::Debug for MigrationConn {
+impl std::fmt::Debug for MigrationConn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MigrationConn")
             .field("ready", &self.ready)
@@ -29,11 +57,13 @@ impl std::fmt::Debug for MigrationConn {
     }
 }
 
-impl MigrationConn {
+impl MigrationConn<'static> {
     /// A new connection of its own for `engine`'s migrations (not from its pool, where a
     /// session-level lock and session settings do not belong): to `DATABASE_MIGRATION_URL`
     /// when set. Not readied yet.
-    pub(crate) fn open<C: PoolConnection>(engine: &Engine<C>) -> Result<MigrationConn, Error> {
+    pub(crate) fn open<C: PoolConnection>(
+        engine: &Engine<C>,
+    ) -> Result<MigrationConn<'static>, Error> {
         let settings = engine.settings();
         let behind_transaction_pooler =
             matches!(&settings.target, Target::Postgres(pg) if pg.transaction_pooler);
@@ -46,11 +76,23 @@ impl MigrationConn {
             ));
         }
         Ok(MigrationConn {
-            conn: engine.connect_direct()?,
+            conn: Link::Own(engine.connect_direct()?),
             target: engine.target().to_string(),
             schema: None,
             ready: false,
         })
+    }
+}
+
+impl<'c> MigrationConn<'c> {
+    /// `conn`, lent by the caller; `target` names it in errors (redacted).
+    pub(crate) fn lent(conn: &'c mut Conn, target: String) -> MigrationConn<'c> {
+        MigrationConn {
+            conn: Link::Lent(conn),
+            target,
+            schema: None,
+            ready: false,
+        }
     }
 
     /// Readies the connection for migrations, once: on PostgreSQL no statement or
@@ -61,7 +103,7 @@ impl MigrationConn {
         if self.ready {
             return Ok(());
         }
-        match &mut self.conn {
+        match &mut *self.conn {
             #[cfg(feature = "postgres")]
             Conn::Postgres(conn) => {
                 let failed = |e: diesel::result::Error| Error::Connect {

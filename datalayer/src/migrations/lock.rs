@@ -259,7 +259,7 @@ pub(crate) fn acquire(
     match sqlite_lock_path(settings) {
         None => {
             let key = postgres_key(migration);
-            let conn = &mut migration.conn;
+            let conn: &mut Conn = &mut migration.conn;
             let sql = format!(
                 "SELECT pg_try_advisory_lock({}, {}) AS locked",
                 key.0, key.1

@@ -106,7 +106,7 @@ impl DriftCheck {
 
 /// What one check needs, owned, so that it can run on a thread of its own.
 struct Check {
-    migration: MigrationConn,
+    migration: MigrationConn<'static>,
     settings: Settings,
     name: String,
     set: MigrationSet,
@@ -121,7 +121,7 @@ pub(super) fn start<C: PoolConnection>(
     engine: &Engine<C>,
     name: &str,
     set: &MigrationSet,
-    migration: MigrationConn,
+    migration: MigrationConn<'static>,
     allow_additions: bool,
 ) -> Result<DriftCheck, Error> {
     let settings = engine.settings();
@@ -187,7 +187,7 @@ impl Check {
             &self.settings,
             self.settings.migrations.lock_timeout,
         )?;
-        let conn = &mut self.migration.conn;
+        let conn: &mut crate::engine::Conn = &mut self.migration.conn;
         let confirmed = ledger::applied(conn)
             .map_err(|source| {
                 Error::from(MigrationError::Database {

@@ -8,7 +8,7 @@ use super::set::{MigrationSet, Script};
 use super::source::{self, Step};
 use super::{Revert, ledger, lock};
 use crate::config::{Backend, Settings};
-use crate::engine::{Conn, Engine, PoolConnection};
+use crate::engine::Conn;
 use crate::error::{Error, MigrationError};
 
 /// How many times a migration that hit the DDL lock timeout is tried in all.
@@ -107,24 +107,23 @@ pub(super) fn up_to_date(conn: &mut Conn, name: &str, set: &MigrationSet) -> boo
 }
 
 /// One migration run: its connection, the lock, and the checks done under it.
-pub(super) struct Session<'a> {
-    migration: MigrationConn,
+pub(super) struct Session<'a, 'c> {
+    migration: MigrationConn<'c>,
     guard: Option<lock::Guard>,
     name: &'a str,
     set: &'a MigrationSet,
     settings: &'a Settings,
 }
 
-impl<'a> Session<'a> {
+impl<'a, 'c> Session<'a, 'c> {
     /// Readies `migration` and takes the migration lock on it.
-    pub(super) fn open<C: PoolConnection>(
-        engine: &'a Engine<C>,
-        mut migration: MigrationConn,
+    pub(super) fn open(
+        settings: &'a Settings,
+        mut migration: MigrationConn<'c>,
         name: &'a str,
         set: &'a MigrationSet,
-    ) -> Result<Session<'a>, Error> {
+    ) -> Result<Session<'a, 'c>, Error> {
         migration.ready()?;
-        let settings = engine.settings();
         let guard = lock::acquire(&mut migration, settings, settings.migrations.lock_timeout)?;
         Ok(Session {
             migration,
@@ -160,7 +159,7 @@ impl<'a> Session<'a> {
     }
 
     /// Releases the lock; gives back the connection.
-    pub(super) fn close(mut self) -> MigrationConn {
+    pub(super) fn close(mut self) -> MigrationConn<'c> {
         if let Some(guard) = self.guard.take() {
             guard.release(&mut self.migration.conn);
         }
