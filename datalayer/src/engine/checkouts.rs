@@ -2,18 +2,30 @@
 //! PostgreSQL backend pid, for pool-timeout errors and leak warnings.
 //!
 //! Each connection records its own holder in its [`Health`], which the checkout reads anyway
-//! (validation), so a checkout and a return write two words on a cache line they already
-//! touch: no lock, no shared list, nothing on the checkout's path that a registry written on
+//! (validation), so a checkout and a return each take an uncontended lock on a cache line they
+//! already touch: no shared list, nothing on the checkout's path that a registry written on
 //! every checkout (a mutex-guarded list per thread shard) would add.
 //! Listing the holders walks the engine's list of connections, which only changes when a
 //! connection is opened.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::shared::{Health, Shared};
 use crate::pool_state::Holder;
+
+/// The holder's slot of `health`, locked (a poisoned lock is taken as it is: nothing panics
+/// while holding it).
+fn slot(health: &Health) -> MutexGuard<'_, Option<&'static Location<'static>>> {
+    health.holder.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the connection of `health` is checked out from, if it is.
+pub(crate) fn site_of(health: &Health) -> Option<&'static Location<'static>> {
+    *slot(health)
+}
 
 /// Records that the connection of `health` is handed out from `site` at `since` (a
 /// [`Shared::now`] value, after any wait for it: a leak warning is about holding a connection,
@@ -22,17 +34,15 @@ use crate::pool_state::Holder;
 pub(crate) fn begin(health: &Health, site: &'static Location<'static>, since: u64) {
     health.leak_warned.store(false, Ordering::Relaxed);
     health.held_since.store(since, Ordering::Relaxed);
-    health
-        .holder
-        .store(std::ptr::from_ref(site).cast_mut(), Ordering::Release);
+    *slot(health) = Some(site);
 }
 
 /// Records that the connection of `health` was returned after `held`, warning if it was held
 /// past `threshold` unnoticed.
 #[inline]
 pub(crate) fn end(health: &Health, held: Duration, threshold: Option<Duration>) {
-    let site = health.holder.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    if let Some(threshold) = threshold
+    let site = slot(health).take();
+    if let (Some(site), Some(threshold)) = (site, threshold)
         && held > threshold
     {
         warn_leaked(health, site, held, threshold);
@@ -40,13 +50,14 @@ pub(crate) fn end(health: &Health, held: Duration, threshold: Option<Duration>) 
 }
 
 /// The leak warning of [`end`], out of the return's way: unless a checkout's scan warned
-/// already (or the connection was not checked out through the engine).
+/// already.
 #[cold]
-fn warn_leaked(health: &Health, site: *mut Location<'static>, held: Duration, threshold: Duration) {
-    // SAFETY: only `begin` stores into `holder`, and it stores a `&'static Location`.
-    let Some(site) = (unsafe { site.as_ref() }) else {
-        return;
-    };
+fn warn_leaked(
+    health: &Health,
+    site: &'static Location<'static>,
+    held: Duration,
+    threshold: Duration,
+) {
     if !health.leak_warned.load(Ordering::Relaxed) {
         tracing::warn!(
             "a database connection checked out at {site} was held for {:.1}s \
@@ -59,9 +70,7 @@ fn warn_leaked(health: &Health, site: *mut Location<'static>, held: Duration, th
 
 /// The holder of one connection, if it is checked out: its site and for how long, at `now`.
 fn holder_of(health: &Health, now: u64) -> Option<(&'static Location<'static>, Duration)> {
-    let site = health.holder.load(Ordering::Acquire);
-    // SAFETY: only `begin` stores into `holder`, and it stores a `&'static Location`.
-    let site = unsafe { site.as_ref() }?;
+    let site = site_of(health)?;
     let since = health.held_since.load(Ordering::Relaxed);
     Some((site, Duration::from_nanos(now.saturating_sub(since))))
 }

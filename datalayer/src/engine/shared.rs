@@ -3,7 +3,7 @@
 //! gauges' counts and the metric keys.
 
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,10 @@ pub(crate) struct Health {
     pub(crate) born: AtomicU64,
     /// Past its lifetime or idle timeout: closed, not reused, when it goes back to the pool.
     pub(crate) retired: AtomicBool,
-    /// Where it is checked out from, null while it is not (see `checkouts.rs`).
-    pub(crate) holder: AtomicPtr<Location<'static>>,
+    /// Where it is checked out from, `None` while it is not (see `checkouts.rs`). Locked by
+    /// the thread holding the connection at checkout and return, and by whoever lists the
+    /// holders: uncontended on the checkout's path.
+    pub(crate) holder: Mutex<Option<&'static Location<'static>>>,
     /// Since when it is checked out, in [`Shared::now`] units.
     pub(crate) held_since: AtomicU64,
     /// Whether this checkout was reported as overdue (`DATABASE_POOL_LEAK_THRESHOLD`).
@@ -223,7 +225,7 @@ impl Shared {
     pub(crate) fn in_use(&self) -> usize {
         self.connections()
             .iter()
-            .filter(|health| !health.holder.load(Ordering::Acquire).is_null())
+            .filter(|health| super::checkouts::site_of(health).is_some())
             .count()
     }
 
