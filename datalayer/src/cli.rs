@@ -62,6 +62,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -224,6 +225,14 @@ fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Re
         settings.replica = None;
     }
     let engine = Engine::connect(&settings)?;
+    let result = run_command(migrator, &engine, command);
+    // The process exits next: no connection attempt of the pools may be inside libpq then.
+    engine.close(Duration::ZERO);
+    result
+}
+
+/// `command` on `engine`.
+fn run_command(migrator: &Migrator, engine: &Engine, command: Command) -> Result<(), Error> {
     match command {
         Command::Config => unreachable!("handled above"),
         Command::Check => {
@@ -255,9 +264,9 @@ fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Re
         }
         Command::Migrate { accept_checksum } => {
             for version in &accept_checksum {
-                migrator.accept_checksum(&engine, version)?;
+                migrator.accept_checksum(engine, version)?;
             }
-            let applied = migrator.run_pending(&engine)?;
+            let applied = migrator.run_pending(engine)?;
             let mut out: String = applied.iter().map(|m| format!("applied {m}\n")).collect();
             out.push_str(&match applied.len() {
                 0 => "nothing to apply: the database is up to date\n".to_string(),
@@ -266,7 +275,7 @@ fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Re
             print(&out);
         }
         Command::Status { json } => {
-            let status = migrator.status(&engine)?;
+            let status = migrator.status(engine)?;
             let lock = status.lock.as_ref().map(ToString::to_string);
             if json {
                 let value = serde_json::json!({
@@ -316,7 +325,7 @@ fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Re
             } else {
                 Revert::Steps(steps)
             };
-            let reverted = migrator.revert(&engine, how_far)?;
+            let reverted = migrator.revert(engine, how_far)?;
             let mut out: String = reverted.iter().map(|m| format!("reverted {m}\n")).collect();
             out.push_str(&format!("{} migration(s) reverted\n", reverted.len()));
             print(&out);
@@ -329,7 +338,15 @@ fn command(migrator: &Migrator, loaded: &Loaded, command: Option<Command>) -> Re
 /// ping; one summary line.
 fn boot(migrator: &Migrator, loaded: &Loaded) -> Result<(), Error> {
     let engine = Engine::connect(&one_shot(&loaded.settings))?;
-    let report = migrator.boot(&engine)?;
+    let result = boot_on(migrator, &engine);
+    // The process exits next: no connection attempt of the pools may be inside libpq then.
+    engine.close(Duration::ZERO);
+    result
+}
+
+/// [`boot`] on `engine`.
+fn boot_on(migrator: &Migrator, engine: &Engine) -> Result<(), Error> {
+    let report = migrator.boot(engine)?;
     let ping = engine.ping()?;
     let drift = match report.drift.wait() {
         DriftOutcome::Checked(found) if !found.is_empty() => format!(

@@ -125,13 +125,15 @@ struct Inner<C: PoolConnection> {
 impl<C: PoolConnection> Drop for Inner<C> {
     /// Closes without waiting: no checked-out connection or connection attempt is waited for.
     fn drop(&mut self) {
-        self.shut_down(Duration::ZERO);
+        self.shut_down(Duration::ZERO, false);
     }
 }
 
 impl<C: PoolConnection> Inner<C> {
-    /// [`Engine::close`]; once: a later call (the drop after `close`) does nothing.
-    fn shut_down(&self, wait: Duration) {
+    /// [`Engine::close`] (`explicit`: it waits for connection attempts and the replica's
+    /// checker) or the last handle's drop (it waits for nothing); once: a later call (the drop
+    /// after `close`) does nothing.
+    fn shut_down(&self, wait: Duration, explicit: bool) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -139,22 +141,22 @@ impl<C: PoolConnection> Inner<C> {
         if let Some(replica) = &self.replica {
             replica.stop_checking();
         }
-        self.shut_down_pool(wait);
+        self.shut_down_pool(wait, explicit);
         if let Some(replica) = &self.replica {
             replica
                 .engine
                 .inner
-                .shut_down(deadline.saturating_duration_since(Instant::now()));
-            replica.join_checker(if wait.is_zero() {
-                Duration::ZERO
-            } else {
+                .shut_down(deadline.saturating_duration_since(Instant::now()), explicit);
+            replica.join_checker(if explicit {
                 self.close_limit
+            } else {
+                Duration::ZERO
             });
         }
     }
 
     /// [`Inner::shut_down`] for this engine's own pool.
-    fn shut_down_pool(&self, wait: Duration) {
+    fn shut_down_pool(&self, wait: Duration, explicit: bool) {
         let shared = &self.books.shared;
         drop(self.books.parking.drain());
         let deadline = Instant::now() + wait;
@@ -163,7 +165,7 @@ impl<C: PoolConnection> Inner<C> {
             std::thread::sleep(Duration::from_millis(5));
         }
         let held = checkouts::holders(shared);
-        if !held.is_empty() && !wait.is_zero() {
+        if !held.is_empty() && explicit {
             tracing::warn!(
                 "closing the engine with {} connection(s) still checked out after {wait:?}: {}; \
                  each is closed when returned",
@@ -174,10 +176,10 @@ impl<C: PoolConnection> Inner<C> {
                     .join(", ")
             );
         }
-        shared.close(if wait.is_zero() {
-            Duration::ZERO
-        } else {
+        shared.close(if explicit {
             self.close_limit
+        } else {
+            Duration::ZERO
         });
     }
 }
@@ -450,10 +452,12 @@ impl<C: PoolConnection> Engine<C> {
     /// once; waits at most `wait` for the connections checked out to come back (closing each
     /// as it does), and logs, with where they were checked out, those still held when the wait
     /// ends (they are closed when returned). Also waits (at most the connect timeout and a
-    /// second) for connection attempts under way, so that the process can exit right after. The idle connections close with the last handle: this
-    /// one, when no clone is left. Dropping the last handle closes without any wait.
+    /// second) for connection attempts under way, also with a `wait` of zero, so that the
+    /// process can exit right after (a process that exits while one is inside libpq can crash
+    /// in its exit handlers). The idle connections close with the last handle: this one, when
+    /// no clone is left. Dropping the last handle closes without any wait.
     pub fn close(self, wait: Duration) {
-        self.inner.shut_down(wait);
+        self.inner.shut_down(wait, true);
     }
 
     /// Records the pool's gauges (`db.client.connection.count` by state, `.pending_requests`,
