@@ -1,6 +1,6 @@
 //! What the manager, the error handler, the instrumentation of each connection and the engine
-//! share: the pool's clock and death epoch, lifetimes, connection attempts, the
-//! gauges' counts and the metric keys.
+//! share: the pool's clock and death epoch, lifetimes, connection attempts, the gauges'
+//! counts, the metric keys, and which mechanisms are on.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
