@@ -69,7 +69,7 @@ pub(crate) fn mechanisms(config: &Config, _: &Settings) -> Result<()> {
 }
 
 /// By C and variant: every round merged, and each round's rates.
-type Measurements = (Vec<Vec<Measured>>, Vec<Vec<[f64; VARIANTS.len()]>>);
+type Measurements = (Vec<Vec<Measured>>, Vec<crate::Runs<{ VARIANTS.len() }>>);
 
 /// Every variant at every C, `rounds` times; `run(c, variant)` measures one.
 fn measure(
@@ -82,7 +82,10 @@ fn measure(
         .iter()
         .map(|_| VARIANTS.iter().map(|_| Measured::new()).collect())
         .collect();
-    let mut rates = vec![Vec::new(); sizes.len()];
+    let mut rates: Vec<crate::Runs<{ VARIANTS.len() }>> = sizes
+        .iter()
+        .map(|_| crate::Runs { rounds: Vec::new() })
+        .collect();
     let rounds = config.rounds.max(1);
     for round in 0..rounds {
         for (size, &clients) in sizes.iter().enumerate() {
@@ -101,23 +104,10 @@ fn measure(
                 these[variant] = measured.per_second();
                 merged[size][variant].add(measured);
             }
-            rates[size].push(these);
+            rates[size].rounds.push(these);
         }
     }
     Ok((merged, rates))
-}
-
-/// `a`'s rate over `b`'s, the median of the rounds with the lowest and highest beside it.
-fn ratio(rounds: &[[f64; VARIANTS.len()]], a: usize, b: usize) -> String {
-    let mut ratios: Vec<f64> = rounds.iter().map(|r| r[a] / r[b]).collect();
-    ratios.sort_by(f64::total_cmp);
-    let median = crate::median(ratios.iter().copied());
-    match (ratios.first(), ratios.last()) {
-        (Some(low), Some(high)) if ratios.len() > 1 => {
-            format!("{median:.2} ({low:.2}-{high:.2})")
-        }
-        _ => format!("{median:.2}"),
-    }
 }
 
 fn postgres(config: &Config, split: &split::Split) -> Result<()> {
@@ -167,7 +157,7 @@ fn postgres(config: &Config, split: &split::Split) -> Result<()> {
                 if variant == 0 {
                     "1".to_string()
                 } else {
-                    ratio(&rates[size], variant, 0)
+                    rates[size].paired_with_range(variant, 0)
                 },
                 ms(h.value_at_quantile(0.99)),
                 ms(h.value_at_quantile(0.999)),
@@ -223,9 +213,9 @@ fn sqlite(config: &Config) -> Result<()> {
                 if variant == 0 {
                     "1".to_string()
                 } else {
-                    ratio(&rates[size], variant, 0)
+                    rates[size].paired_with_range(variant, 0)
                 },
-                ratio(&rates[size], variant, PLAIN),
+                rates[size].paired_with_range(variant, PLAIN),
             );
         }
     }
