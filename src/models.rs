@@ -68,6 +68,14 @@ impl datalayer::engine::transaction::DatabaseFailure for ModelError {
             ModelError::EmailTaken => None,
         }
     }
+
+    fn class(&self) -> datalayer::error::ErrorClass {
+        use datalayer::error::{ErrorClass, Rejection, classify};
+        match self {
+            ModelError::EmailTaken => ErrorClass::Rejected(Rejection::Duplicate),
+            ModelError::Database(error) => classify(error),
+        }
+    }
 }
 
 pub use self::posts::{NewPost, Post};

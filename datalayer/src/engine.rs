@@ -69,6 +69,7 @@ use diesel::r2d2::Pool;
 use diesel::sql_types::Text;
 
 use self::affinity::Parking;
+pub(crate) use self::boot::permanent;
 pub use self::connection::{Conn, MultiBackend};
 use self::line::Line;
 use self::manager::SQLITE_BUSY_TIMEOUT;

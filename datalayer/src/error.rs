@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::pool_state::{Holder, PoolState};
 
+mod class;
+
+pub use class::{ErrorClass, Rejection, classify};
+
 /// Everything that can go wrong in datalayer.
 ///
 /// The enum is `#[non_exhaustive]`: later versions add variants, so match with a `_` arm.
@@ -105,6 +109,29 @@ impl Error {
             Error::Connect { .. } | Error::PoolTimeout { .. } => 3,
             Error::Migration(_) => 4,
             Error::Database(_) => 1,
+        }
+    }
+
+    /// What a caller should do about this error (see [`ErrorClass`]): a pool timeout and a
+    /// connect failure that may go away are [`Unavailable`](ErrorClass::Unavailable); a
+    /// database error is classified by [`classify`]; a configuration error, a connect refusal
+    /// that will not go away by itself (a wrong password, a missing database) and a failed
+    /// migration are [`Bug`](ErrorClass::Bug).
+    ///
+    /// ```
+    /// use datalayer::error::ErrorClass;
+    /// let error = datalayer::Settings::from_pairs([("DATABASE_PORT", "x")]).unwrap_err();
+    /// assert_eq!(error.class(), ErrorClass::Bug);
+    /// ```
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::PoolTimeout { .. } => ErrorClass::Unavailable,
+            Error::Connect { reason, .. } if crate::engine::permanent(reason).is_some() => {
+                ErrorClass::Bug
+            }
+            Error::Connect { .. } => ErrorClass::Unavailable,
+            Error::Database(error) => classify(error),
+            Error::Config(_) | Error::DotEnv { .. } | Error::Migration(_) => ErrorClass::Bug,
         }
     }
 

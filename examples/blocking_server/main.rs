@@ -21,8 +21,11 @@
 //!
 //! Errors: 400 with a message for bad JSON or fields (a NUL character included: PostgreSQL text
 //! cannot hold one), 404, 408 for a request that does not arrive in time, 411 for a chunked
-//! body, 413 for a body over 1 MiB (refused before it is read), 409, 503 with `Retry-After` when the
-//! pool times out or the database is down, 500 otherwise (details only in the log). Listens on
+//! body, 413 for a body over 1 MiB (refused before it is read); database errors by their
+//! class (`datalayer::error::ErrorClass`): 503 with `Retry-After` while the database is
+//! unavailable (a switchover's read-only primary, a terminated session, an outage, a pool
+//! timeout), 409 for a conflict (with `Retry-After`) or a duplicate, 422 for a value or a
+//! reference the database refused, 500 otherwise (details only in the log). Listens on
 //! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080 (`SERVER_REQUEST_TIMEOUT`, in
 //! seconds, changes the request deadline); stops on SIGINT or SIGTERM (`signal-hook`) after
 //! the requests in flight, returning its connections.
@@ -38,7 +41,8 @@ use blog::models::ModelError;
 use blog::models::posts::{self, Cursor, NewPost, Post};
 use blog::models::users::{self, NewUser, User};
 use chrono::NaiveDateTime;
-use datalayer::engine::transaction::{Isolation, TransactionError};
+use datalayer::engine::transaction::{DatabaseFailure, Isolation, TransactionError};
+use datalayer::error::ErrorClass;
 use datalayer::migrations::{DriftCheck, DriftOutcome};
 use datalayer::{Engine, Error};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -74,31 +78,42 @@ fn error(status: u16, message: &str) -> Reply {
     reply(status, json!({ "error": message }))
 }
 
-/// Maps a datalayer error to what a client expects.
-fn failure(e: &Error) -> Reply {
-    match e {
-        Error::PoolTimeout { .. } | Error::Connect { .. } => {
-            tracing::warn!("database unavailable: {e}");
+/// Maps an error to what a client expects, by its class ([`ErrorClass`]): 503 with
+/// `Retry-After` while the database is unavailable (a switchover, an outage, a pool timeout),
+/// 409 for a conflict that outlasted `Engine::transaction`'s retries (also with `Retry-After`)
+/// or a duplicate, 422 for a value or reference the database refused, 404, and 500 for the
+/// rest (details only in the log).
+fn failure(e: &dyn DatabaseFailure, what: &dyn std::fmt::Display) -> Reply {
+    let class = e.class();
+    match class {
+        ErrorClass::Unavailable | ErrorClass::Conflict => {
+            tracing::warn!("request failed ({class}): {what}");
             Reply {
                 retry_after: true,
-                ..error(503, "the database is unavailable; retry shortly")
+                ..error(class.http_status(), &class.to_string())
             }
         }
-        other => {
-            tracing::error!("request failed: {other}");
+        ErrorClass::Rejected(_) => {
+            tracing::info!("request refused ({class}): {what}");
+            error(class.http_status(), &class.to_string())
+        }
+        _ => {
+            tracing::error!("request failed: {what}");
             error(500, "internal error")
         }
     }
 }
 
-/// Maps a model's error to what a client expects.
+/// [`failure`] for datalayer's errors (checkouts).
+fn unavailable(e: &Error) -> Reply {
+    failure(e, e)
+}
+
+/// [`failure`] for a model's errors, with the model's own words for a taken email.
 fn model_failure(e: &ModelError) -> Reply {
     match e {
         ModelError::EmailTaken => error(409, "a user with this email address already exists"),
-        other => {
-            tracing::error!("request failed: {other}");
-            error(500, "internal error")
-        }
+        other => failure(other, other),
     }
 }
 
@@ -153,7 +168,7 @@ fn probe_failed(status: &str, e: &Error) -> Reply {
         retry_after: true,
         ..reply(
             503,
-            json!({ "status": status, "error": failure(e).body["error"] }),
+            json!({ "status": status, "error": unavailable(e).body["error"] }),
         )
     }
 }
@@ -248,7 +263,7 @@ fn route(app: &App, request: &Request) -> Reply {
                     return Err(error(400, "`email` must be an email address"));
                 }
                 let display_name = field(&body, "display_name", 80)?;
-                let mut conn = engine.get().map_err(|e| failure(&e))?;
+                let mut conn = engine.get().map_err(|e| unavailable(&e))?;
                 let user = users::create(
                     &mut conn,
                     &NewUser {
@@ -260,7 +275,7 @@ fn route(app: &App, request: &Request) -> Reply {
                 Ok(reply(201, user_json(&user)))
             }
             ("GET", ["users", user]) => {
-                let mut conn = engine.read().map_err(|e| failure(&e))?;
+                let mut conn = engine.read().map_err(|e| unavailable(&e))?;
                 match users::find(&mut conn, id(user)?).map_err(|e| model_failure(&e))? {
                     Some(user) => Ok(reply(200, user_json(&user))),
                     None => Err(error(404, "no such user")),
@@ -284,7 +299,7 @@ fn route(app: &App, request: &Request) -> Reply {
                     None => 20,
                 };
                 let author = id(user)?;
-                let mut conn = engine.read().map_err(|e| failure(&e))?;
+                let mut conn = engine.read().map_err(|e| unavailable(&e))?;
                 if users::find(&mut conn, author)
                     .map_err(|e| model_failure(&e))?
                     .is_none()
@@ -327,14 +342,12 @@ fn route(app: &App, request: &Request) -> Reply {
                 let post = match created {
                     Ok(Some(post)) => post,
                     Ok(None) => return Err(error(404, "no such user")),
-                    Err(TransactionError::Checkout(e)) => return Err(failure(&e)),
+                    Err(TransactionError::Checkout(e)) => return Err(unavailable(&e)),
                     Err(TransactionError::Failed { error, .. }) => {
                         return Err(model_failure(&error));
                     }
-                    Err(other) => {
-                        tracing::error!("request failed: {other}");
-                        return Err(error(500, "internal error"));
-                    }
+                    // The outcome of COMMIT is unknown: unavailable, check before retrying.
+                    Err(other) => return Err(failure(&other, &other)),
                 };
                 Ok(reply(201, post_json(&post)))
             }

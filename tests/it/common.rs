@@ -307,3 +307,11 @@ pub fn eventually(limit: std::time::Duration, condition: impl Fn() -> bool) -> b
     }
     true
 }
+
+/// A port nothing listens on.
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port.to_string()
+}

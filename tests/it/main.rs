@@ -8,6 +8,7 @@ mod config_errors;
 mod config_settings;
 mod docs;
 mod engine;
+mod error_classes;
 mod failover;
 mod libpq;
 mod lifetimes;

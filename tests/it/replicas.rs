@@ -12,7 +12,7 @@ use diesel::RunQueryDsl;
 use diesel::connection::SimpleConnection;
 
 use crate::cluster::Cluster;
-use crate::common::{fresh_postgres, query_text, run_cli, text, wait_for};
+use crate::common::{closed_port, fresh_postgres, query_text, run_cli, text, wait_for};
 
 /// The lag check interval the tests run with.
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -375,14 +375,6 @@ fn reads_leave_a_replica_that_vanishes_within_the_tcp_user_timeout() {
         "reads that started 2 s + 1 s after the cut went elsewhere"
     );
     assert!(failed <= READERS, "{failed} failed");
-}
-
-/// A port nothing listens on.
-fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    port.to_string()
 }
 
 #[test]

@@ -543,3 +543,77 @@ fn the_example_server_reports_its_read_replica_in_healthz_and_metrics() {
     );
     stop(running);
 }
+
+#[test]
+fn the_example_server_answers_each_error_class_with_its_status() {
+    let (_engine, place) = fresh_postgres("dl_server_classes", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(
+        &[("DATABASE_URL", crate::common::database_url(&db.name))],
+        dir.path(),
+    );
+    let created = http(
+        running.addr,
+        "POST",
+        "/users",
+        r#"{"email":"a@example.com","display_name":"A"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    // A duplicate is the request's fault: 409, and no Retry-After.
+    let taken = http(
+        running.addr,
+        "POST",
+        "/users",
+        r#"{"email":"a@example.com","display_name":"A"}"#,
+    );
+    assert_eq!(taken.status, 409, "{}", taken.body);
+    assert!(!taken.headers.contains("Retry-After"), "{}", taken.headers);
+    // A database that refuses writes, as a switchover's demoted primary does (25006):
+    // unavailable, retry later.
+    let admin = crate::common::admin();
+    admin
+        .query(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            crate::libpq::quote_ident(&db.name)
+        ))
+        .expect("read-only");
+    admin
+        .query(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name
+        ))
+        .expect("new sessions see it");
+    let mut refused = None;
+    for attempt in 0..3 {
+        // The first request after the termination may meet a terminated connection: that
+        // is unavailable too.
+        let reply = http(
+            running.addr,
+            "POST",
+            "/users",
+            &format!(r#"{{"email":"b{attempt}@example.com","display_name":"B"}}"#),
+        );
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(
+            reply.headers.contains("Retry-After: 1"),
+            "{}",
+            reply.headers
+        );
+        refused = Some(reply);
+    }
+    let refused = refused.expect("three replies");
+    assert_eq!(
+        refused.json()["error"],
+        "the database is unavailable; retry shortly"
+    );
+    let read = http(running.addr, "GET", "/users/1", "");
+    assert_eq!(read.status, 200, "reads still work: {}", read.body);
+    let stderr = stop(running);
+    assert!(
+        stderr.contains("read-only transaction"),
+        "the log says why: {stderr}"
+    );
+}

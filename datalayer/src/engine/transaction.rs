@@ -21,6 +21,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use super::boot::Jitter;
 use super::pool_connection::PoolConnection;
 use super::{Conn, Engine};
+use crate::error::ErrorClass;
 
 /// A transaction's isolation level on PostgreSQL (SQLite transactions are serializable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,14 @@ pub(crate) fn begin_conn(conn: &mut Conn, isolation: Isolation) -> QueryResult<(
 pub trait DatabaseFailure {
     /// The database error this error carries, if any.
     fn database_error(&self) -> Option<&DieselError>;
+
+    /// What a caller should do about this error: the class of the database error it carries,
+    /// [`ErrorClass::Bug`] when it carries none. An application error with cases of its own
+    /// (a validation failure, a taken name) overrides it.
+    fn class(&self) -> ErrorClass {
+        self.database_error()
+            .map_or(ErrorClass::Bug, crate::error::classify)
+    }
 }
 
 impl DatabaseFailure for DieselError {
@@ -97,6 +106,10 @@ impl DatabaseFailure for crate::Error {
             crate::Error::Database(error) => Some(error),
             _ => None,
         }
+    }
+
+    fn class(&self) -> ErrorClass {
+        crate::Error::class(self)
     }
 }
 
@@ -169,6 +182,35 @@ pub enum TransactionError<E> {
     /// No connection could be checked out.
     #[error(transparent)]
     Checkout(crate::Error),
+}
+
+impl<E: DatabaseFailure> TransactionError<E> {
+    /// What a caller should do about this error: the class of the last attempt's error (a
+    /// [`Conflict`](ErrorClass::Conflict) means every attempt lost a race), of the checkout's,
+    /// or [`Unavailable`](ErrorClass::Unavailable) when the outcome of `COMMIT` is unknown
+    /// (check the effect, then retry).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            TransactionError::Failed { error, .. } => error.class(),
+            TransactionError::CommitOutcomeUnknown { .. } => ErrorClass::Unavailable,
+            TransactionError::Checkout(error) => error.class(),
+        }
+    }
+}
+
+/// So that a transaction's error is classified like any other.
+impl<E: DatabaseFailure> DatabaseFailure for TransactionError<E> {
+    fn database_error(&self) -> Option<&DieselError> {
+        match self {
+            TransactionError::Failed { error, .. } => error.database_error(),
+            TransactionError::CommitOutcomeUnknown { source } => Some(source),
+            TransactionError::Checkout(error) => error.database_error(),
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        TransactionError::class(self)
+    }
 }
 
 impl<C: PoolConnection> Engine<C> {
