@@ -587,7 +587,7 @@ impl<C: PoolConnection> Engine<C> {
     fn connect_error(&self, e: manager::ConnectError) -> Error {
         Error::Connect {
             target: self.target().to_string(),
-            reason: e.0,
+            reason: e.message,
         }
     }
 }

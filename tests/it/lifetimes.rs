@@ -318,3 +318,49 @@ fn a_sign_of_failover_retires_every_connection_made_before_it() {
         "every connection made before the shutdown was replaced: {after:?} -> {last:?}"
     );
 }
+
+/// Retiring a connection past its lifetime is not a failure to connect: a health check
+/// (`ping_within`, which gives up as soon as connecting fails) keeps answering through every
+/// expiry wave, and reads stay on the replica instead of falling back to the primary.
+#[test]
+fn expiring_connections_are_not_connect_failures() {
+    let db = crate::common::TestDb::create(&crate::common::unique_name("dl_expiry"), None);
+    let url = database_url(&db.name);
+    let settings = crate::common::postgres_settings(
+        &db.name,
+        &[
+            ("DATABASE_POOL_MAX_SIZE", "2"),
+            ("DATABASE_POOL_MAX_LIFETIME", "1s"),
+            ("DATABASE_POOL_IDLE_TIMEOUT", "1s"),
+            // The same database as the replica: what matters is its pool's connections expire.
+            ("DATABASE_REPLICA_URL", &url),
+            ("DATABASE_REPLICA_CHECK_INTERVAL", "100ms"),
+        ],
+    );
+    let engine = Engine::connect(&settings).expect("connect");
+    let mut pids = std::collections::BTreeSet::new();
+    let mut failures = Vec::new();
+    let began = Instant::now();
+    // Several expiry waves of both pools, a probe every 50 ms, as a busy health checker.
+    while began.elapsed() < Duration::from_millis(3500) || pids.len() < 3 {
+        assert!(began.elapsed() < Duration::from_secs(20), "no expiry seen");
+        if let Err(e) = engine.ping_within(Duration::from_secs(2)) {
+            failures.push(format!("{:.2?}: {e}", began.elapsed()));
+        }
+        let mut conn = engine.read().expect("read");
+        pids.insert(crate::common::query_text(
+            &mut conn,
+            "SELECT pg_backend_pid()::text AS value",
+        ));
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(failures.is_empty(), "health checks failed: {failures:#?}");
+    let replica = engine.replica_state().expect("a replica");
+    assert_eq!(
+        replica.fallbacks, 0,
+        "reads fell back to the primary: {:?}",
+        replica.reason
+    );
+    assert!(replica.serving, "{:?}", replica.reason);
+}

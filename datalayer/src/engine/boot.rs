@@ -143,7 +143,7 @@ pub(crate) fn first_connection<C: PoolConnection>(
     let mut backoff = FIRST_BACKOFF;
     let mut jitter = Jitter::new();
     for attempt in 1.. {
-        let ConnectError(message) = match manager.establish() {
+        let ConnectError { message, .. } = match manager.establish() {
             Ok(conn) => return Ok(conn),
             Err(error) => error,
         };

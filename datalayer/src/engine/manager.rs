@@ -71,8 +71,31 @@ impl<C: PoolConnection> Slot<C> {
 
 /// Why a connection could not be made or kept. The message never holds a secret.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectError(pub(crate) String);
+#[error("{message}")]
+pub struct ConnectError {
+    pub(crate) message: String,
+    /// A pooled connection failed its check on the way out (closed, expired, a failed
+    /// ping): not a failure to connect, which r2d2 reports through the same handler.
+    pub(crate) checking: bool,
+}
+
+impl ConnectError {
+    /// Opening a connection failed.
+    pub(crate) fn opening(message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            message: message.into(),
+            checking: false,
+        }
+    }
+
+    /// A pooled connection may not be handed out.
+    fn checking(message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            message: message.into(),
+            checking: true,
+        }
+    }
+}
 
 /// Establishes connections of type `C` to the configured database.
 pub(crate) struct Manager<C> {
@@ -214,7 +237,7 @@ impl<C: PoolConnection> Manager<C> {
         settings: Option<&Settings>,
     ) -> Result<T, ConnectError> {
         if !self.shared.begin_attempt() {
-            return Err(ConnectError("the engine is shutting down".into()));
+            return Err(ConnectError::opening("the engine is shutting down"));
         }
         // A password file is read again for each connection, so a rotated secret is used as
         // soon as new connections are made.
@@ -228,7 +251,7 @@ impl<C: PoolConnection> Manager<C> {
                 }
                 Err(why) => {
                     self.shared.end_attempt();
-                    return Err(ConnectError(why));
+                    return Err(ConnectError::opening(why));
                 }
             },
         };
@@ -255,7 +278,7 @@ impl<C: PoolConnection> Manager<C> {
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ");
-            ConnectError(url.scrub(&message))
+            ConnectError::opening(url.scrub(&message))
         })
     }
 
@@ -292,19 +315,19 @@ impl<C: PoolConnection> Manager<C> {
     #[cold]
     fn check(&self, slot: &mut Slot<C>, now: u64) -> Result<(), ConnectError> {
         if slot.health.dead.load(Ordering::Acquire) {
-            return Err(ConnectError("the connection was closed".into()));
+            return Err(ConnectError::checking("the connection was closed"));
         }
         if self.shared.expired(&slot.health, now) {
             slot.retire();
-            return Err(ConnectError(
-                "past DATABASE_POOL_MAX_LIFETIME or DATABASE_POOL_IDLE_TIMEOUT".into(),
+            return Err(ConnectError::checking(
+                "past DATABASE_POOL_MAX_LIFETIME or DATABASE_POOL_IDLE_TIMEOUT",
             ));
         }
         slot.conn.ping().map_err(|e| {
             self.shared.metrics.broken().increment(1);
             slot.health.dead.store(true, Ordering::Release);
             self.shared.mark_dead();
-            ConnectError(format!("validation failed: {e}"))
+            ConnectError::checking(format!("validation failed: {e}"))
         })
     }
 }
@@ -345,11 +368,11 @@ impl<C: PoolConnection> Manager<C> {
         let answered = self.shared.now();
         if !self.session_sql.is_empty() {
             conn.batch_execute(&self.session_sql)
-                .map_err(|e| ConnectError(format!("setting up the session: {e}")))?;
+                .map_err(|e| ConnectError::opening(format!("setting up the session: {e}")))?;
         }
         if let Some(on_connect) = &self.on_connect {
             on_connect(&mut conn).map_err(|e| {
-                ConnectError(format!(
+                ConnectError::opening(format!(
                     "the application's session setup (connect_with): {e}"
                 ))
             })?;
@@ -361,7 +384,7 @@ impl<C: PoolConnection> Manager<C> {
             None
         } else {
             conn.backend_pid()
-                .map_err(|e| ConnectError(format!("reading the backend pid: {e}")))?
+                .map_err(|e| ConnectError::opening(format!("reading the backend pid: {e}")))?
         };
         self.shared
             .metrics
@@ -411,7 +434,11 @@ pub(crate) struct RememberErrors(pub(crate) Arc<Shared>);
 
 impl HandleError<ConnectError> for RememberErrors {
     fn handle_error(&self, error: ConnectError) {
-        self.0.set_last_error(error.0);
+        // r2d2 reports connections that failed their check here too: retiring an expired
+        // connection, or dropping a dead one, is not a failure to connect.
+        if !error.checking {
+            self.0.set_last_error(error.message);
+        }
     }
 }
 
