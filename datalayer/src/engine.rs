@@ -86,6 +86,17 @@ use crate::config::{Backend, Settings, Target};
 use crate::error::Error;
 pub use crate::pool_state::{Holder, PoolState};
 
+/// r2d2 retries opening a connection at most half of this apart, so that connections come
+/// back within about a second of the database accepting them again (r2d2 would otherwise
+/// back off up to half the pool timeout: 15 s by default).
+pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(2);
+
+/// How long every attempt to open a connection must have failed before a checkout that
+/// finds no connection open fails at once instead of waiting out the pool timeout: long
+/// enough to ride out a switchover (Patroni's takes 2-3 s; requests wait for the new leader
+/// rather than fail), short enough that an outage does not hold every request thread.
+pub(crate) const OUTAGE_GRACE: Duration = Duration::from_secs(5);
+
 /// The pool of connections and the entry point for SQL.
 ///
 /// `C` is the connection type it hands out: [`Conn`] by default (PostgreSQL or SQLite, as the
@@ -339,15 +350,15 @@ impl<C: PoolConnection> Engine<C> {
             settings,
             shared,
             manager,
-            settings.pool.timeout,
+            settings.pool.timeout.min(RECONNECT_CAP),
             replica,
         ))
     }
 
     /// The pool around `manager`, with the books checkouts keep, and `replica`. r2d2 retries a
-    /// connection that failed to open after a delay that doubles up to `retry_cap` (its
-    /// "connection timeout", which bounds nothing else here: checkouts keep their own
-    /// deadline).
+    /// connection that failed to open after a delay that doubles from 200 ms up to half of
+    /// `retry_cap` (its "connection timeout", which bounds nothing else here: checkouts keep
+    /// their own deadline).
     fn assemble(
         settings: &Settings,
         shared: Arc<Shared>,

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,50 +41,63 @@ fn server_binary() -> PathBuf {
     binary
 }
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect to the server");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    try_http(addr, method, path, body, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// One request; an error when the connection fails or no whole response arrives in `limit`.
+pub(crate) fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, limit)?;
+    stream.set_read_timeout(Some(limit))?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).expect("send");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Reply {
+    Ok(Reply {
         status,
         headers: head.to_string(),
         body: body.to_string(),
-    }
+    })
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
+    /// The server's stderr, read as it comes: a pipe nobody reads fills up and blocks the
+    /// server's threads on their next log line.
+    log: Option<JoinHandle<String>>,
 }
 
-fn start(env: &[(&str, String)], dir: &std::path::Path) -> Running {
+pub(crate) fn start(env: &[(&str, String)], dir: &std::path::Path) -> Running {
     let addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -94,24 +108,45 @@ fn start(env: &[(&str, String)], dir: &std::path::Path) -> Running {
         .env_clear();
     command.envs(env.iter().map(|(k, v)| (k, v)));
     command.stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = crate::common::stops_with_this_thread(&mut command)
+    let mut child = crate::common::stops_with_this_thread(&mut command)
         .spawn()
         .expect("start the server");
-    let running = Running { child, addr };
+    let mut pipe = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = pipe.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let mut running = Running {
+        child,
+        addr,
+        log: Some(log),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            let stderr = running.log.take().map(|log| log.join().unwrap_or_default());
+            panic!(
+                "the server exited ({status}) before it listened:\n{}",
+                stderr.unwrap_or_default()
+            );
+        }
         assert!(Instant::now() < deadline, "the server never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
     running
 }
 
-fn stop(running: Running) -> String {
+pub(crate) fn stop(mut running: Running) -> String {
     // SAFETY: sending SIGTERM to our own child process.
     unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGTERM) };
-    let output = running.child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stderr}");
+    let status = running.child.wait().expect("wait");
+    let stderr = running
+        .log
+        .take()
+        .map(|log| log.join().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(status.success(), "{stderr}");
     stderr
 }
 

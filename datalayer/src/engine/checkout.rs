@@ -8,6 +8,7 @@ use super::checkouts;
 use super::line::{BEHIND, POLL};
 use super::pool_connection::PoolConnection;
 use super::{Engine, Held, HeldConn, PooledConn};
+use super::{OUTAGE_GRACE, RECONNECT_CAP};
 use crate::error::Error;
 
 impl<C: PoolConnection> Engine<C> {
@@ -45,9 +46,34 @@ impl<C: PoolConnection> Engine<C> {
             }
             None => {
                 shared.metrics.checkout_wait().record(waited.as_secs_f64());
-                Err(self.timed_out(waited))
+                match self.refusing(Instant::now()) {
+                    Some(reason) if give_up.is_none() => {
+                        shared.metrics.checkout_timeouts().increment(1);
+                        Err(Error::Connect {
+                            target: self.target().to_string(),
+                            reason: format!(
+                                "{reason} (opening a connection has failed for over {:?}; the \
+                                 pool keeps trying, at most {:?} apart)",
+                                OUTAGE_GRACE,
+                                RECONNECT_CAP / 2
+                            ),
+                        })
+                    }
+                    _ => Err(self.timed_out(waited)),
+                }
             }
         }
+    }
+
+    /// Why a checkout should not wait for a connection at `now`, when the database refuses
+    /// them: every attempt to open one has failed for [`OUTAGE_GRACE`] or longer, and the
+    /// pool has none open that could come back. The last failure's message.
+    pub(super) fn refusing(&self, now: Instant) -> Option<String> {
+        let shared = &self.inner.books.shared;
+        if shared.failing_for(now)? < OUTAGE_GRACE || self.inner.pool.state().connections > 0 {
+            return None;
+        }
+        shared.last_error().map(|(message, _)| message)
     }
 
     /// The error of a checkout that waited `waited` in vain.
@@ -142,7 +168,10 @@ impl<C: PoolConnection> Engine<C> {
             loop {
                 let now = Instant::now();
                 let left = deadline.saturating_duration_since(now);
-                if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
+                if left.is_zero()
+                    || give_up.is_some_and(|give_up| give_up(now))
+                    || self.refusing(now).is_some()
+                {
                     return (None, start.elapsed());
                 }
                 let slice = if give_up.is_some() {
@@ -160,7 +189,10 @@ impl<C: PoolConnection> Engine<C> {
         let conn = loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
-            if left.is_zero() || give_up.is_some_and(|give_up| give_up(now)) {
+            if left.is_zero()
+                || give_up.is_some_and(|give_up| give_up(now))
+                || self.refusing(now).is_some()
+            {
                 // One handed over at the last moment is still served.
                 break line.leave(&ticket, shared.can_grow()).and_then(valid);
             }

@@ -417,6 +417,7 @@ pub(crate) struct PoolEvents(pub(crate) Arc<Shared>);
 
 impl diesel::r2d2::HandleEvent for PoolEvents {
     fn handle_acquire(&self, _: diesel::r2d2::event::AcquireEvent) {
+        self.0.connected();
         self.0.counts.open.fetch_add(1, Ordering::Relaxed);
         self.0.metrics.opened().increment(1);
         self.0.report_limits();

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     /// connection met a sign of failover (the primary became read-only, or was shut down).
     retire_before: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
+    /// Since when every attempt to open a connection has failed (`None` after a success).
+    failing_since: Mutex<Option<Instant>>,
     /// Connections the pool holds open, and how many are checked out (for the gauges).
     pub(crate) counts: Counts,
     /// This pool's metric keys.
@@ -159,6 +161,7 @@ impl Shared {
             last_dead: AtomicU64::new(0),
             retire_before: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            failing_since: Mutex::new(None),
             counts: Counts::default(),
             attempts: Mutex::new(Attempts::default()),
             attempts_done: Condvar::new(),
@@ -360,9 +363,26 @@ impl Shared {
     }
 
     pub(super) fn set_last_error(&self, message: String) {
+        let now = Instant::now();
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some((message, Instant::now()));
+            *last = Some((message, now));
         }
+        if let Ok(mut since) = self.failing_since.lock() {
+            since.get_or_insert(now);
+        }
+    }
+
+    /// A connection was opened: the failures, if any, are over.
+    pub(super) fn connected(&self) {
+        if let Ok(mut since) = self.failing_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// How long every attempt to open a connection has been failing, at `now`.
+    pub(crate) fn failing_for(&self, now: Instant) -> Option<Duration> {
+        let since = (*self.failing_since.lock().ok()?)?;
+        Some(now.saturating_duration_since(since))
     }
 }
 
