@@ -27,6 +27,12 @@ pub struct Limits {
     pub request_deadline: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections beyond `max_connections` read (each under a 1 s deadline) only to answer a
+    /// request for `liveness_path`, so that a liveness probe never depends on how busy the
+    /// server is; every other request among them gets 503.
+    pub overflow_connections: usize,
+    /// The liveness probe's path, answered 200 without calling the handler.
+    pub liveness_path: &'static str,
 }
 
 impl Default for Limits {
@@ -36,6 +42,8 @@ impl Default for Limits {
             max_head: 16 << 10,
             request_deadline: Duration::from_secs(10),
             max_connections: 64,
+            overflow_connections: 16,
+            liveness_path: "/livez",
         }
     }
 }
@@ -80,6 +88,7 @@ pub fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let active = Arc::new(AtomicUsize::new(0));
+    let overflow = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -92,22 +101,45 @@ pub fn serve(
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let mut stream = stream;
-            let busy = Response {
-                retry_after: true,
-                ..Response::plain(503, "too many connections; retry shortly")
-            };
-            let _ = write_response(&mut stream, &busy);
-            continue;
-        }
-        let (active, handle) = (Arc::clone(&active), Arc::clone(&handle));
+        let (slot, handle) = match Slot::take(&active, limits.max_connections) {
+            Some(slot) => (slot, Some(Arc::clone(&handle))),
+            // Over the limit: a thread of the overflow that only answers liveness probes.
+            None => match Slot::take(&overflow, limits.overflow_connections) {
+                Some(slot) => (slot, None),
+                None => {
+                    let mut stream = stream;
+                    let _ = write_response(&mut stream, &busy());
+                    continue;
+                }
+            },
+        };
         let spawned = std::thread::Builder::new()
             .name("http-connection".into())
             .spawn(move || {
-                connection(stream, limits, handle.as_ref());
-                active.fetch_sub(1, Ordering::SeqCst);
+                // The slot is given back when this thread ends, also by a panic.
+                let _slot = slot;
+                match handle {
+                    Some(handle) => connection(stream, limits, handle.as_ref()),
+                    None => connection(
+                        stream,
+                        Limits {
+                            request_deadline: limits.request_deadline.min(Duration::from_secs(1)),
+                            ..limits
+                        },
+                        &|request: Request| {
+                            if request.method == "GET" && request.target == limits.liveness_path {
+                                Response {
+                                    status: 200,
+                                    content_type: "application/json",
+                                    body: r#"{"status":"live"}"#.into(),
+                                    retry_after: false,
+                                }
+                            } else {
+                                busy()
+                            }
+                        },
+                    ),
+                }
             });
         if spawned.is_err() {
             tracing::warn!("cannot start a thread for a connection");
@@ -120,14 +152,42 @@ pub fn serve(
     Ok(())
 }
 
-/// Serves the one request of a connection.
+/// One of a limited number of connections, counted in `count` while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= limit {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn busy() -> Response {
+    Response {
+        retry_after: true,
+        ..Response::plain(503, "too many connections; retry shortly")
+    }
+}
+
+/// Serves the one request of a connection. A handler that panics gets its client a 500 (the
+/// panic is logged by the panic hook); the connection's slot is given back either way.
 fn connection(
     mut stream: TcpStream,
     limits: Limits,
     handle: &(dyn Fn(Request) -> Response + Sync),
 ) {
     let response = match read_request(&mut stream, limits) {
-        Ok(request) => handle(request),
+        Ok(request) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(request)))
+            .unwrap_or_else(|_| Response::plain(500, "internal error")),
         Err(response) => response,
     };
     let _ = write_response(&mut stream, &response);
@@ -205,7 +265,7 @@ fn read_request(stream: &mut TcpStream, limits: Limits) -> Result<Request, Respo
     if !version.starts_with("HTTP/1.") {
         return Err(Response::plain(505, "only HTTP/1.x is served"));
     }
-    let mut length = 0usize;
+    let mut length: Option<usize> = None;
     let mut expects_continue = false;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
@@ -214,9 +274,18 @@ fn read_request(stream: &mut TcpStream, limits: Limits) -> Result<Request, Respo
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => {
-                length = value
-                    .parse()
-                    .map_err(|_| Response::plain(400, "Content-Length is not a number"))?;
+                // Digits only (`parse` takes "+2"), and one value: two that differ are how
+                // requests are smuggled past a proxy that reads the other one.
+                let parsed = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse::<usize>().ok())
+                    .flatten()
+                    .ok_or_else(|| Response::plain(400, "Content-Length is not a number"))?;
+                if length.is_some_and(|earlier| earlier != parsed) {
+                    return Err(Response::plain(400, "two different Content-Length headers"));
+                }
+                length = Some(parsed);
             }
             "transfer-encoding" => {
                 return Err(Response::plain(411, "send the body with a Content-Length"));
@@ -225,6 +294,7 @@ fn read_request(stream: &mut TcpStream, limits: Limits) -> Result<Request, Respo
             _ => {}
         }
     }
+    let length = length.unwrap_or(0);
     if length > limits.max_body {
         return Err(Response::plain(
             413,

@@ -3,7 +3,9 @@
 //! Boot: settings (environment, then `./.env`), engine, migrations (ledger; lock and pending
 //! migrations when there are any; drift check, in the background by default).
 //! Then it serves JSON, a thread per connection (at most 64, each request under a 10 s deadline,
-//! bodies up to 1 MiB: see `http.rs` for why not tiny_http):
+//! bodies up to 1 MiB; 16 more that answer only `/livez`, so that a liveness probe never waits
+//! on a busy server; a handler's panic is a 500 and frees its slot: see `http.rs` for why not
+//! tiny_http):
 //!
 //! - `GET /livez`: 200 while the process serves (liveness: says nothing of the database)
 //! - `GET /readyz`: 200 once booted (migrations done) while the pool hands out a working
@@ -27,7 +29,8 @@
 //! timeout), 409 for a conflict (with `Retry-After`) or a duplicate, 422 for a value or a
 //! reference the database refused, 500 otherwise (details only in the log). Listens on
 //! `--listen ADDR`, else `SERVER_ADDR`, else 127.0.0.1:8080 (`SERVER_REQUEST_TIMEOUT`, in
-//! seconds, changes the request deadline); stops on SIGINT or SIGTERM (`signal-hook`) after
+//! seconds, above 0 and at most 3600, changes the request deadline; any other value exits 2);
+//! stops on SIGINT or SIGTERM (`signal-hook`) after
 //! the requests in flight, returning its connections.
 //!
 //! `cargo run --example blocking_server -- --listen 127.0.0.1:8080`
@@ -138,8 +141,13 @@ fn cursor_text(c: &Cursor) -> String {
 }
 
 fn parse_cursor(text: &str) -> Option<Cursor> {
+    use chrono::Datelike;
     let (micros, id) = text.split_once('.')?;
     let created_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
+    // A cursor comes from a row's timestamp; years PostgreSQL and SQLite both hold only.
+    if !(1..=9999).contains(&created_at.year()) {
+        return None;
+    }
     Some(Cursor {
         created_at,
         id: id.parse().ok()?,
@@ -382,6 +390,15 @@ fn main() -> std::process::ExitCode {
         .and_then(|i| args.get(i + 1).cloned())
         .or_else(|| std::env::var("SERVER_ADDR").ok())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let mut limits = Limits::default();
+    match request_timeout(std::env::var_os("SERVER_REQUEST_TIMEOUT")) {
+        Ok(Some(deadline)) => limits.request_deadline = deadline,
+        Ok(None) => {}
+        Err(why) => {
+            eprintln!("blocking_server: error: SERVER_REQUEST_TIMEOUT: {why}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     let metrics = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         Err(e) => {
@@ -409,14 +426,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     }
-    let mut limits = Limits::default();
-    if let Some(seconds) = std::env::var("SERVER_REQUEST_TIMEOUT")
-        .ok()
-        .and_then(|text| text.trim_end_matches('s').parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-    {
-        limits.request_deadline = Duration::from_secs_f64(seconds);
-    }
+    let listen = listener
+        .local_addr()
+        .map_or(listen, |address| address.to_string());
     tracing::info!(
         "listening on http://{listen} ({} at {})",
         engine.backend(),
@@ -442,6 +454,30 @@ fn main() -> std::process::ExitCode {
         state.in_use
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// The longest request deadline: a client that takes an hour to send a request is not one.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `SERVER_REQUEST_TIMEOUT`: seconds (`2`, `2.5`, `2s`), more than 0 and at most an hour.
+fn request_timeout(value: Option<std::ffi::OsString>) -> Result<Option<Duration>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    let shown = text.escape_debug();
+    text.trim_end_matches('s')
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .filter(|d| !d.is_zero() && *d <= MAX_REQUEST_TIMEOUT)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "\"{shown}\" is not a number of seconds above 0 and at most {} (e.g. 10 or 2.5s)",
+                MAX_REQUEST_TIMEOUT.as_secs()
+            )
+        })
 }
 
 fn boot() -> Result<(Engine, DriftCheck), Error> {

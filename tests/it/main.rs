@@ -11,6 +11,7 @@ mod engine;
 mod error_classes;
 mod failover;
 mod ha_stack;
+mod http_server;
 mod libpq;
 mod lifetimes;
 mod migration_safety;

@@ -269,9 +269,14 @@ fn exercise(addr: SocketAddr) {
 #[test]
 fn the_example_server_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let running = start(&[], dir.path());
+    // A misspelt setting: the server prints the command line's configuration warnings.
+    let running = start(&[("DATABASE_POOL_MAXSIZE", "3".into())], dir.path());
     exercise(running.addr);
     let stderr = stop(running);
+    assert!(
+        stderr.contains("warning: DATABASE_POOL_MAXSIZE is not a datalayer setting"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("stopped; 0 connection(s) were still checked out"),
         "{stderr}"
@@ -651,4 +656,62 @@ fn the_example_server_answers_each_error_class_with_its_status() {
         stderr.contains("read-only transaction"),
         "the log says why: {stderr}"
     );
+}
+
+#[test]
+fn the_example_server_refuses_a_request_timeout_it_cannot_hold() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for value in ["1e300", "1e19", "-1", "0", "ten"] {
+        let output = Command::new(server_binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("SERVER_REQUEST_TIMEOUT", value)
+            .output()
+            .expect("run the server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.contains("SERVER_REQUEST_TIMEOUT") && !stderr.contains("panicked"),
+            "{value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_example_server_refuses_ambiguous_lengths_and_cursors_out_of_range() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(&[], dir.path());
+    let addr = running.addr;
+    for raw in [
+        &b"POST /users HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"[..],
+        &b"POST /users HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}"[..],
+        &b"POST /users HTTP/1.1\r\nContent-Length: 2 \x0b\r\n\r\n{}"[..],
+    ] {
+        let reply = raw_exchange(addr, raw);
+        assert_eq!(
+            reply.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(raw),
+            reply.body
+        );
+    }
+    let user = http(
+        addr,
+        "POST",
+        "/users",
+        r#"{"email":"c@example.com","display_name":"C"}"#,
+    );
+    let id = user.json()["id"].as_i64().expect("id");
+    for cursor in ["-8000000000000000000.1", "253402300800000000.1", "x.1"] {
+        let reply = http(
+            addr,
+            "GET",
+            &format!("/users/{id}/posts?after={cursor}"),
+            "",
+        );
+        assert_eq!(reply.status, 400, "{cursor}: {}", reply.body);
+    }
+    stop(running);
 }
