@@ -27,7 +27,7 @@
 //! | `DATABASE_SSLKEY` | unset | The client certificate's private key file (libpq wants it readable by its owner only); must exist. Shown by path only. |
 //! | `DATABASE_APPLICATION_NAME` | the program's name | Shown in `pg_stat_activity`: the running binary's file name (cargo's test-binary hash dropped; `datalayer` if it has none). |
 //! | `DATABASE_CONNECT_TIMEOUT` | `10s` | Limit for one connection attempt; libpq counts whole seconds (rounded up, at least 2). |
-//! | `DATABASE_POOL_MAX_SIZE` | `10` | Most connections the pool holds, at least 1. |
+//! | `DATABASE_POOL_MAX_SIZE` | `10` | Most connections the pool holds, 1 to 10000. |
 //! | `DATABASE_POOL_MIN_IDLE` | unset | Idle connections the pool keeps ready, at most the max size; unset keeps the pool's default (max size). |
 //! | `DATABASE_POOL_TIMEOUT` | `30s` | Longest wait for a free connection; more than 0. |
 //! | `DATABASE_POOL_IDLE_TIMEOUT` | `10m` | Idle connections older than this are closed; `0` disables. |
@@ -47,7 +47,7 @@
 //! | `DATABASE_REPLICA_URL` | unset | A read replica's `postgres://` URL (a secret, like `DATABASE_URL`): [`crate::Engine::read`] checks connections out of a second pool on it. Its host(s), port(s), user, password and database replace the primary's; TLS, timeouts and the application name are the primary's (so those parameters are refused in it). Not with `DATABASE_REPLICA_HOST` / `_PORT`. Unset (and no `DATABASE_REPLICA_HOST`/`_PORT`): reads go to the primary. |
 //! | `DATABASE_REPLICA_HOST` | the primary's | A read replica reached with every setting of the primary but its host: a name, an address, a socket directory, or several TCP hosts (`a,b`). |
 //! | `DATABASE_REPLICA_PORT` | the primary's | The read replica's port (one for all its hosts, or one per host). |
-//! | `DATABASE_REPLICA_POOL_MAX_SIZE` | `DATABASE_POOL_MAX_SIZE` | Most connections the replica's pool holds, at least 1 (its minimum idle is the primary's, capped at this). |
+//! | `DATABASE_REPLICA_POOL_MAX_SIZE` | `DATABASE_POOL_MAX_SIZE` | Most connections the replica's pool holds, 1 to 10000 (its minimum idle is the primary's, capped at this). |
 //! | `DATABASE_REPLICA_MAX_LAG` | `5s` | Reads go to the primary while the replica replays more than this behind (measured on the replica: the age of its last replayed transaction while WAL it received waits to be replayed), and while it cannot be reached. More than 0. |
 //! | `DATABASE_REPLICA_CHECK_INTERVAL` | `1s` | How often a background thread measures the replica's lag on a connection of its own (checkouts never query it); a replica that recovers serves reads again after the next check. 50ms or more. |
 //! | `DATABASE_ALLOW_UNKNOWN_MIGRATIONS` | `false` | `true` lets a binary run against a database that a newer release migrated (versions it does not know), with a warning, for expand/contract deploys. |
@@ -278,7 +278,7 @@ pub struct ReplicaSettings {
     /// The replica's connection: the primary's settings with `DATABASE_REPLICA_URL`'s parts, or
     /// `DATABASE_REPLICA_HOST` / `_PORT`, in their place.
     pub target: PostgresSettings,
-    /// `DATABASE_REPLICA_POOL_MAX_SIZE`, at least 1.
+    /// `DATABASE_REPLICA_POOL_MAX_SIZE`, from 1 to [`PoolSettings::MAX_SIZE`].
     pub max_size: u32,
     /// `DATABASE_REPLICA_MAX_LAG`, more than zero.
     pub max_lag: Duration,
@@ -451,7 +451,7 @@ impl fmt::Debug for UrlParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolSettings {
-    /// `DATABASE_POOL_MAX_SIZE`, at least 1.
+    /// `DATABASE_POOL_MAX_SIZE`, from 1 to [`PoolSettings::MAX_SIZE`].
     pub max_size: u32,
     /// `DATABASE_POOL_MIN_IDLE`, at most `max_size`; `None` is the pool's default.
     pub min_idle: Option<u32>,
@@ -469,6 +469,13 @@ pub struct PoolSettings {
     pub echo: bool,
     /// `DATABASE_SLOW_QUERY_THRESHOLD`; `None` is off.
     pub slow_query_threshold: Option<Duration>,
+}
+
+impl PoolSettings {
+    /// The largest pool size accepted (`DATABASE_POOL_MAX_SIZE`,
+    /// `DATABASE_REPLICA_POOL_MAX_SIZE`): r2d2 reserves room for the whole pool up front, so a
+    /// typo such as 300000000 would abort the process allocating it.
+    pub const MAX_SIZE: u32 = 10_000;
 }
 
 impl Default for PoolSettings {

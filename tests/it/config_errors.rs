@@ -123,6 +123,20 @@ fn cases() -> Vec<Case> {
             vec!["DATABASE_POOL_MAX_SIZE"],
         ),
         (
+            "a max size that would abort the process allocating the pool",
+            vec![("DATABASE_POOL_MAX_SIZE", "300000000")],
+            vec!["DATABASE_POOL_MAX_SIZE"],
+        ),
+        (
+            "a replica max size that would abort the process",
+            vec![
+                pg,
+                ("DATABASE_REPLICA_HOST", "replica"),
+                ("DATABASE_REPLICA_POOL_MAX_SIZE", "4294967295"),
+            ],
+            vec!["DATABASE_REPLICA_POOL_MAX_SIZE"],
+        ),
+        (
             "negative max size",
             vec![("DATABASE_POOL_MAX_SIZE", "-3")],
             vec!["DATABASE_POOL_MAX_SIZE"],
@@ -455,4 +469,23 @@ fn values_postgres_would_refuse_say_its_limit() {
         ("DATABASE_NAME", &LONG_NAME[1..]),
     ])
     .expect("at the limits");
+}
+
+/// A pool size r2d2 would try to reserve room for (446 GB) exits 2 at load, before any
+/// file is created: it aborted with SIGABRT and left an empty database file.
+#[test]
+fn a_huge_pool_size_exits_2_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = crate::common::run_cli(
+        dir.path(),
+        &[],
+        &[
+            ("DATABASE_PATH", "db.sqlite3"),
+            ("DATABASE_POOL_MAX_SIZE", "300000000"),
+        ],
+    );
+    let (_, stderr) = crate::common::text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("DATABASE_POOL_MAX_SIZE"), "{stderr}");
+    assert!(!dir.path().join("db.sqlite3").exists());
 }

@@ -482,10 +482,10 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// A pool size: a whole number of at least 1.
+/// A pool size: a whole number from 1 to [`PoolSettings::MAX_SIZE`](super::PoolSettings::MAX_SIZE).
 fn pool_size(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if (1..=super::PoolSettings::MAX_SIZE).contains(&n) => Ok(n),
         _ => Err(validate::POOL_SIZE_RULE.to_string()),
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::{PoolSettings, ReplicaSettings, Settings};
 use crate::error::{ConfigErrors, ConfigProblem, Error};
 
-pub(super) const POOL_SIZE_RULE: &str = "is not a pool size; give a whole number of at least 1";
+pub(super) const POOL_SIZE_RULE: &str = "is not a pool size; give a whole number from 1 to 10000 (PostgreSQL serves a few hundred \
+     connections at most; a pool's bookkeeping grows with its size)";
 pub(super) const POOL_TIMEOUT_RULE: &str =
     "would make every checkout fail at once; give a positive wait such as 30s";
 
@@ -33,8 +34,11 @@ impl PoolSettings {
                 message,
             })
         };
-        if self.max_size == 0 {
-            problem("DATABASE_POOL_MAX_SIZE", format!("\"0\" {POOL_SIZE_RULE}"));
+        if !(1..=PoolSettings::MAX_SIZE).contains(&self.max_size) {
+            problem(
+                "DATABASE_POOL_MAX_SIZE",
+                format!("\"{}\" {POOL_SIZE_RULE}", self.max_size),
+            );
         } else if let Some(n) = self.min_idle.filter(|n| *n > self.max_size) {
             problem("DATABASE_POOL_MIN_IDLE", min_idle_rule(n, self.max_size));
         }
@@ -62,10 +66,10 @@ impl Settings {
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = self.pool.problems();
         if let Some(replica) = &self.replica {
-            if replica.max_size == 0 {
+            if !(1..=PoolSettings::MAX_SIZE).contains(&replica.max_size) {
                 problems.push(ConfigProblem {
                     variable: "DATABASE_REPLICA_POOL_MAX_SIZE".into(),
-                    message: format!("\"0\" {POOL_SIZE_RULE}"),
+                    message: format!("\"{}\" {POOL_SIZE_RULE}", replica.max_size),
                 });
             }
             if replica.max_lag.is_zero() {
