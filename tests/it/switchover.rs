@@ -219,7 +219,8 @@ fn through(
     }
 }
 
-/// The client connections of the example server's primary pool on `node` (`usize::MAX`
+/// The client connections of the example server's primary pool (user `postgres`; the replica
+/// pool's is `reader`) on `node` (`usize::MAX`
 /// while it cannot be asked).
 fn primary_pool_connections(stack: &HaStack, node: Node) -> usize {
     let Ok(conn) = stack.try_connect(node) else {
@@ -227,7 +228,8 @@ fn primary_pool_connections(stack: &HaStack, node: Node) -> usize {
     };
     conn.query(
         "SELECT count(*) FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND application_name = 'blocking_server'",
+             WHERE backend_type = 'client backend' AND application_name = 'blocking_server' \
+             AND usename = 'postgres'",
     )
     .ok()
     .flatten()
@@ -237,20 +239,29 @@ fn primary_pool_connections(stack: &HaStack, node: Node) -> usize {
 
 fn scenario(style: &'static str, url: impl Fn(&HaStack) -> String) {
     let stack = HaStack::start();
+    // The replica pool logs in as a role of its own, so that the primary pool's connections
+    // can be told apart on a node (both come through HAProxy from 127.0.0.1).
+    stack
+        .connect(Node::One)
+        .query(
+            "CREATE ROLE reader LOGIN; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO reader",
+        )
+        .expect("the replica's role");
+    let replica_url = stack.replica_url().replacen("postgres@", "reader@", 1);
     let dir = tempfile::tempdir().expect("temp dir");
     let running: Running = start(
         &[
             ("DATABASE_URL", url(&stack)),
-            (
-                "DATABASE_REPLICA_URL",
-                format!(
-                    "{}&application_name=blocking_server_replica",
-                    stack.replica_url()
-                ),
-            ),
+            ("DATABASE_REPLICA_URL", replica_url),
             ("DATABASE_REPLICA_CHECK_INTERVAL", "200ms".into()),
         ],
         dir.path(),
+    );
+    let health = crate::server::http(running.addr, "GET", "/healthz", "").json();
+    assert_eq!(
+        health["replica"]["serving"], true,
+        "reads go to the replica: {health}"
     );
     let author = crate::server::http(
         running.addr,
