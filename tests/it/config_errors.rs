@@ -137,6 +137,45 @@ fn cases() -> Vec<Case> {
             vec!["DATABASE_REPLICA_POOL_MAX_SIZE"],
         ),
         (
+            "a URL turning off the keepalives datalayer sets",
+            vec![("DATABASE_URL", "postgres://app@db/app?keepalives=0")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "a URL value libpq refuses only at connect",
+            vec![("DATABASE_URL", "postgres://app@db/app?keepalives_idle=abc")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "a gssencmode libpq does not know",
+            vec![("DATABASE_URL", "postgres://app@db/app?gssencmode=bogus")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "a hostaddr that is not an address",
+            vec![("DATABASE_URL", "postgres://app@db/app?hostaddr=not-an-ip")],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "a hostaddr per host, not one for two",
+            vec![(
+                "DATABASE_URL",
+                "postgres://app@db1,db2/app?hostaddr=10.0.0.1",
+            )],
+            vec!["DATABASE_URL"],
+        ),
+        (
+            "a replica URL with a target_session_attrs libpq does not know",
+            vec![
+                pg,
+                (
+                    "DATABASE_REPLICA_URL",
+                    "postgres://app@replica/app?target_session_attrs=primry",
+                ),
+            ],
+            vec!["DATABASE_REPLICA_URL"],
+        ),
+        (
             "negative max size",
             vec![("DATABASE_POOL_MAX_SIZE", "-3")],
             vec!["DATABASE_POOL_MAX_SIZE"],
@@ -488,4 +527,19 @@ fn a_huge_pool_size_exits_2_and_creates_nothing() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("DATABASE_POOL_MAX_SIZE"), "{stderr}");
     assert!(!dir.path().join("db.sqlite3").exists());
+}
+
+/// A password whose `&` is not percent-encoded is cut there, and the rest reads as a
+/// parameter: the error says so without quoting that piece of the password.
+#[test]
+fn a_password_cut_at_an_ampersand_is_not_quoted() {
+    let error = Settings::from_pairs([(
+        "DATABASE_URL",
+        "postgres://app@db/app?password=Tr0ub4dor&3xyz=1",
+    )])
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(!message.contains("3xyz"), "{message}");
+    assert!(message.contains("%26"), "{message}");
+    assert_eq!(error.exit_code(), 2);
 }

@@ -75,7 +75,7 @@ impl Vars {
 }
 
 /// A value quoted for an error message: escaped, and cut short when long.
-fn quote(value: &str) -> String {
+pub(super) fn quote(value: &str) -> String {
     let shown: String = value.chars().take(64).collect();
     if shown.len() < value.len() {
         format!("{shown:?}…")

@@ -93,6 +93,124 @@ pub(super) fn name(value: &str) -> Result<(), String> {
 }
 
 /// Whether libpq knows the URL parameter `key`.
-pub(super) fn is_libpq_param(key: &str) -> bool {
+pub(crate) fn is_libpq_param(key: &str) -> bool {
     LIBPQ_PARAMS.contains(&key)
+}
+
+/// Parameters datalayer sets on every connection from its own settings: a URL that carried
+/// them would silently override those (`keepalives=0` left the sockets without keepalives
+/// while `config` showed `DATABASE_TCP_USER_TIMEOUT`).
+const SET_BY_DATALAYER: &[(&str, &str)] = &[
+    (
+        "keepalives",
+        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
+    ),
+    (
+        "keepalives_idle",
+        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
+    ),
+    (
+        "keepalives_interval",
+        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
+    ),
+    (
+        "keepalives_count",
+        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
+    ),
+    ("tcp_user_timeout", "give DATABASE_TCP_USER_TIMEOUT instead"),
+];
+
+/// The values libpq accepts for its parameters that take one of a few words or numbers.
+const CHOICES: &[(&str, &[&str])] = &[
+    ("channel_binding", &["disable", "prefer", "require"]),
+    ("gssencmode", &["disable", "prefer", "require"]),
+    ("load_balance_hosts", &["disable", "random"]),
+    (
+        "replication",
+        &[
+            "true", "on", "yes", "1", "false", "off", "no", "0", "database",
+        ],
+    ),
+    ("requiressl", &["0", "1"]),
+    ("sslcertmode", &["disable", "allow", "require"]),
+    ("sslcompression", &["0", "1"]),
+    ("sslsni", &["0", "1"]),
+    (
+        "ssl_min_protocol_version",
+        &["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"],
+    ),
+    (
+        "ssl_max_protocol_version",
+        &["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"],
+    ),
+    (
+        "target_session_attrs",
+        &[
+            "any",
+            "read-write",
+            "read-only",
+            "primary",
+            "standby",
+            "prefer-standby",
+        ],
+    ),
+];
+
+/// What is wrong with a URL's parameters, one message per problem, for the variable that
+/// holds the URL: unknown parameters, parameters datalayer sets itself, values libpq would
+/// refuse at connect (an exit 3 after retries, instead of 2 at once), and `hostaddr` entries
+/// that are not addresses or do not match the `hosts` one for one. Messages never quote a
+/// value of `password` or `sslpassword`, nor a parameter that follows one: a password whose
+/// `&` is not written `%26` is cut there, and the rest would show up as a parameter name.
+pub(super) fn param_problems(
+    params: &[(String, String)],
+    after_secret: &[String],
+    hosts: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, value) in params {
+        if !is_libpq_param(key) {
+            problems.push(if after_secret.contains(key) {
+                "a parameter after its password is not a libpq connection parameter (not \
+                 shown: if the password holds `&`, `=` or `#`, percent-encode them: %26, %3D, %23)"
+                    .to_string()
+            } else {
+                format!(
+                    "its parameter {} is not a libpq connection parameter; remove it",
+                    super::loader::quote(key)
+                )
+            });
+        } else if let Some((_, why)) = SET_BY_DATALAYER.iter().find(|(k, _)| k == key) {
+            problems.push(format!(
+                "its parameter {key} would override what datalayer sets ({why}); remove it from \
+                 the URL"
+            ));
+        } else if let Some((_, accepted)) = CHOICES.iter().find(|(k, _)| k == key) {
+            if !accepted.contains(&value.as_str()) {
+                problems.push(format!(
+                    "its parameter {key} is {}; libpq accepts {}",
+                    super::loader::quote(value),
+                    accepted.join(", ")
+                ));
+            }
+        } else if key == "hostaddr" {
+            let addresses: Vec<&str> = value.split(',').collect();
+            if let Some(bad) = addresses
+                .iter()
+                .find(|a| !a.is_empty() && a.parse::<std::net::IpAddr>().is_err())
+            {
+                problems.push(format!(
+                    "its hostaddr {} is not an IP address; give the hosts' numeric addresses",
+                    super::loader::quote(bad)
+                ));
+            } else if addresses.len() != hosts {
+                problems.push(format!(
+                    "its hostaddr gives {} address(es) for {hosts} host(s); give one per host, \
+                     in the same order",
+                    addresses.len()
+                ));
+            }
+        }
+    }
+    problems
 }

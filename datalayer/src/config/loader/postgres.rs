@@ -8,8 +8,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{
-    Loader, Raw, UrlTarget, nonzero_duration, optional_duration, parse_url, quote,
-    show_optional_duration,
+    Loader, Raw, UrlTarget, nonzero_duration, optional_duration, parse_url, show_optional_duration,
 };
 use crate::config::{
     Backend, Host, Origin, PostgresSettings, REDACTED, SslMode, UrlParams, duration, password_file,
@@ -289,16 +288,10 @@ impl Loader<'_> {
             },
             self.origin("DATABASE_MIGRATION_URL"),
         );
-        for (key, _) in &url.params {
-            if !postgres_limits::is_libpq_param(key) {
-                self.problem(
-                    "DATABASE_URL",
-                    format!(
-                        "its parameter {} is not a libpq connection parameter; remove it",
-                        quote(key)
-                    ),
-                );
-            }
+        for problem in
+            postgres_limits::param_problems(&url.params, &url.after_secret, 1 + more_hosts.len())
+        {
+            self.problem("DATABASE_URL", problem);
         }
         PostgresSettings {
             host,

@@ -4,7 +4,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::{Loader, Raw, UrlTarget, nonzero_duration, parse_url, pool_size, quote};
+use super::{Loader, Raw, UrlTarget, nonzero_duration, parse_url, pool_size};
 use crate::config::{
     Origin, PoolSettings, ReplicaSettings, Settings, Target, duration, postgres_limits, validate,
 };
@@ -84,6 +84,8 @@ impl Loader<'_> {
             }
             match parse_url(url.expose_secret()) {
                 Ok(UrlTarget::Postgres(parsed)) => {
+                    let mut own = Vec::new();
+                    let after_secret = parsed.after_secret.clone();
                     for (key, value) in replica.take_place_from(parsed) {
                         if let Some((_, variable)) =
                             FROM_THE_PRIMARY.iter().find(|(k, _)| *k == key)
@@ -95,19 +97,17 @@ impl Loader<'_> {
                                      ({variable} applies to both); remove it from the URL"
                                 ),
                             );
-                        } else if !postgres_limits::is_libpq_param(&key) {
-                            self.problem(
-                                "DATABASE_REPLICA_URL",
-                                format!(
-                                    "its parameter {} is not a libpq connection parameter; \
-                                     remove it",
-                                    quote(&key)
-                                ),
-                            );
                         } else {
-                            replica.params.0.retain(|(k, _)| *k != key);
-                            replica.params.0.push((key, value));
+                            own.push((key, value));
                         }
+                    }
+                    let hosts = 1 + replica.more_hosts.len();
+                    for problem in postgres_limits::param_problems(&own, &after_secret, hosts) {
+                        self.problem("DATABASE_REPLICA_URL", problem);
+                    }
+                    for (key, value) in own {
+                        replica.params.0.retain(|(k, _)| *k != key);
+                        replica.params.0.push((key, value));
                     }
                 }
                 Ok(UrlTarget::Sqlite(_)) => self.problem(

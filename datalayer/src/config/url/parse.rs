@@ -17,6 +17,9 @@ pub(crate) struct ParsedUrl {
     pub dbname: Option<String>,
     /// Query parameters other than `host`, `port`, `user`, `password` and `dbname`, in order.
     pub params: Vec<(String, String)>,
+    /// Unknown parameters that came right after `password` or `sslpassword`: most likely the
+    /// rest of a password whose `&` was not percent-encoded, so never to be quoted.
+    pub after_secret: Vec<String>,
 }
 
 /// The hint every URL syntax error carries: an unescaped password is the usual cause.
@@ -103,6 +106,7 @@ pub(crate) fn parse_postgres(url: &str) -> Result<ParsedUrl, String> {
     .filter(|(_, set)| *set)
     .map(|(key, _)| key.to_string())
     .collect();
+    let mut cut = false;
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         if pair.is_empty() {
             continue;
@@ -120,6 +124,12 @@ pub(crate) fn parse_postgres(url: &str) -> Result<ParsedUrl, String> {
             ));
         }
         given.push(key.clone());
+        let known = crate::config::postgres_limits::is_libpq_param(&key);
+        if cut && !known {
+            parsed.after_secret.push(key.clone());
+        } else {
+            cut = matches!(key.as_str(), "password" | "sslpassword");
+        }
         match key.as_str() {
             "host" => {
                 parsed.host =
