@@ -206,3 +206,23 @@ fn a_busy_sqlite_database_is_a_conflict() {
     assert_eq!(classify(&busy), ErrorClass::Conflict, "{busy}");
     a.batch_execute("COMMIT").expect("commit");
 }
+
+/// A refusal that will not go away fails at once rather than after DATABASE_CONNECT_DEADLINE
+/// (30 s of retries before): a service pg_service.conf does not define.
+#[test]
+fn a_service_that_is_not_defined_fails_at_once() {
+    let settings = Settings::from_pairs([(
+        "DATABASE_URL",
+        "postgres://app@127.0.0.1/app?service=dl_no_such_service",
+    )])
+    .expect("settings");
+    let began = std::time::Instant::now();
+    let error = Engine::connect(&settings).map(|_| ()).unwrap_err();
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(10),
+        "retried for {:.1?}: {error}",
+        began.elapsed()
+    );
+    assert!(error.to_string().contains("pg_service.conf"), "{error}");
+    assert_eq!(error.class(), ErrorClass::Bug);
+}

@@ -58,6 +58,10 @@ fn a_password_file_is_checked_when_the_settings_load() {
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").expect("write");
     assert!(problem(vec![("DATABASE_PASSWORD_FILE", empty.as_os_str())]).contains("is empty"));
+    // A NUL byte: libpq cannot send it, and connecting retried it until the deadline.
+    let nul = dir.path().join("nul");
+    std::fs::write(&nul, "s3cret\0CNRY\n").expect("write");
+    assert!(problem(vec![("DATABASE_PASSWORD_FILE", nul.as_os_str())]).contains("NUL byte"));
 
     let open = secret_file(dir.path(), "s3cret-CNRY", 0o644);
     let loaded = load(vec![("DATABASE_PASSWORD_FILE", open.as_os_str())]).expect("valid");

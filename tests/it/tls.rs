@@ -134,6 +134,9 @@ fn a_client_certificate_logs_in_with_cert_authentication() {
         "no certificate, no entry: {}",
         without.1
     );
+    // A refusal that will not go away: at once, with what to set, not retried to the deadline.
+    assert!(!without.1.contains("retrying"), "{}", without.1);
+    assert!(without.1.contains("DATABASE_SSLCERT"), "{}", without.1);
     vars.push((
         "DATABASE_SSLCERT".into(),
         certificates.client_cert.to_string_lossy().into_owned(),

@@ -37,6 +37,12 @@ pub(super) fn read(path: &Path) -> Result<SecretString, String> {
     if text.is_empty() {
         return Err("is empty; it should hold the password".into());
     }
+    if text.contains('\0') {
+        return Err(
+            "holds a NUL byte, which no connection can send; it should hold only the password"
+                .into(),
+        );
+    }
     Ok(SecretString::from(text))
 }
 

@@ -88,6 +88,23 @@ const PERMANENT: &[(Matcher, &str)] = &[
         "check DATABASE_URL and the DATABASE_* variables it was built from",
     ),
     (
+        |m| m.contains("definition of service") && m.contains("not found"),
+        "the URL's service parameter names no entry of pg_service.conf (PGSERVICEFILE): fix the \
+         name, or give the connection in DATABASE_URL",
+    ),
+    (
+        |m| {
+            m.contains("certificate authentication failed")
+                || m.contains("connection requires a valid client certificate")
+        },
+        "the server's pg_hba.conf asks this user for a client certificate: set DATABASE_SSLCERT \
+         and DATABASE_SSLKEY to a certificate issued for it",
+    ),
+    (
+        |m| m.contains("DATABASE_PASSWORD_FILE") && m.contains("NUL byte"),
+        "rewrite DATABASE_PASSWORD_FILE with the password alone",
+    ),
+    (
         |m| m.contains("file is not a database"),
         "check DATABASE_PATH: that file exists but is not a SQLite database",
     ),
@@ -209,6 +226,18 @@ mod tests {
                 "DATABASE_SSLROOTCERT",
             ),
             ("file is not a database", "DATABASE_PATH"),
+            (
+                "definition of service \"nonexist\" not found",
+                "pg_service.conf",
+            ),
+            (
+                "FATAL: certificate authentication failed for user \"app\"",
+                "DATABASE_SSLCERT",
+            ),
+            (
+                "FATAL: connection requires a valid client certificate",
+                "DATABASE_SSLCERT",
+            ),
         ] {
             let found = permanent(message).unwrap_or_else(|| panic!("{message}: no hint"));
             assert!(found.contains(hint), "{message}: {found}");

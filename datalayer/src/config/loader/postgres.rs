@@ -74,6 +74,13 @@ impl Loader<'_> {
                 );
                 None
             }
+            (Some(password), None) if password.expose_secret().contains('\0') => {
+                self.problem(
+                    "DATABASE_URL",
+                    "its password holds a NUL byte (%00), which no connection can send",
+                );
+                None
+            }
             (Some(password), None) => Some((password, Origin::Url)),
             (None, Some(password)) => Some((password.clone(), self.origin("DATABASE_PASSWORD"))),
             (None, None) => None,
