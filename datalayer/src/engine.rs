@@ -592,13 +592,18 @@ impl<C: PoolConnection> Engine<C> {
         self.inner
             .manager
             .establish_direct()
-            .map_err(|e| self.connect_error(e))
+            .map_err(|e| Error::Connect {
+                target: self.direct_target(),
+                reason: e.message,
+            })
     }
 
-    fn connect_error(&self, e: manager::ConnectError) -> Error {
-        Error::Connect {
-            target: self.target().to_string(),
-            reason: e.message,
-        }
+    /// Where [`Engine::connect_direct`] connects, redacted: `DATABASE_MIGRATION_URL`'s
+    /// connection when it is set, else the pool's.
+    pub(crate) fn direct_target(&self) -> String {
+        self.inner.settings.migration_settings().map_or_else(
+            || self.target().to_string(),
+            |direct| direct.connection_url().to_string(),
+        )
     }
 }

@@ -62,6 +62,11 @@ fn dotenv_fills_in_and_the_environment_wins() {
         row("DATABASE_BACKEND"),
         ["DATABASE_BACKEND", "postgres", "inferred"]
     );
+    // Unset is a default, not something given.
+    assert_eq!(
+        row("DATABASE_MIGRATION_URL"),
+        ["DATABASE_MIGRATION_URL", "(unset)", "default"]
+    );
     assert!(
         stdout.contains("url      postgres://app@from-dotenv:7000/?sslmode=prefer"),
         "{stdout}"

@@ -274,3 +274,62 @@ fn session_settings_are_refused_behind_a_transaction_pooler() {
     );
     assert!(problems[0].message.contains("ALTER ROLE"), "{error}");
 }
+
+/// `DATABASE_MIGRATION_URL` must reach the pool's own database: pointed at another one, the
+/// migrations ran there and boot said "ready" (every write then failed); pointed at the
+/// pooler itself, `migrate` passed and `revert` failed; its connect errors named the pool.
+#[test]
+fn a_migration_url_that_does_not_reach_the_pools_database_is_refused() {
+    let db = TestDb::create(&unique_name("dl_mig_url"), None);
+    let other = TestDb::create(&unique_name("dl_mig_url_other"), None);
+    let bouncer = PgBouncer::start(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let boot = |migration_url: String| {
+        let output = crate::common::run_cli(
+            dir.path(),
+            &[],
+            &[
+                ("DATABASE_URL", bouncer.url(&db.name)),
+                ("DATABASE_POOLER", "transaction".into()),
+                ("DATABASE_MIGRATION_URL", migration_url),
+            ],
+        );
+        let (_, stderr) = crate::common::text(&output);
+        (output.status.code(), stderr)
+    };
+
+    let (code, stderr) = boot(direct_url(&other));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_MIGRATION_URL") && stderr.contains("not DATABASE_URL's"),
+        "{stderr}"
+    );
+    let tables = crate::libpq::Conn::connect(&direct_url(&other))
+        .expect("the other database")
+        .query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        .expect("tables");
+    assert_eq!(tables.as_deref(), Some("0"), "nothing was migrated there");
+
+    let (code, stderr) = boot(bouncer.url(&db.name));
+    assert_eq!(code, Some(2), "the pooler itself: {stderr}");
+    assert!(stderr.contains("transaction pooler"), "{stderr}");
+
+    let (code, stderr) = boot(format!("{}?keepalives_idle=abc", direct_url(&db)));
+    assert_eq!(code, Some(2), "bad parameters exit 2 at load: {stderr}");
+
+    let port = crate::common::closed_port();
+    let (code, stderr) = boot(format!("postgres://postgres@127.0.0.1:{port}/{}", db.name));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}"))
+            && !stderr.contains(&bouncer.addr.to_string()),
+        "the error names the migration URL, not the pool's: {stderr}"
+    );
+
+    let (code, stderr) = boot(direct_url(&db));
+    assert_eq!(
+        code,
+        Some(0),
+        "the direct URL of the same database: {stderr}"
+    );
+}

@@ -25,6 +25,10 @@ pub struct Identity {
     pub user: Option<String>,
     /// The database name (PostgreSQL) or file (SQLite).
     pub database: String,
+    /// Which server and database (PostgreSQL: the server's start time and the database's
+    /// OID): equal on two connections to the same database of the same running server, also
+    /// through a pooler; `None` on SQLite.
+    pub instance: Option<String>,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -35,6 +39,8 @@ struct IdentityRow {
     user: Option<String>,
     #[diesel(sql_type = Text)]
     database: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    instance: Option<String>,
 }
 
 impl From<IdentityRow> for Identity {
@@ -43,16 +49,21 @@ impl From<IdentityRow> for Identity {
             version: row.version,
             user: row.user,
             database: row.database,
+            instance: row.instance,
         }
     }
 }
 
 #[cfg(feature = "postgres")]
 const POSTGRES_IDENTITY: &str = "SELECT version() AS version, current_user::text AS user, \
-                                 current_database()::text AS database";
+                                 current_database()::text AS database, \
+                                 pg_postmaster_start_time()::text || ' / ' || \
+                                 (SELECT oid FROM pg_database \
+                                  WHERE datname = current_database())::text AS instance";
 #[cfg(feature = "sqlite")]
 const SQLITE_IDENTITY: &str = "SELECT 'SQLite ' || sqlite_version() AS version, NULL AS user, \
-                               (SELECT file FROM pragma_database_list WHERE name = 'main') AS database";
+                               (SELECT file FROM pragma_database_list WHERE name = 'main') AS database, \
+                               NULL AS instance";
 
 #[cfg(feature = "postgres")]
 #[derive(diesel::QueryableByName)]

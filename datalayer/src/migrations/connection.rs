@@ -75,13 +75,54 @@ impl MigrationConn<'static> {
                  clients then get; give the direct URL of the same database",
             ));
         }
+        let mut conn = engine.connect_direct()?;
+        if let Some(direct) = settings.migration_settings() {
+            same_database(engine, &mut conn, &direct)?;
+        }
         Ok(MigrationConn {
-            conn: Link::Own(engine.connect_direct()?),
-            target: engine.target().to_string(),
+            conn: Link::Own(conn),
+            target: engine.direct_target(),
             schema: None,
             ready: false,
         })
     }
+}
+
+/// Checks that `conn`, opened to `DATABASE_MIGRATION_URL` (`direct`), reaches the database the
+/// engine's pool does, on the same server: migrations run anywhere else leave the application's
+/// database unmigrated while boot reports it ready.
+fn same_database<C: PoolConnection>(
+    engine: &Engine<C>,
+    conn: &mut Conn,
+    direct: &crate::Settings,
+) -> Result<(), Error> {
+    let target = direct.connection_url().to_string();
+    let theirs = conn.identity().map_err(|e| Error::Connect {
+        target: target.clone(),
+        reason: format!("reading which database it is: {e}"),
+    })?;
+    let ours = engine.get()?.identity()?;
+    if theirs.instance == ours.instance && theirs.database == ours.database {
+        return Ok(());
+    }
+    let wrong = if theirs.database == ours.database {
+        format!(
+            "reaches a database {:?} on another server than DATABASE_URL's",
+            theirs.database
+        )
+    } else {
+        format!(
+            "reaches database {:?}, not DATABASE_URL's {:?}",
+            theirs.database, ours.database
+        )
+    };
+    Err(Error::config(
+        "DATABASE_MIGRATION_URL",
+        format!(
+            "{wrong} (it is not quoted: it may hold a password); give the direct URL of the same \
+             database, so that migrations change the schema the application uses"
+        ),
+    ))
 }
 
 impl<'c> MigrationConn<'c> {

@@ -278,7 +278,28 @@ impl Loader<'_> {
         let migration_url = raw.migration_url.clone();
         if let Some(migration) = &migration_url {
             match parse_url(migration.expose_secret()) {
-                Ok(UrlTarget::Postgres(_)) => {}
+                Ok(UrlTarget::Postgres(parsed)) => {
+                    let hosts = if parsed.host.is_some() {
+                        1 + parsed.more_hosts.len()
+                    } else {
+                        1 + more_hosts.len()
+                    };
+                    for problem in
+                        postgres_limits::param_problems(&parsed.params, &parsed.after_secret, hosts)
+                    {
+                        self.problem("DATABASE_MIGRATION_URL", problem);
+                    }
+                    let same_place = parsed.host.as_ref().unwrap_or(&host) == &host
+                        && parsed.port.unwrap_or(port) == port;
+                    if transaction_pooler && same_place {
+                        self.problem(
+                            "DATABASE_MIGRATION_URL",
+                            "names the host and port of DATABASE_URL, the transaction pooler; \
+                             give the database server's own host and port (migrations need a \
+                             session of their own)",
+                        );
+                    }
+                }
                 Ok(UrlTarget::Sqlite(_)) | Err(_) => self.problem(
                     "DATABASE_MIGRATION_URL",
                     "is not a postgres:// URL (it is not quoted: it may hold a password); give \
@@ -286,15 +307,15 @@ impl Loader<'_> {
                 ),
             }
         }
-        self.entry(
-            "DATABASE_MIGRATION_URL",
-            if migration_url.is_some() {
-                "set (a secret)"
-            } else {
-                "(unset)"
-            },
-            self.origin("DATABASE_MIGRATION_URL"),
-        );
+        if migration_url.is_some() {
+            self.entry(
+                "DATABASE_MIGRATION_URL",
+                "set (a secret)",
+                self.origin("DATABASE_MIGRATION_URL"),
+            );
+        } else {
+            self.entry("DATABASE_MIGRATION_URL", "(unset)", Origin::Default);
+        }
         for problem in
             postgres_limits::param_problems(&url.params, &url.after_secret, 1 + more_hosts.len())
         {
