@@ -117,7 +117,41 @@ fn optional_include(path: &Path) -> String {
     }
 }
 
-/// One `Embedded` set: every sub-folder holding an `up.sql`, in name order.
+/// The files a migration folder may hold, as Diesel names them.
+const FILES: [&str; 3] = ["up.sql", "down.sql", "metadata.toml"];
+
+/// A migration folder holds `up.sql` and may hold `down.sql` and `metadata.toml`, in those
+/// very names: `Up.sql` was skipped on Linux (and found on macOS's case-insensitive disks),
+/// so the migration was silently never applied.
+fn check_files(folder: &Path) -> Result<(), String> {
+    let names: Vec<String> = std::fs::read_dir(folder)
+        .map_err(|e| format!("embed_migrations!: {}: {e}", folder.display()))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &names {
+        if let Some(meant) = FILES
+            .iter()
+            .find(|file| file.eq_ignore_ascii_case(name) && *file != name)
+        {
+            return Err(format!(
+                "embed_migrations!: {}: rename {name} to {meant} (Diesel and datalayer read \
+                 migration files by their lower-case names)",
+                folder.display()
+            ));
+        }
+    }
+    if !names.iter().any(|name| name == "up.sql") {
+        return Err(format!(
+            "embed_migrations!: {}: a migration folder holds up.sql (and optionally down.sql and \
+             metadata.toml); this one has none",
+            folder.display()
+        ));
+    }
+    Ok(())
+}
+
+/// One `Embedded` set: every sub-folder (each must hold an `up.sql`), in name order.
 fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Result<(), String> {
     let dir: PathBuf = root.join(relative);
     let entries = std::fs::read_dir(&dir).map_err(|e| {
@@ -133,7 +167,8 @@ fn embed_set(root: &Path, relative: &str, backend: &str, out: &mut String) -> Re
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if path.is_dir() && !name.starts_with('.') && path.join("up.sql").is_file() {
+        if path.is_dir() && !name.starts_with('.') {
+            check_files(&path)?;
             folders.push((name, path));
         }
     }

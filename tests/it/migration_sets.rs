@@ -496,3 +496,26 @@ fn a_migration_read_from_a_folder_runs_the_text_that_was_hashed() {
         [checksum]
     );
 }
+
+/// A migration whose `up.sql` is misnamed (`Up.sql`) was skipped on Linux: never applied,
+/// never reported. Diesel refuses such a folder, and so does the migrator, naming the file.
+#[test]
+fn a_misnamed_up_sql_is_refused_naming_the_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("2026-01-01-000001_first");
+    let bad = dir.path().join("2026-01-01-000002_second");
+    for folder in [&good, &bad] {
+        std::fs::create_dir(folder).expect("folder");
+    }
+    std::fs::write(good.join("up.sql"), "SELECT 1;").expect("up");
+    std::fs::write(bad.join("Up.sql"), "SELECT 2;").expect("Up");
+    let error = datalayer::Migrator::from_dir("misnamed", dir.path()).expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("2026-01-01-000002_second") && message.contains("rename Up.sql to up.sql"),
+        "{message}"
+    );
+    std::fs::rename(bad.join("Up.sql"), bad.join("notes.txt")).expect("rename");
+    let error = datalayer::Migrator::from_dir("misnamed", dir.path()).expect_err("refused");
+    assert!(error.to_string().contains("has none"), "{error}");
+}

@@ -107,6 +107,44 @@ pub struct MigrationSet {
     pub(crate) fingerprint_path: PathBuf,
 }
 
+/// The files a migration folder may hold, as Diesel names them.
+const FILES: [&str; 3] = ["up.sql", "down.sql", "metadata.toml"];
+
+/// A migration folder holds `up.sql` and may hold `down.sql` and `metadata.toml`, in those
+/// very names (`embed_migrations!` applies the same rule at compile time): `Up.sql` was
+/// skipped on Linux, so the migration was silently never applied.
+fn check_files(folder: &Path) -> Result<(), MigrationError> {
+    let invalid = |reason: String| MigrationError::Invalid {
+        file: folder.display().to_string(),
+        reason,
+    };
+    let names: Vec<String> = std::fs::read_dir(folder)
+        .map_err(|e| invalid(format!("cannot read it: {e}")))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &names {
+        if let Some(meant) = FILES
+            .iter()
+            .find(|file| file.eq_ignore_ascii_case(name) && *file != name)
+        {
+            return Err(invalid(format!(
+                "rename {} to {meant} (Diesel and datalayer read migration files by their \
+                 lower-case names)",
+                name.escape_debug()
+            )));
+        }
+    }
+    if !names.iter().any(|name| name == "up.sql") {
+        return Err(invalid(
+            "a migration folder holds up.sql (and optionally down.sql and metadata.toml); this \
+             one has none"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl MigrationSet {
     /// The migrations in `dir` (one folder per migration holding `up.sql`, `down.sql` and
     /// optionally `metadata.toml`), read now, once: what runs is what was hashed. The
@@ -125,10 +163,11 @@ impl MigrationSet {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let up = folder.join("up.sql");
-            if name.starts_with('.') || !up.is_file() {
+            if name.starts_with('.') || !folder.is_dir() {
                 continue;
             }
+            check_files(&folder)?;
+            let up = folder.join("up.sql");
             let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| unreadable(path, e));
             let optional = |path: PathBuf| path.is_file().then(|| read(&path)).transpose();
             let down = optional(folder.join("down.sql"))?;
