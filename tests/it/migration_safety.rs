@@ -632,3 +632,47 @@ fn the_cli_boot_reports_a_column_dropped_by_hand() {
         "{stdout}"
     );
 }
+
+/// A run of several migrations that fails part way says what it already applied (or
+/// reverted) and kept, not only the one that failed.
+#[test]
+fn a_run_that_fails_part_way_says_what_it_already_did() {
+    for (engine, _place) in fresh_engines("dl_partway", &[]) {
+        let log = crate::common::logged(|| {
+            let _ = test_set("broken")
+                .run_pending(&engine)
+                .expect_err("syntax error");
+        });
+        assert!(
+            log.contains(
+                "stopped at 2026-01-01-000002_create_things; 1 migration(s) applied before it, \
+                 and kept: 2026-01-01-000001_create_audit"
+            ),
+            "{log}"
+        );
+        if engine.backend() != Backend::Postgres {
+            continue; // SQLite drops a table a view reads from
+        }
+        test_set("audit")
+            .run_pending(&engine)
+            .expect("the fixed set");
+        // A view on `audit` makes its down.sql fail once `things` was reverted.
+        engine
+            .get()
+            .expect("checkout")
+            .batch_execute("CREATE VIEW audit_view AS SELECT * FROM audit")
+            .expect("view");
+        let log = crate::common::logged(|| {
+            let _ = test_set("audit")
+                .revert(&engine, migrations::Revert::Steps(2))
+                .expect_err("the view depends on audit");
+        });
+        assert!(
+            log.contains(
+                "stopped at 2026-01-01-000001_create_audit; 1 migration(s) reverted before it, \
+                 and kept: 2026-01-01-000002_create_things"
+            ),
+            "{log}"
+        );
+    }
+}

@@ -222,7 +222,10 @@ impl<'a, 'c> Session<'a, 'c> {
         } = self.check()?;
         let mut applied = Vec::with_capacity(pending.len());
         for script in pending {
-            self.apply_one(script)?;
+            if let Err(e) = self.apply_one(script) {
+                stopped_at("applied", &script.name, &applied);
+                return Err(e);
+            }
             applied.push(script.name.clone());
         }
         Ok((applied, unknown))
@@ -280,11 +283,27 @@ impl<'a, 'c> Session<'a, 'c> {
                 break;
             }
             let step = self.step(script);
-            harness(&mut self.migration.conn, &step, Direction::Down)?;
+            if let Err(e) = harness(&mut self.migration.conn, &step, Direction::Down) {
+                stopped_at("reverted", &script.name, &reverted);
+                return Err(e.into());
+            }
             reverted.push(script.name.clone());
         }
         Ok(reverted)
     }
+}
+
+/// Says, when a run of several migrations fails at `failed`, what it already `done` (applied
+/// or reverted) and kept: the error alone names only the one that failed.
+fn stopped_at(done: &str, failed: &str, finished: &[String]) {
+    if finished.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "stopped at {failed}; {} migration(s) {done} before it, and kept: {}",
+        finished.len(),
+        finished.join(", ")
+    );
 }
 
 /// Which way [`harness`] runs a migration.
