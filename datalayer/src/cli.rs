@@ -284,21 +284,43 @@ fn run_command(migrator: &Migrator, engine: &Engine, command: Command) -> Result
                     "unknown": status.unknown,
                     "edited": status.edited,
                     "lock": lock,
+                    "invalid_indexes": status.invalid_indexes,
                 });
                 print(&format!("{value}\n"));
             } else {
+                // Versions come from the database: escaped, so that a row cannot forge lines.
                 let applied = status.applied.iter().map(|m| {
                     if status.edited.contains(m) {
-                        format!("edited   {m} (up.sql changed since it was applied)\n")
+                        format!(
+                            "edited   {} (up.sql changed since it was applied)\n",
+                            printable(m)
+                        )
                     } else {
-                        format!("applied  {m}\n")
+                        format!("applied  {}\n", printable(m))
                     }
                 });
-                let pending = status.pending.iter().map(|m| format!("pending  {m}\n"));
-                let unknown = status.unknown.iter().map(|v| format!("unknown  {v}\n"));
-                let mut out: String = applied.chain(pending).chain(unknown).collect();
+                let pending = status
+                    .pending
+                    .iter()
+                    .map(|m| format!("pending  {}\n", printable(m)));
+                let unknown = status
+                    .unknown
+                    .iter()
+                    .map(|v| format!("unknown  {}\n", printable(v)));
+                let invalid = status.invalid_indexes.iter().map(|index| {
+                    format!(
+                        "invalid  index {}: an interrupted CREATE INDEX CONCURRENTLY left it; \
+                         DROP INDEX CONCURRENTLY it, then run migrate\n",
+                        printable(index)
+                    )
+                });
+                let mut out: String = applied
+                    .chain(pending)
+                    .chain(unknown)
+                    .chain(invalid)
+                    .collect();
                 out.push_str(&match lock {
-                    Some(holder) => format!("lock     held by {holder}\n"),
+                    Some(holder) => format!("lock     held by {}\n", printable(&holder)),
                     None => "lock     free\n".to_string(),
                 });
                 print(&out);

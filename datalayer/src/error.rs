@@ -263,7 +263,7 @@ pub enum MigrationError {
         "the database has migrations of {set:?} this binary does not know: {}; a newer release \
          applied them. Deploy that release, or set DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true if its \
          migrations are backward compatible",
-        versions.join(", ")
+        escaped_list(versions)
     )]
     UnknownMigrations {
         /// The migration set's name.
@@ -355,6 +355,17 @@ impl From<diesel::result::Error> for MigrationError {
             source,
         }
     }
+}
+
+/// Names read from the database (versions in a ledger), joined for a message with their
+/// control characters escaped: a newline or an escape sequence in a row would otherwise forge
+/// lines or colours in a terminal or a log.
+pub(crate) fn escaped_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| name.escape_debug().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What to grant when PostgreSQL refused a statement for want of a privilege (SQLSTATE 42501;

@@ -97,6 +97,11 @@ pub struct Status {
     pub edited: Vec<String>,
     /// Who holds the migration lock right now, if anyone.
     pub lock: Option<LockHolder>,
+    /// Invalid indexes in the migrations' schema (PostgreSQL), as `schema.index`: what a
+    /// `CREATE INDEX CONCURRENTLY` that was interrupted or failed leaves behind. It is still
+    /// maintained on every write but never used; drop it (`DROP INDEX CONCURRENTLY`) before
+    /// running the migration again.
+    pub invalid_indexes: Vec<String>,
 }
 
 /// How far [`Migrator::revert`] goes back.
@@ -348,6 +353,7 @@ impl Migrator {
                 unknown: ledger.unknown,
                 edited: ledger.edited.iter().map(|(s, _)| s.name.clone()).collect(),
                 lock,
+                invalid_indexes: invalid_indexes(&mut migration.conn)?,
             })
         })
     }
@@ -393,6 +399,35 @@ pub fn lock_holder<C: PoolConnection>(engine: &Engine<C>) -> Result<Option<LockH
     read_only(engine, |migration| {
         Ok(lock::holder(migration, engine.settings())?)
     })
+}
+
+/// Invalid indexes of the current schema (PostgreSQL; none on SQLite), as `schema.index`.
+fn invalid_indexes(conn: &mut Conn) -> Result<Vec<String>, Error> {
+    match conn {
+        #[cfg(feature = "postgres")]
+        Conn::Postgres(pg) => {
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Index {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                name: String,
+            }
+            let rows: Vec<Index> = diesel::sql_query(
+                "SELECT n.nspname || '.' || c.relname AS name FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE NOT i.indisvalid AND n.nspname = current_schema() ORDER BY 1",
+            )
+            .load(pg)
+            .map_err(|source| MigrationError::Database {
+                action: "looking for invalid indexes",
+                source,
+            })?;
+            Ok(rows.into_iter().map(|row| row.name).collect())
+        }
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(_) => Ok(Vec::new()),
+    }
 }
 
 /// Runs `read` on a migration connection of its own.

@@ -695,3 +695,63 @@ fn the_sqlite_lock_file_never_follows_a_link_and_new_files_are_private() {
         "precious\n"
     );
 }
+
+/// `revert` on a database never migrated reverts nothing and leaves it as it was: it created
+/// the ledger tables.
+#[test]
+fn revert_on_a_database_never_migrated_changes_nothing() {
+    let (_engine, place) = crate::common::fresh_postgres("dl_revert_fresh", &[]);
+    let crate::common::Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run_cli(
+        dir.path(),
+        &["revert"],
+        &[("DATABASE_URL", crate::common::database_url(&db.name))],
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout, "0 migration(s) reverted\n");
+    let tables = crate::libpq::Conn::connect(&crate::common::database_url(&db.name))
+        .expect("connect")
+        .query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        .expect("tables");
+    assert_eq!(tables.as_deref(), Some("0"), "no ledger table was created");
+}
+
+/// Versions read from the database are escaped wherever they are printed: a row holding a
+/// newline or an escape sequence cannot forge a line or colour the terminal.
+#[test]
+fn versions_from_the_database_cannot_forge_output_lines() {
+    let (_engine, place) = crate::common::fresh_postgres("dl_forge", &[]);
+    let crate::common::Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let url = crate::common::database_url(&db.name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("DATABASE_URL", url.clone())];
+    assert!(run_cli(dir.path(), &["migrate"], &env).status.success());
+    crate::libpq::Conn::connect(&url)
+        .expect("connect")
+        .query(
+            "INSERT INTO __diesel_schema_migrations (version) \
+             VALUES (E'20990101000001\\n\\u001b[32mapplied  forged')",
+        )
+        .expect("a hostile row");
+    for args in [&["status"][..], &["migrate"][..]] {
+        let output = run_cli(dir.path(), args, &env);
+        let (stdout, stderr) = text(&output);
+        for line in stdout.lines().chain(stderr.lines()) {
+            assert!(!line.contains('\u{1b}'), "{args:?}: raw escape in {line:?}");
+            assert!(
+                !line.starts_with("applied  forged") && !line.starts_with("\u{1b}"),
+                "{args:?}: a forged line: {line:?}"
+            );
+        }
+        assert!(
+            format!("{stdout}{stderr}").contains("20990101000001\\n\\u{1b}[32mapplied  forged"),
+            "{args:?}: {stdout}{stderr}"
+        );
+    }
+}

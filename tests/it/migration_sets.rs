@@ -519,3 +519,40 @@ fn a_misnamed_up_sql_is_refused_naming_the_folder() {
     let error = datalayer::Migrator::from_dir("misnamed", dir.path()).expect_err("refused");
     assert!(error.to_string().contains("has none"), "{error}");
 }
+
+/// An interrupted or failed `CREATE INDEX CONCURRENTLY` leaves an invalid index behind,
+/// maintained on every write and never used: `status` names it.
+#[test]
+fn status_names_an_invalid_index_a_failed_concurrent_build_left() {
+    let (engine, place) = fresh_postgres("dl_invalid_index", &[]);
+    let Place::Postgres(db) = &place else {
+        unreachable!()
+    };
+    let migrator = test_migrator("concurrent_base", "items");
+    migrator.run_pending(&engine).expect("the table");
+    assert!(
+        migrator
+            .status(&engine)
+            .expect("status")
+            .invalid_indexes
+            .is_empty()
+    );
+    let conn = PqConn::connect(&database_url(&db.name)).expect("connect");
+    conn.query("INSERT INTO items (x) VALUES (1), (1)")
+        .expect("duplicates");
+    conn.query("CREATE UNIQUE INDEX CONCURRENTLY items_x_unique ON items (x)")
+        .expect_err("duplicates fail the build, after the index was created");
+    let status = migrator.status(&engine).expect("status");
+    assert_eq!(status.invalid_indexes, ["public.items_x_unique"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = crate::common::run_cli(
+        dir.path(),
+        &["status"],
+        &[("DATABASE_URL", database_url(&db.name))],
+    );
+    let (stdout, _) = crate::common::text(&output);
+    assert!(
+        stdout.contains("invalid  index public.items_x_unique: an interrupted CREATE INDEX"),
+        "{stdout}"
+    );
+}

@@ -191,7 +191,7 @@ impl<'a, 'c> Session<'a, 'c> {
                 "the database has migrations of {:?} this binary does not know ({}); going on \
                  because DATABASE_ALLOW_UNKNOWN_MIGRATIONS=true",
                 self.name,
-                ledger.unknown.join(", ")
+                crate::error::escaped_list(&ledger.unknown)
             );
         }
         if let Some((script, recorded)) = ledger.edited.first() {
@@ -274,6 +274,11 @@ impl<'a, 'c> Session<'a, 'c> {
     }
 
     pub(super) fn revert(&mut self, how_far: Revert) -> Result<Vec<String>, Error> {
+        // A database never migrated has nothing to revert: say so without creating the
+        // ledger tables, as `check` would.
+        if ledger::applied_read_only(&mut self.migration.conn).is_empty() {
+            return Ok(Vec::new());
+        }
         let mut applied = self.check()?.applied;
         let mut reverted = Vec::new();
         while let Some(script) = applied.pop() {
