@@ -207,3 +207,22 @@ fn a_broken_dotenv_names_the_file_and_line() {
         "never quotes the line: {message}"
     );
 }
+
+/// Without DATABASE_REPLICA_HOST the replica's hosts are the primary's, all of them: a port
+/// each, or one for all (it kept only the first host and refused a port per host).
+#[test]
+fn a_replica_port_keeps_all_of_the_primarys_hosts() {
+    for (ports, expected) in [
+        ("15435,15436", "postgres://app@a:15435,b:15436/app?"),
+        ("15435", "postgres://app@a:15435,b:15435/app?"),
+    ] {
+        let settings = Settings::from_pairs([
+            ("DATABASE_URL", "postgres://app@a:5432,b:5433/app"),
+            ("DATABASE_REPLICA_PORT", ports),
+        ])
+        .unwrap_or_else(|e| panic!("{ports}: {e}"));
+        let replica = settings.replica_settings().expect("a replica");
+        let url = replica.connection_url().to_string();
+        assert!(url.starts_with(expected), "{ports}: {url}");
+    }
+}

@@ -10,12 +10,12 @@ impl Loader<'_> {
         &mut self,
         variable: &'static str,
         text: Option<&str>,
-        default: Host,
+        default: Vec<Host>,
     ) -> (Host, Vec<Host>) {
         let mut hosts = self.var(
             variable,
             text,
-            vec![default],
+            default,
             |text| {
                 text.split(',')
                     .map(|h| Host::parse(h.trim()).map_err(str::to_string))

@@ -35,7 +35,7 @@ impl Loader<'_> {
                 self.entry("DATABASE_HOST", host.to_string(), Origin::Url);
                 (host, Vec::new())
             }
-            None => self.hosts("DATABASE_HOST", raw.host.as_deref(), localhost),
+            None => self.hosts("DATABASE_HOST", raw.host.as_deref(), vec![localhost]),
         };
         let (port, var_more_ports) = match url.port {
             Some(port) => {

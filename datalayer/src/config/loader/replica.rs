@@ -123,10 +123,14 @@ impl Loader<'_> {
                 .origin("DATABASE_REPLICA_HOST")
                 .or_else(|| self.vars.origin("DATABASE_REPLICA_PORT"))
                 .unwrap_or(Origin::Given);
+            // Unset, the replica's hosts are the primary's, all of them.
+            let primary_hosts = std::iter::once(primary.host.clone())
+                .chain(primary.more_hosts.iter().map(|(host, _)| host.clone()))
+                .collect();
             let (host, more_hosts) = self.hosts(
                 "DATABASE_REPLICA_HOST",
                 raw.replica_host.as_deref(),
-                primary.host.clone(),
+                primary_hosts,
             );
             let (port, more_ports) = self.ports(
                 "DATABASE_REPLICA_PORT",
