@@ -17,6 +17,12 @@
 //! any other is pinged first. A checkout that times out is an
 //! [`Error::PoolTimeout`] that says how long it waited and what the pool looked like.
 //!
+//! While the database refuses connections, the pool retries at most a second apart, so it
+//! serves again within about a second of the database's return; once every attempt has failed
+//! for 5 s and no connection is open, checkouts fail at once with [`Error::Connect`] instead of
+//! waiting out the pool timeout (a switchover's shorter gap is waited out). Every error has an
+//! [`ErrorClass`](crate::error::ErrorClass) that says whether to retry.
+//!
 //! # Connection affinity
 //!
 //! A connection returned by a thread is parked for that thread's next checkout instead of

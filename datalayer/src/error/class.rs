@@ -150,6 +150,15 @@ const BY_MESSAGE: &[(&str, ErrorClass)] = &[
         ErrorClass::Unavailable,
     ),
     ("no connection to the server", ErrorClass::Unavailable),
+    // PgBouncer's own errors while its server is away or it is saturated
+    ("server login has been failing", ErrorClass::Unavailable),
+    (
+        "pgbouncer cannot connect to server",
+        ErrorClass::Unavailable,
+    ),
+    ("query_wait_timeout", ErrorClass::Unavailable),
+    ("server conn crashed", ErrorClass::Unavailable),
+    ("no more connections allowed", ErrorClass::Unavailable),
     // 53xxx
     ("sorry, too many clients already", ErrorClass::Unavailable),
     ("out of shared memory", ErrorClass::Unavailable),
