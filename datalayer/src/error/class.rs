@@ -1,42 +1,41 @@
 //! What a caller should do about an error: [`ErrorClass`].
-//!
-//! Every error a checkout or a query gives falls into one of four classes, whatever its type:
-//! datalayer's [`Error`](crate::Error), Diesel's `diesel::result::Error` (what a query on a
-//! `&mut` connection returns), a [`TransactionError`](crate::engine::transaction::TransactionError),
-//! or an application's own error type through
-//! [`DatabaseFailure`](crate::engine::transaction::DatabaseFailure).
-//!
-//! | class | examples | a retry | a web server answers |
-//! | --- | --- | --- | --- |
-//! | [`Unavailable`](ErrorClass::Unavailable) | a read-only transaction after a switchover (25006), the session terminated (57P01), the connection lost, the server shutting down or starting up, a statement or lock timeout, a pool timeout, cannot connect | later: succeeds once the database is back | 503 with `Retry-After` |
-//! | [`Conflict`](ErrorClass::Conflict) | a serialization failure (40001), a deadlock (40P01), a busy SQLite database | now: what [`Engine::transaction`](crate::Engine::transaction) does | 409 |
-//! | [`Rejected`](ErrorClass::Rejected) | a unique or exclusion violation, a foreign key or `RESTRICT` violation, a check or not-null violation, an invalid value (22xxx), no row found | never: the request must change | 409, 422, 400, 404 (see [`Rejection`]) |
-//! | [`Bug`](ErrorClass::Bug) | anything else: a missing table or column, a syntax error, a type mismatch, a configuration error, a failed migration, a permanent connect refusal (wrong password, missing database) | never: fix the code, the schema or the settings | 500 |
-//!
-//! ```
-//! use datalayer::error::{ErrorClass, Rejection, classify};
-//! use diesel::result::{DatabaseErrorKind, Error};
-//!
-//! let taken = Error::DatabaseError(DatabaseErrorKind::UniqueViolation, Box::new("duplicate key".to_string()));
-//! assert_eq!(classify(&taken), ErrorClass::Rejected(Rejection::Duplicate));
-//! let demoted = Error::DatabaseError(
-//!     DatabaseErrorKind::ReadOnlyTransaction,
-//!     Box::new("cannot execute INSERT in a read-only transaction".to_string()),
-//! );
-//! assert_eq!(classify(&demoted), ErrorClass::Unavailable);
-//! assert!(classify(&demoted).is_retryable());
-//! ```
-//!
-//! PostgreSQL's SQLSTATE reaches the application only where Diesel maps it to a
-//! `DatabaseErrorKind` (23505, 23503, 23001, 23502, 23514, 23P01, 25006, 40001, the 08 class);
-//! the rest (40P01, 57014, 55P03, 57P0x, 22xxx) are recognised by the server's English wording,
-//! so on a server whose `lc_messages` is not English they fall into [`ErrorClass::Bug`]. A
-//! lost connection is recognised by the connection's state, in any language.
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// What to do about an error: retry later, retry now, change the request, or fix a bug.
-/// See the [module docs](self) for what falls where.
+///
+/// Every error a checkout or a query gives falls into one of four classes, whatever its type:
+/// datalayer's [`Error`](crate::Error), Diesel's `diesel::result::Error` (what a query on a
+/// `&mut` connection returns), a [`TransactionError`](crate::engine::transaction::TransactionError),
+/// or an application's own error type through
+/// [`DatabaseFailure`](crate::engine::transaction::DatabaseFailure).
+///
+/// | class | examples | a retry | a web server answers |
+/// | --- | --- | --- | --- |
+/// | [`Unavailable`](ErrorClass::Unavailable) | a read-only transaction after a switchover (25006), the session terminated (57P01), the connection lost, the server shutting down or starting up, a statement or lock timeout, a pool timeout, cannot connect | later: succeeds once the database is back | 503 with `Retry-After` |
+/// | [`Conflict`](ErrorClass::Conflict) | a serialization failure (40001), a deadlock (40P01), a busy SQLite database | now: what [`Engine::transaction`](crate::Engine::transaction) does | 409 |
+/// | [`Rejected`](ErrorClass::Rejected) | a unique or exclusion violation, a foreign key or `RESTRICT` violation, a check or not-null violation, an invalid value (22xxx), no row found | never: the request must change | 409, 422, 404 (see [`Rejection`]) |
+/// | [`Bug`](ErrorClass::Bug) | anything else: a missing table or column, a syntax error, a type mismatch, a configuration error, a failed migration, a permanent connect refusal (wrong password, missing database) | never: fix the code, the schema or the settings | 500 |
+///
+/// ```
+/// use datalayer::error::{ErrorClass, Rejection, classify};
+/// use diesel::result::{DatabaseErrorKind, Error};
+///
+/// let taken = Error::DatabaseError(DatabaseErrorKind::UniqueViolation, Box::new("duplicate key".to_string()));
+/// assert_eq!(classify(&taken), ErrorClass::Rejected(Rejection::Duplicate));
+/// let demoted = Error::DatabaseError(
+///     DatabaseErrorKind::ReadOnlyTransaction,
+///     Box::new("cannot execute INSERT in a read-only transaction".to_string()),
+/// );
+/// assert_eq!(classify(&demoted), ErrorClass::Unavailable);
+/// assert!(classify(&demoted).is_retryable());
+/// ```
+///
+/// PostgreSQL's SQLSTATE reaches the application only where Diesel maps it to a
+/// `DatabaseErrorKind` (23505, 23503, 23001, 23502, 23514, 23P01, 25006, 40001, the 08 class);
+/// the rest (40P01, 57014, 55P03, 57P0x, 22xxx) are recognised by the server's English wording,
+/// so on a server whose `lc_messages` is not English they fall into [`ErrorClass::Bug`]. A
+/// lost connection is recognised by the connection's state, in any language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorClass {
