@@ -80,7 +80,7 @@ fn valid() -> Vec<Vec<(String, String)>> {
             pair("DATABASE_POOLER", "transaction".into()),
             pair(
                 "DATABASE_MIGRATION_URL",
-                format!("postgres://u:{}@127.0.0.1:1/app", encoded()),
+                format!("postgres://u:{}@127.0.0.1:2/app", encoded()),
             ),
         ],
         vec![
@@ -88,7 +88,7 @@ fn valid() -> Vec<Vec<(String, String)>> {
             pair("DATABASE_PORT", "1".into()),
             pair(
                 "DATABASE_REPLICA_URL",
-                format!("postgres://u:{}@127.0.0.1:1/app", encoded()),
+                format!("postgres://u:{}@127.0.0.1:2/app", encoded()),
             ),
         ],
         vec![

@@ -310,10 +310,20 @@ fn a_failed_migration_exits_4_naming_it() {
     let output = run_cli(dir.path(), &["migrate"], NO_ENV);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(4), "{stdout}{stderr}");
+    // What the run already applied, then the error, one line each.
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].ends_with(
+            "WARN stopped at 2026-11-25-000002_create_posts; 1 migration(s) applied before \
+             it, and kept: 2026-11-25-000001_create_users"
+        ),
+        "{stderr}"
+    );
     assert_eq!(
-        stderr,
+        lines[1],
         "datalayer: error: migration 2026-11-25-000002_create_posts \
-         (migrations/sqlite/2026-11-25-000002_create_posts/up.sql) failed: table posts already exists\n"
+         (migrations/sqlite/2026-11-25-000002_create_posts/up.sql) failed: table posts already exists"
     );
 }
 

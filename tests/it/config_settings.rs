@@ -226,3 +226,43 @@ fn a_replica_port_keeps_all_of_the_primarys_hosts() {
         assert!(url.starts_with(expected), "{ports}: {url}");
     }
 }
+
+/// The URL's tcp_user_timeout is DATABASE_TCP_USER_TIMEOUT given another way (libpq's
+/// milliseconds), not a silent override of it; keepalives may only repeat what datalayer sets.
+#[test]
+fn a_urls_tcp_user_timeout_is_the_setting_and_keepalives_cannot_contradict_it() {
+    let settings = Settings::from_pairs([(
+        "DATABASE_URL",
+        "postgres://app@db/app?tcp_user_timeout=5000",
+    )])
+    .expect("settings");
+    let Target::Postgres(pg) = &settings.target else {
+        unreachable!()
+    };
+    assert_eq!(pg.tcp_user_timeout, Some(Duration::from_secs(5)));
+    let both = Settings::from_pairs([
+        (
+            "DATABASE_URL",
+            "postgres://app@db/app?tcp_user_timeout=5000",
+        ),
+        ("DATABASE_TCP_USER_TIMEOUT", "10s"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        both.config_problems()[0].variable,
+        "DATABASE_TCP_USER_TIMEOUT",
+        "{both}"
+    );
+    // What `config` shows, pasted back, loads; a contradiction does not.
+    Settings::from_pairs([(
+        "DATABASE_URL",
+        "postgres://app@db/app?keepalives=1&keepalives_idle=1",
+    )])
+    .expect("the values datalayer sets");
+    let off =
+        Settings::from_pairs([("DATABASE_URL", "postgres://app@db/app?keepalives=0")]).unwrap_err();
+    assert!(
+        off.to_string().contains("DATABASE_TCP_USER_TIMEOUT"),
+        "{off}"
+    );
+}

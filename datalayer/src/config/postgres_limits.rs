@@ -97,28 +97,29 @@ pub(crate) fn is_libpq_param(key: &str) -> bool {
     LIBPQ_PARAMS.contains(&key)
 }
 
-/// Parameters datalayer sets on every connection from its own settings: a URL that carried
-/// them would silently override those (`keepalives=0` left the sockets without keepalives
+/// Parameters datalayer sets on every connection from `DATABASE_TCP_USER_TIMEOUT`: a URL may
+/// repeat them with the same values (the URL `config` shows, pasted back), but another value
+/// would silently win over the setting (`keepalives=0` left the sockets without keepalives
 /// while `config` showed `DATABASE_TCP_USER_TIMEOUT`).
-const SET_BY_DATALAYER: &[(&str, &str)] = &[
-    (
-        "keepalives",
-        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
-    ),
-    (
-        "keepalives_idle",
-        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
-    ),
-    (
-        "keepalives_interval",
-        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
-    ),
-    (
-        "keepalives_count",
-        "datalayer turns TCP keepalives on (after 1 s idle) with DATABASE_TCP_USER_TIMEOUT",
-    ),
-    ("tcp_user_timeout", "give DATABASE_TCP_USER_TIMEOUT instead"),
+const SET_BY_DATALAYER: &[&str] = &[
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "tcp_user_timeout",
 ];
+
+/// The values datalayer gives [`SET_BY_DATALAYER`]'s parameters for `tcp_user_timeout`.
+pub(super) fn set_by_datalayer(tcp_user_timeout: Option<Duration>) -> Vec<(&'static str, String)> {
+    match tcp_user_timeout {
+        Some(timeout) => vec![
+            ("keepalives", "1".into()),
+            ("keepalives_idle", "1".into()),
+            ("keepalives_interval", "1".into()),
+            ("tcp_user_timeout", timeout.as_millis().to_string()),
+        ],
+        None => Vec::new(),
+    }
+}
 
 /// The values libpq accepts for its parameters that take one of a few words or numbers.
 const CHOICES: &[(&str, &[&str])] = &[
@@ -166,6 +167,7 @@ pub(super) fn param_problems(
     params: &[(String, String)],
     after_secret: &[String],
     hosts: usize,
+    ours: &[(&str, String)],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for (key, value) in params {
@@ -180,10 +182,13 @@ pub(super) fn param_problems(
                     super::loader::quote(key)
                 )
             });
-        } else if let Some((_, why)) = SET_BY_DATALAYER.iter().find(|(k, _)| k == key) {
+        } else if SET_BY_DATALAYER.contains(&key.as_str())
+            && !ours.iter().any(|(k, v)| k == key && v == value)
+        {
             problems.push(format!(
-                "its parameter {key} would override what datalayer sets ({why}); remove it from \
-                 the URL"
+                "its parameter {key} would override what datalayer sets from \
+                 DATABASE_TCP_USER_TIMEOUT (TCP keepalives after 1 s idle, and that timeout; \
+                 0 leaves both to the OS); remove it from the URL and set that variable"
             ));
         } else if let Some((_, accepted)) = CHOICES.iter().find(|(k, _)| k == key) {
             if !accepted.contains(&value.as_str()) {

@@ -228,10 +228,24 @@ impl Loader<'_> {
             },
             |d| duration::format(*d),
         );
-        let tcp_user_timeout = self.postgres_millis(
+        // The URL's tcp_user_timeout is the setting (libpq's milliseconds), as its
+        // connect_timeout is: it may not silently win over DATABASE_TCP_USER_TIMEOUT.
+        for (key, value) in &mut url.params {
+            if key == "tcp_user_timeout"
+                && !value.is_empty()
+                && value.bytes().all(|b| b.is_ascii_digit())
+            {
+                value.push_str("ms");
+            }
+        }
+        let tcp_user_timeout = self.url_or_var(
+            &mut url,
+            "tcp_user_timeout",
             "DATABASE_TCP_USER_TIMEOUT",
             raw.tcp_user_timeout.as_deref(),
             Some(Duration::from_secs(15)),
+            |text| optional_duration(text).and_then(postgres_limits::millis),
+            show_optional_duration,
         );
         let statement_timeout = self.postgres_millis(
             "DATABASE_STATEMENT_TIMEOUT",
@@ -284,9 +298,13 @@ impl Loader<'_> {
                     } else {
                         1 + more_hosts.len()
                     };
-                    for problem in
-                        postgres_limits::param_problems(&parsed.params, &parsed.after_secret, hosts)
-                    {
+                    let ours = postgres_limits::set_by_datalayer(tcp_user_timeout);
+                    for problem in postgres_limits::param_problems(
+                        &parsed.params,
+                        &parsed.after_secret,
+                        hosts,
+                        &ours,
+                    ) {
                         self.problem("DATABASE_MIGRATION_URL", problem);
                     }
                     let same_place = parsed.host.as_ref().unwrap_or(&host) == &host
@@ -316,9 +334,13 @@ impl Loader<'_> {
         } else {
             self.entry("DATABASE_MIGRATION_URL", "(unset)", Origin::Default);
         }
-        for problem in
-            postgres_limits::param_problems(&url.params, &url.after_secret, 1 + more_hosts.len())
-        {
+        let ours = postgres_limits::set_by_datalayer(tcp_user_timeout);
+        for problem in postgres_limits::param_problems(
+            &url.params,
+            &url.after_secret,
+            1 + more_hosts.len(),
+            &ours,
+        ) {
             self.problem("DATABASE_URL", problem);
         }
         PostgresSettings {

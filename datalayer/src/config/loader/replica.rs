@@ -102,7 +102,8 @@ impl Loader<'_> {
                         }
                     }
                     let hosts = 1 + replica.more_hosts.len();
-                    for problem in postgres_limits::param_problems(&own, &after_secret, hosts) {
+                    for problem in postgres_limits::param_problems(&own, &after_secret, hosts, &[])
+                    {
                         self.problem("DATABASE_REPLICA_URL", problem);
                     }
                     for (key, value) in own {
