@@ -497,6 +497,13 @@ fn an_outage_fails_checkouts_fast_and_the_pool_comes_back_within_a_second() {
             .expect("served before the outage")
             .batch_execute("SELECT 1")
             .expect("query");
+        // No connection being opened while the proxy starts refusing: one it accepted just
+        // before would survive the outage.
+        crate::common::wait_for(
+            "the pool holds its 4 connections",
+            Duration::from_secs(10),
+            || engine.state().connections == 4,
+        );
         proxy.refuse();
         proxy.reset_all();
         let began = Instant::now();
